@@ -1,0 +1,162 @@
+//! The attention heads of the hybrid head: GQA over the Q/K/V slices of the input
+//! projection, with the SWA + meta-token mask (spec §2.3, "Attention branch").
+//!
+//! The branch has no parameters of its own (the reference builds it with
+//! `attn_only_wo_proj=True`): Q, K and V come from the mixer's single `in_proj`, and its
+//! output, `H · d_v = d_inner` wide, is averaged with the SSM heads' output before `out_proj`.
+
+use std::ops::Range;
+
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+/// Where the keys of one attention call sit in the `[meta; text]` sequence: the `meta`
+/// meta-token positions `0..meta`, then the text positions `text`.
+///
+/// Without a cache this is the whole sequence; with one, an SWA layer's cache holds the meta
+/// entries plus only the last `window` text entries, so `text` starts later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpan {
+    /// Number of meta-token keys (positions `0..meta`).
+    pub meta: usize,
+    /// Positions of the remaining keys.
+    pub text: Range<usize>,
+}
+
+impl KeySpan {
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.meta + self.text.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The span of these keys followed by `new` (a cache append).
+    pub fn extend(&self, new: &KeySpan) -> KeySpan {
+        if self.text.is_empty() {
+            KeySpan {
+                meta: self.meta + new.meta,
+                text: new.text.clone(),
+            }
+        } else {
+            KeySpan {
+                meta: self.meta,
+                text: self.text.start..new.text.end,
+            }
+        }
+    }
+
+}
+
+/// How a block of queries is masked.
+#[derive(Debug, Clone)]
+pub enum Mask<B: Backend> {
+    /// Every key is visible.
+    None,
+    /// Keys are all positions `0..=q` for the last query: plain causal masking, aligned at
+    /// the bottom-right corner, which lets the backend pick its fused causal kernel.
+    Causal,
+    /// An explicit `[Tq, Tk]` mask, `true` = hidden.
+    Explicit(Tensor<B, 2, Bool>),
+}
+
+/// The Hymba mask (spec §2.3 step 4): key k is visible to query q iff
+/// `k ≤ q ∧ (global ∨ q − k ≤ window ∨ k < num_meta)` — meta tokens are always visible,
+/// the SWA band holds the query and the `window` tokens before it.
+///
+/// `window = None` means a global layer.
+pub fn hymba_mask<B: Backend>(
+    queries: Range<usize>,
+    keys: &KeySpan,
+    window: Option<usize>,
+    num_meta: usize,
+    device: &B::Device,
+) -> Mask<B> {
+    let in_band = window.is_none_or(|w| {
+        // No text key is older than the band of the last (farthest) query.
+        keys.text.is_empty() || keys.text.start + w + 1 >= queries.end
+    });
+    // Keys end with the queries' own positions, so bottom-right-aligned causal masking is
+    // exactly `k ≤ q` even when an SWA cache dropped old entries in between.
+    if in_band && keys.text.end == queries.end {
+        return if queries.len() == 1 {
+            Mask::None
+        } else {
+            Mask::Causal
+        };
+    }
+    let (tq, tk) = (queries.len(), keys.len());
+    let q = Tensor::<B, 1, Int>::arange(queries.start as i64..queries.end as i64, device)
+        .reshape([tq, 1])
+        .expand([tq, tk]);
+    let k = Tensor::cat(
+        vec![
+            Tensor::<B, 1, Int>::arange(0..keys.meta as i64, device),
+            Tensor::<B, 1, Int>::arange(keys.text.start as i64..keys.text.end as i64, device),
+        ],
+        0,
+    )
+    .reshape([1, tk])
+    .expand([tq, tk]);
+    let future = k.clone().greater(q.clone());
+    let hidden = match window {
+        None => future,
+        Some(w) => {
+            let too_far = q.sub(k.clone()).greater_elem(w as i64);
+            let is_text = k.greater_equal_elem(num_meta as i64);
+            future.bool_or(too_far.bool_and(is_text))
+        }
+    };
+    Mask::Explicit(hidden)
+}
+
+/// GQA: repeats each of the G KV heads H/G times (HF `repeat_kv`: query head h reads KV
+/// head h / (H/G)).
+///
+/// # Shapes
+/// - `x`: `[batch, G, T, d]` → `[batch, H, T, d]`
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, num_heads: usize) -> Tensor<B, 4> {
+    let [b, g, t, d] = x.dims();
+    let rep = num_heads / g;
+    if rep == 1 {
+        return x;
+    }
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, g, rep, t, d])
+        .reshape([b, num_heads, t, d])
+}
+
+/// Scaled dot-product attention, `softmax(q·kᵀ/√d_h + mask)·v`: the one function every
+/// attention product goes through. Scale is burn's default 1/√d_h (setting it explicitly
+/// would force burn's unfused path); `d_v` may differ from `d_h`.
+///
+/// # Shapes
+/// - `q`: `[batch, H, Tq, d_h]`, `k`: `[batch, H, Tk, d_h]`, `v`: `[batch, H, Tk, d_v]`
+/// - returns `[batch, H, Tq, d_v]`
+pub fn scaled_dot_product<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Mask<B>,
+) -> Tensor<B, 4> {
+    let [b, h, tq, _] = q.dims();
+    let tk = k.dims()[2];
+    let (mask, is_causal) = match mask {
+        Mask::None => (None, false),
+        Mask::Causal => (None, true),
+        Mask::Explicit(m) => (
+            Some(m.clone().reshape([1, 1, tq, tk]).expand([b, h, tq, tk])),
+            false,
+        ),
+    };
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal,
+    };
+    attention(q, k, v, mask, None, options)
+}

@@ -1,0 +1,50 @@
+//! # hymba
+//!
+//! NVIDIA's Hymba (arXiv 2411.13676) on burn: every layer runs attention heads and SSM
+//! (Mamba) heads **in parallel** on one input projection, 128 learned **meta tokens** are
+//! prepended to every sequence, neighbouring layers share one **KV cache**, and every layer
+//! but the first, middle and last uses **sliding-window attention**.
+//!
+//! Where each idea lives:
+//!
+//! | paper | module |
+//! |---|---|
+//! | config, presets, layer plan (global/SWA, KV groups) | [`config`] |
+//! | meta tokens | [`meta_tokens`] |
+//! | attention heads: GQA, SWA + meta mask | [`attention`], [`rope`] |
+//! | SSM heads (Mamba-1) and the selective scan | [`ssm`], [`scan`] |
+//! | hybrid head: split → both branches → β-norm → average → out_proj | [`mixer`] |
+//! | decoder layer, FFN | [`layer`], [`ffn`] |
+//! | model, tied LM head, loss | [`model`] |
+//! | KV sharing + SWA cache, decode | [`cache`], [`generate`] |
+//! | backend flag | [`backend`] |
+//!
+//! The model is generic over `B: ScanBackend` (a burn `Backend` with the selective-scan
+//! extension) and is written once for CPU, wgpu and CUDA.
+
+pub mod attention;
+pub mod backend;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod ffn;
+pub mod generate;
+pub mod layer;
+pub mod linear;
+pub mod matmul;
+pub mod meta_tokens;
+pub mod mixer;
+pub mod model;
+pub mod norm;
+pub mod precision;
+pub mod rope;
+pub mod scan;
+pub mod ssm;
+
+pub use backend::{BackendKind, BackendRunner, run_on};
+pub use cache::HymbaCache;
+pub use config::HymbaConfig;
+pub use error::{HymbaError, Result};
+pub use generate::{GenerationConfig, generate};
+pub use model::Hymba;
+pub use scan::ScanBackend;

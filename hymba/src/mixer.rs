@@ -1,0 +1,188 @@
+//! The hybrid head (`HymbaBlock`, stored under `.mamba.` in HF checkpoints): one input
+//! projection feeds attention heads and SSM heads *in parallel*; each branch output is
+//! RMS-normalised and scaled (β1, β2), the two are averaged, and `out_proj` maps back to D
+//! (Hymba eq. (3), spec §2.3).
+
+use burn::prelude::*;
+
+use crate::attention::{KeySpan, Mask, repeat_kv, scaled_dot_product};
+use crate::config::{HymbaConfig, KvRole};
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::rope::Rope;
+use crate::scan::ScanBackend;
+use crate::ssm::{SsmHeads, SsmState};
+
+/// Keys and values as the attention heads read them: un-repeated (G heads), post-RoPE, for
+/// the positions in `span`. A KV producer hands these to its consumers (KV sharing).
+#[derive(Debug, Clone)]
+pub struct KeyValues<B: Backend> {
+    /// `[batch, G, Tk, d_h]`
+    pub k: Tensor<B, 4>,
+    /// `[batch, G, Tk, d_v]`
+    pub v: Tensor<B, 4>,
+    /// Positions of the Tk keys.
+    pub span: KeySpan,
+}
+
+/// What a layer's attention heads need from the rest of the model for one call.
+#[derive(Debug)]
+pub struct AttentionContext<'a, B: Backend> {
+    /// RoPE tables for the query positions of this call.
+    pub rope: &'a Rope<B>,
+    /// The mask of this layer's kind (global or SWA).
+    pub mask: &'a Mask<B>,
+}
+
+/// The hybrid head: fused input projection, attention heads ‖ SSM heads, β-scaled average,
+/// output projection.
+#[derive(Module, Debug)]
+pub struct HybridHead<B: Backend> {
+    /// D → Q ‖ K ‖ V ‖ x ‖ z (a KV consumer has no K and V rows), spec §2.3 split order.
+    pub in_proj: Linear<B>,
+    /// The SSM heads.
+    pub ssm: SsmHeads<B>,
+    /// β1: RMSNorm weight on the attention output (`pre_avg_layernorm1`).
+    pub attn_norm: RmsNorm<B>,
+    /// β2: RMSNorm weight on the SSM output (`pre_avg_layernorm2`).
+    pub ssm_norm: RmsNorm<B>,
+    /// d_inner → D.
+    pub out_proj: Linear<B>,
+    /// Query heads H.
+    pub num_heads: usize,
+    /// KV heads G.
+    pub num_kv_heads: usize,
+    /// Query/key head dim.
+    pub qk_head_dim: usize,
+    /// Value head dim.
+    pub v_head_dim: usize,
+    /// Whether this layer projects its own K/V (else it reuses a producer's).
+    pub owns_kv: bool,
+}
+
+impl<B: ScanBackend> HybridHead<B> {
+    /// The hybrid head of layer `layer` (its KV role decides the `in_proj` row count).
+    pub fn new(config: &HymbaConfig, layer: usize, device: &B::Device) -> Self {
+        let (d, di) = (config.hidden_size, config.d_inner());
+        let std = config.initializer_range;
+        Self {
+            in_proj: Linear::new(d, config.in_proj_rows(layer), std, device),
+            ssm: SsmHeads::new(config, device),
+            attn_norm: RmsNorm::new(di, config.rms_norm_eps, device),
+            ssm_norm: RmsNorm::new(di, config.rms_norm_eps, device),
+            out_proj: Linear::new(di, d, std, device),
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            qk_head_dim: config.qk_head_dim(),
+            v_head_dim: config.v_head_dim(),
+            owns_kv: config.kv_role(layer) == KvRole::Owner,
+        }
+    }
+
+    /// Splits `[batch, T, G·d]` into heads: `[batch, G, T, d]`.
+    fn heads(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+        let [b, t, w] = x.dims();
+        x.reshape([b, t, heads, w / heads]).swap_dims(1, 2)
+    }
+
+    /// One call of the hybrid head.
+    ///
+    /// - `kv`: for a KV owner, the cached K/V before this call (`None` without a cache or
+    ///   on the first call) and the positions of this call's tokens; for a consumer, the
+    ///   producer's K/V of this call.
+    /// - returns the output, the K/V the attention read (an owner's own, to be cached and
+    ///   shared), and the new SSM state.
+    ///
+    /// # Shapes
+    /// - `u`: `[batch, T, D]` (already `input_layernorm`ed) → `[batch, T, D]`
+    pub fn forward(
+        &self,
+        u: Tensor<B, 3>,
+        ctx: &AttentionContext<'_, B>,
+        kv: KvInput<B>,
+        ssm_state: Option<SsmState<B>>,
+    ) -> (Tensor<B, 3>, KeyValues<B>, SsmState<B>) {
+        let split = self.split_and_attend(u, ctx, kv);
+        let (ssm, state) = self.ssm.forward(split.x, split.z, ssm_state);
+        // Hymba eq. (3): β-scaled, normalised branch outputs, averaged.
+        let mix = (self.attn_norm.forward(split.attn) + self.ssm_norm.forward(ssm)).div_scalar(2.0);
+        (self.out_proj.forward(mix), split.kv, state)
+    }
+
+    /// The fused input projection, split in the reference order (Q, K, V, x, z; spec §2.3),
+    /// and the attention heads run on it. Returns the attention output together with the
+    /// SSM heads' inputs, so the two branches see the same projection.
+    ///
+    /// # Shapes
+    /// - `u`: `[batch, T, D]` → `attn`, `x`, `z`: `[batch, T, d_inner]`
+    pub fn split_and_attend(
+        &self,
+        u: Tensor<B, 3>,
+        ctx: &AttentionContext<'_, B>,
+        kv: KvInput<B>,
+    ) -> SplitHeads<B> {
+        let [batch, t, _] = u.dims();
+        let di = self.ssm.a_log.dims()[0];
+        let p = self.in_proj.forward(u);
+        let qw = self.num_heads * self.qk_head_dim;
+        let q = ctx.rope.apply(Self::heads(p.clone().narrow(2, 0, qw), self.num_heads));
+        let (kv, xz_start) = match kv {
+            KvInput::Own { past, new_span } => {
+                let (kw, vw) = (
+                    self.num_kv_heads * self.qk_head_dim,
+                    self.num_kv_heads * self.v_head_dim,
+                );
+                let k = ctx.rope.apply(Self::heads(p.clone().narrow(2, qw, kw), self.num_kv_heads));
+                let v = Self::heads(p.clone().narrow(2, qw + kw, vw), self.num_kv_heads);
+                let kv = match past {
+                    Some(past) => KeyValues {
+                        span: past.span.extend(&new_span),
+                        k: Tensor::cat(vec![past.k, k], 2),
+                        v: Tensor::cat(vec![past.v, v], 2),
+                    },
+                    None => KeyValues { k, v, span: new_span },
+                };
+                (kv, qw + kw + vw)
+            }
+            KvInput::Shared(kv) => (kv, qw),
+        };
+        let x = p.clone().narrow(2, xz_start, di);
+        let z = p.narrow(2, xz_start + di, di);
+        let attn = scaled_dot_product(
+            q,
+            repeat_kv(kv.k.clone(), self.num_heads),
+            repeat_kv(kv.v.clone(), self.num_heads),
+            ctx.mask,
+        ); // [b, H, T, d_v]
+        let attn = attn.swap_dims(1, 2).reshape([batch, t, di]);
+        SplitHeads { attn, kv, x, z }
+    }
+}
+
+/// The input projection after the attention heads ran: what the SSM heads and the
+/// β-average still need.
+#[derive(Debug)]
+pub struct SplitHeads<B: Backend> {
+    /// Attention heads' output, `[batch, T, H·d_v = d_inner]`.
+    pub attn: Tensor<B, 3>,
+    /// The K/V the attention read.
+    pub kv: KeyValues<B>,
+    /// SSM input x, `[batch, T, d_inner]`.
+    pub x: Tensor<B, 3>,
+    /// SSM gate z, `[batch, T, d_inner]`.
+    pub z: Tensor<B, 3>,
+}
+
+/// Where a layer's keys and values come from (cross-layer KV sharing).
+#[derive(Debug)]
+pub enum KvInput<B: Backend> {
+    /// The layer projects its own K/V for positions `new_span`, appended to `past`.
+    Own {
+        /// Cached K/V of earlier calls.
+        past: Option<KeyValues<B>>,
+        /// Positions of this call's tokens (with `meta` set when they include meta tokens).
+        new_span: KeySpan,
+    },
+    /// A consumer: the producer's K/V of this call.
+    Shared(KeyValues<B>),
+}
