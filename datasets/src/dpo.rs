@@ -78,8 +78,8 @@ impl DpoExample {
             }
             PromptFormat::Plain => {
                 let text = format!("{}\n{response}", self.prompt);
-                let start = self.prompt.len() + 1;
-                tokenize_masked(tok, &text, &[start..text.len()], true)
+                let response_span = self.prompt.len() + 1..text.len();
+                tokenize_masked(tok, &text, std::slice::from_ref(&response_span), true)
             }
         }
     }

@@ -16,7 +16,7 @@ use flate2::read::MultiGzDecoder;
 
 use crate::assets::DEFAULT_CORPUS_GZ;
 use crate::error::{DataError, Result};
-use crate::jsonl::{SkippedLine, for_each_jsonl_line, json_message};
+use crate::jsonl::{SkippedLine, SkippedLines, for_each_jsonl_line, json_message};
 use crate::manifest::DocMode;
 
 /// The name that selects the embedded default corpus (or tokenizer) on the command line.
@@ -149,7 +149,9 @@ pub fn expand_inputs(sources: &[InputSource]) -> Result<Vec<InputFile>> {
                     walk(path, &mut files)?;
                     files.sort();
                     for f in files {
-                        let size = std::fs::metadata(&f).map_err(|e| DataError::io(&f, e))?.len();
+                        let size = std::fs::metadata(&f)
+                            .map_err(|e| DataError::io(&f, e))?
+                            .len();
                         out.push(InputFile {
                             kind: kind_of(&f),
                             path: Some(f),
@@ -204,7 +206,8 @@ fn buffered(raw: impl Read + Send + 'static, gz: bool) -> Box<dyn BufRead + Send
 }
 
 fn is_gz(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
 /// Opens a file for reading, decompressing `.gz`.
@@ -255,12 +258,18 @@ pub fn for_each_document(
         }
     };
     match input.kind {
-        InputKind::Jsonl => for_each_jsonl_line(reader, &name, opts.strict, skipped, |line| {
-            match text_field(line, &opts.text_field) {
-                Ok(text) => emit(text).map(Ok),
-                Err(reason) => Ok(Err(reason)),
-            }
-        }),
+        InputKind::Jsonl => {
+            for_each_jsonl_line(
+                reader,
+                &name,
+                opts.strict,
+                skipped,
+                |line| match text_field(line, &opts.text_field) {
+                    Ok(text) => emit(text).map(Ok),
+                    Err(reason) => Ok(Err(reason)),
+                },
+            )
+        }
         InputKind::Text => {
             let mut doc = String::new();
             let mut buf = Vec::new();
@@ -324,7 +333,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 pub fn read_documents(
     sources: &[InputSource],
     opts: &DocOptions,
-) -> Result<(Vec<String>, Vec<(String, SkippedLine)>)> {
+) -> Result<(Vec<String>, SkippedLines)> {
     let mut docs = Vec::new();
     let mut all_skipped = Vec::new();
     for input in expand_inputs(sources)? {
@@ -365,7 +374,11 @@ mod tests {
     fn jsonl_text_field_with_skips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
-        std::fs::write(&path, "{\"text\":\"one\"}\n{\"txt\":\"x\"}\n{\"text\":\"two\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"text\":\"one\"}\n{\"txt\":\"x\"}\n{\"text\":\"two\"}\n",
+        )
+        .unwrap();
         let (docs, skipped) =
             read_documents(&[InputSource::Path(path)], &DocOptions::default()).unwrap();
         assert_eq!(docs, vec!["one", "two"]);

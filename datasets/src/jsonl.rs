@@ -31,6 +31,9 @@ impl std::fmt::Display for SkippedLine {
     }
 }
 
+/// Skipped lines tagged with their file name.
+pub type SkippedLines = Vec<(String, SkippedLine)>;
+
 /// The records of a JSONL source, and the lines skipped (non-strict mode).
 #[derive(Debug, Clone)]
 pub struct JsonlRecords<T> {

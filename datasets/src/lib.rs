@@ -11,6 +11,8 @@
 //! - [`default_corpus_text`] / [`default_tokenizer`]: a CC0 corpus and its tokenizer
 //!   shipped in the crate, so tiny runs need no download.
 
+#![warn(missing_docs)]
+
 pub mod assets;
 pub mod dpo;
 pub mod error;

@@ -17,7 +17,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 
 #[derive(Parser)]
-#[command(name = "hymba-datasets", version, about = "Tokenizers and token shards for Hymba")]
+#[command(
+    name = "hymba-datasets",
+    version,
+    about = "Tokenizers and token shards for Hymba"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -218,7 +222,9 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
     let total = m.train.tokens + m.val.tokens;
     println!(
         "{}: train {} tokens / {} docs in {} shards, val {} tokens / {} docs in {} shards ({}, vocab {}, tokenizer {:016x}; {:.1}s, {:.0} tok/s)",
-        args.out.join(hymba_datasets::manifest::MANIFEST_FILE).display(),
+        args.out
+            .join(hymba_datasets::manifest::MANIFEST_FILE)
+            .display(),
         m.train.tokens,
         m.train.documents,
         m.train.shards.len(),
@@ -271,7 +277,11 @@ fn check_file<T: DeserializeOwned + Validate>(path: &Path, strict: bool) -> Resu
     let skipped: Vec<(String, SkippedLine)> =
         r.skipped.into_iter().map(|s| (name.clone(), s)).collect();
     warn_skipped(&skipped);
-    println!("{name}: {} records, {} skipped", r.records.len(), skipped.len());
+    println!(
+        "{name}: {} records, {} skipped",
+        r.records.len(),
+        skipped.len()
+    );
     Ok(())
 }
 

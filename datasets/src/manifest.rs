@@ -127,11 +127,10 @@ impl Manifest {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = manifest_path(path.as_ref());
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| DataError::Manifest {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if manifest.format_version != MANIFEST_VERSION {
             return Err(DataError::Manifest {
                 path,

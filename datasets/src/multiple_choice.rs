@@ -39,7 +39,10 @@ pub struct PartialScoring {
 impl Validate for McExample {
     fn validate(&self) -> std::result::Result<(), String> {
         if self.choices.len() < 2 {
-            return Err(format!("needs at least 2 choices, has {}", self.choices.len()));
+            return Err(format!(
+                "needs at least 2 choices, has {}",
+                self.choices.len()
+            ));
         }
         if self.gold >= self.choices.len() {
             return Err(format!(

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{DataError, Result};
 use crate::input::{DocOptions, InputSource, expand_inputs, for_each_document};
-use crate::jsonl::SkippedLine;
+use crate::jsonl::SkippedLines;
 use crate::manifest::{
     MANIFEST_VERSION, Manifest, ShardInfo, Split, SplitInfo, TOKENIZER_FILE, TokenizerInfo,
 };
@@ -26,7 +26,8 @@ use crate::windows::mix64;
 pub struct PrepareConfig {
     /// Inputs, in order.
     pub inputs: Vec<InputSource>,
-    /// Output folder (created if needed).
+    /// Output folder (created if needed; `train-NNNNN.bin` / `val-NNNNN.bin` files already
+    /// there are removed first, so no stale shard survives).
     pub out_dir: PathBuf,
     /// Fraction of documents held out for `val`, in `[0, 1)`.
     pub val_fraction: f64,
@@ -74,7 +75,7 @@ pub struct PrepareReport {
     /// The manifest that was written.
     pub manifest: Manifest,
     /// Skipped JSONL lines, as `(file, line)`.
-    pub skipped: Vec<(String, SkippedLine)>,
+    pub skipped: SkippedLines,
 }
 
 /// Documents are tokenized in batches of about this many bytes (in parallel inside one batch).
@@ -93,7 +94,9 @@ pub fn prepare(
         )));
     }
     if config.shard_tokens == 0 {
-        return Err(DataError::Invalid("shard size must be at least 1 token".into()));
+        return Err(DataError::Invalid(
+            "shard size must be at least 1 token".into(),
+        ));
     }
     let files = expand_inputs(&config.inputs)?;
     if files.is_empty() {
@@ -122,20 +125,21 @@ pub fn prepare(
     let mut skipped_all = Vec::new();
     let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0usize;
-    let mut flush = |batch: &mut Vec<String>, state: &mut Splitter, report: &mut PrepareProgress| {
-        let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
-        let encoded = tok.encode_batch(&texts, false)?;
-        for (text, ids) in batch.iter().zip(encoded) {
-            let doc = document_tokens(tok, ids);
-            report.tokens += doc.len() as u64;
-            report.documents += 1;
-            state.push(text, doc)?;
-        }
-        batch.clear();
-        report.bytes_read = counter.load(Ordering::Relaxed);
-        progress(report);
-        Ok::<(), DataError>(())
-    };
+    let mut flush =
+        |batch: &mut Vec<String>, state: &mut Splitter, report: &mut PrepareProgress| {
+            let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let encoded = tok.encode_batch(&texts, false)?;
+            for (text, ids) in batch.iter().zip(encoded) {
+                let doc = document_tokens(tok, ids);
+                report.tokens += doc.len() as u64;
+                report.documents += 1;
+                state.push(text, doc)?;
+            }
+            batch.clear();
+            report.bytes_read = counter.load(Ordering::Relaxed);
+            progress(report);
+            Ok::<(), DataError>(())
+        };
     for file in &files {
         let mut skipped = Vec::new();
         for_each_document(file, &config.docs, counter.clone(), &mut skipped, |doc| {
@@ -244,8 +248,9 @@ impl Splitter {
 
     fn finish(mut self) -> Result<(SplitInfo, SplitInfo)> {
         if let Some(last) = self.held.take() {
-            let move_to_val =
-                self.val_fraction > 0.0 && self.val.info.documents == 0 && self.train.info.documents > 0;
+            let move_to_val = self.val_fraction > 0.0
+                && self.val.info.documents == 0
+                && self.train.info.documents > 0;
             if move_to_val {
                 self.val.push(&last)?;
             } else {

@@ -90,12 +90,11 @@ fn check_messages(messages: &[Message], need_assistant: bool) -> std::result::Re
     if messages.is_empty() {
         return Err("`messages` is empty".into());
     }
-    if let Some(i) = messages
-        .iter()
-        .skip(1)
-        .position(|m| m.role == Role::System)
-    {
-        return Err(format!("message {} is a system message; only the first may be", i + 1));
+    if let Some(i) = messages.iter().skip(1).position(|m| m.role == Role::System) {
+        return Err(format!(
+            "message {} is a system message; only the first may be",
+            i + 1
+        ));
     }
     if need_assistant && !messages.iter().any(|m| m.role == Role::Assistant) {
         return Err("no assistant message to learn from".into());
@@ -324,8 +323,18 @@ mod tests {
             ids: (0..n as u32).map(|i| i + 10).collect(),
             mask: (0..n).map(|i| u8::from(masked && i > 0)).collect(),
         };
-        let p = pack(vec![ex(3, true), ex(3, true), ex(4, true), ex(9, true), ex(2, false)], 5, 0)
-            .unwrap();
+        let p = pack(
+            vec![
+                ex(3, true),
+                ex(3, true),
+                ex(4, true),
+                ex(9, true),
+                ex(2, false),
+            ],
+            5,
+            0,
+        )
+        .unwrap();
         assert_eq!(p.sequences.len(), 3);
         assert_eq!(p.sequences[0].ids, vec![10, 11, 12, 10, 11, 12]);
         assert_eq!(p.sequences[1].ids, vec![10, 11, 12, 13, 0, 0]);

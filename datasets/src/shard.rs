@@ -120,7 +120,8 @@ impl ShardHeader {
                 expected: SHARD_MAGIC,
             });
         }
-        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let u64_at = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&bytes[i..i + 8]);
@@ -186,10 +187,8 @@ impl ShardWriter {
         match self.dtype {
             TokenDtype::U16 => {
                 for &id in ids {
-                    let v = u16::try_from(id).map_err(|_| DataError::TokenOutOfRange {
-                        id,
-                        dtype: "u16",
-                    })?;
+                    let v = u16::try_from(id)
+                        .map_err(|_| DataError::TokenOutOfRange { id, dtype: "u16" })?;
                     buf.extend_from_slice(&v.to_le_bytes());
                 }
             }
@@ -257,7 +256,7 @@ impl Shard {
         let header = ShardHeader::parse(&mmap, &path)?;
         let data = (mmap.len() - HEADER_LEN) as u64;
         let width = header.dtype.bytes() as u64;
-        if data % width != 0 || data / width != header.count {
+        if !data.is_multiple_of(width) || data / width != header.count {
             return Err(DataError::Truncated {
                 path,
                 expected: header.count,
@@ -273,7 +272,12 @@ impl Shard {
         dtype: TokenDtype,
         tokenizer_hash: u64,
     ) -> Result<Self> {
-        let shard = Self::open(path)?;
+        Self::open(path)?.expect(dtype, tokenizer_hash)
+    }
+
+    /// Checks an open shard's dtype and tokenizer hash.
+    pub fn expect(self, dtype: TokenDtype, tokenizer_hash: u64) -> Result<Self> {
+        let shard = self;
         if shard.header.dtype != dtype {
             return Err(DataError::BadDtype {
                 path: shard.path,

@@ -52,10 +52,10 @@ impl TokenStream {
         let mut shards = Vec::with_capacity(paths.len());
         for path in paths {
             let shard = Shard::open(path)?;
-            let dtype = shards.first().map_or(shard.header().dtype, |s: &Shard| {
-                s.header().dtype
-            });
-            shards.push(Shard::open_expecting(path, dtype, tokenizer_hash)?);
+            let dtype = shards
+                .first()
+                .map_or(shard.header().dtype, |s: &Shard| s.header().dtype);
+            shards.push(shard.expect(dtype, tokenizer_hash)?);
         }
         Self::from_shards(shards, tokenizer_hash)
     }
@@ -105,7 +105,10 @@ impl TokenStream {
         let mut pos = start;
         let mut filled = 0usize;
         // Shard holding `start`: the last k with starts[k] <= start.
-        let mut k = self.starts.partition_point(|&s| s <= start).saturating_sub(1);
+        let mut k = self
+            .starts
+            .partition_point(|&s| s <= start)
+            .saturating_sub(1);
         while pos < end {
             let shard_end = self.starts[k + 1];
             let take = (end.min(shard_end) - pos) as usize;
@@ -195,8 +198,7 @@ impl WindowDataset {
                 self.seq_len + 1
             )));
         }
-        self.stream
-            .read(index as u64 * self.seq_len as u64, out)
+        self.stream.read(index as u64 * self.seq_len as u64, out)
     }
 
     /// A sampler over this dataset's windows, starting at epoch 0, position 0.
@@ -356,8 +358,20 @@ mod tests {
         let got: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
         assert_eq!(
             got,
-            [6_457_827_717_110_365_317, 3_203_168_211_198_807_973, 9_817_491_932_198_370_423]
+            [
+                6_457_827_717_110_365_317,
+                3_203_168_211_198_807_973,
+                9_817_491_932_198_370_423
+            ]
         );
+    }
+
+    #[test]
+    fn datasets_can_be_shared_across_loader_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<WindowDataset>();
+        send_sync::<WindowSampler>();
+        send_sync::<crate::Tokenizer>();
     }
 
     #[test]

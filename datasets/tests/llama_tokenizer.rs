@@ -26,7 +26,12 @@ fn llama2_reproduces_every_test_vector() {
         let ids = tok.encode(&v.text, true).unwrap();
         assert_eq!(ids, v.ids, "encode({:?})", v.text);
         // Without BOS: the same ids minus the leading 1.
-        assert_eq!(tok.encode(&v.text, false).unwrap(), v.ids[1..], "{:?}", v.text);
+        assert_eq!(
+            tok.encode(&v.text, false).unwrap(),
+            v.ids[1..],
+            "{:?}",
+            v.text
+        );
         // Decoding drops BOS and undoes the dummy prefix: the text comes back exactly.
         assert_eq!(tok.decode(&ids).unwrap(), v.text);
     }
@@ -37,8 +42,14 @@ fn llama2_special_ids_and_vocab_size() {
     let Some(tok) = common::llama() else { return };
     assert_eq!(tok.vocab_size(), 32001);
     assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (1, 2, 32000));
-    assert_eq!(tok.encode("Hello world", true).unwrap(), vec![1, 15043, 3186]);
-    assert_eq!(tok.decode_with_special(&[1, 15043, 2]).unwrap(), "<s> Hello</s>");
+    assert_eq!(
+        tok.encode("Hello world", true).unwrap(),
+        vec![1, 15043, 3186]
+    );
+    assert_eq!(
+        tok.decode_with_special(&[1, 15043, 2]).unwrap(),
+        "<s> Hello</s>"
+    );
 }
 
 #[test]
@@ -49,5 +60,8 @@ fn hash_is_stable_across_save_and_reload() {
     tok.save(&path).unwrap();
     let again = Tokenizer::from_file(&path).unwrap();
     assert_eq!(again.hash(), tok.hash());
-    assert_ne!(again.hash(), hymba_datasets::default_tokenizer().unwrap().hash());
+    assert_ne!(
+        again.hash(),
+        hymba_datasets::default_tokenizer().unwrap().hash()
+    );
 }

@@ -16,7 +16,13 @@ fn same_seed_same_order_other_seed_other_order() {
         assert_eq!(e, (0..500).collect::<Vec<_>>());
     }
     assert_ne!(a[..500], a[500..1000]);
-    assert_eq!(a[..500], WindowSampler::order(500, 42, 0).iter().map(|&i| i as usize).collect::<Vec<_>>());
+    assert_eq!(
+        a[..500],
+        WindowSampler::order(500, 42, 0)
+            .iter()
+            .map(|&i| i as usize)
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -53,6 +59,9 @@ fn resume_refuses_a_different_dataset() {
     let s = WindowSampler::new(10, 1);
     let e = WindowSampler::resume(s.state(), 11).unwrap_err();
     assert!(e.to_string().contains("10 windows"), "{e}");
-    let bad = SamplerState { position: 10, ..s.state() };
+    let bad = SamplerState {
+        position: 10,
+        ..s.state()
+    };
     assert!(WindowSampler::resume(bad, 10).is_err());
 }

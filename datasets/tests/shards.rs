@@ -65,7 +65,12 @@ fn round_trip(tok: &Tokenizer, shard_tokens: u64) {
     let input = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let docs = write_corpus(input.path());
-    let report = prepare(tok, &config(input.path(), out.path(), 0.2, shard_tokens), &mut |_| {}).unwrap();
+    let report = prepare(
+        tok,
+        &config(input.path(), out.path(), 0.2, shard_tokens),
+        &mut |_| {},
+    )
+    .unwrap();
     let m = Manifest::load(out.path()).unwrap();
     assert_eq!(m, report.manifest);
     assert_eq!(m.tokenizer.hash, tok.hash());
@@ -93,7 +98,9 @@ fn round_trip(tok: &Tokenizer, shard_tokens: u64) {
         assert_eq!(rebuilt[..], expected[..ds.len() * seq_len]);
         // The decoded stream holds the documents' text, in order.
         let text = tok.decode(&expected).unwrap();
-        let first = docs.iter().find(|d| (split == Split::Val) == is_val_document(d, m.seed, m.val_fraction));
+        let first = docs
+            .iter()
+            .find(|d| (split == Split::Val) == is_val_document(d, m.seed, m.val_fraction));
         if let Some(first) = first {
             assert!(text.starts_with(&first[..40]), "{split}: {:?}", &text[..60]);
         }
@@ -119,10 +126,18 @@ fn prepare_is_deterministic() {
     write_corpus(input.path());
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for out in [&a, &b] {
-        prepare(&tok, &config(input.path(), out.path(), 0.2, 700), &mut |_| {}).unwrap();
+        prepare(
+            &tok,
+            &config(input.path(), out.path(), 0.2, 700),
+            &mut |_| {},
+        )
+        .unwrap();
     }
     let names = |d: &Path| {
-        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         v.sort();
         v
     };
@@ -141,14 +156,24 @@ fn prepare_reports_progress_and_rejects_bad_settings() {
     write_corpus(input.path());
     let out = tempfile::tempdir().unwrap();
     let mut last = None;
-    prepare(&tok, &config(input.path(), out.path(), 0.0, 1 << 20), &mut |p| last = Some(*p)).unwrap();
+    prepare(
+        &tok,
+        &config(input.path(), out.path(), 0.0, 1 << 20),
+        &mut |p| last = Some(*p),
+    )
+    .unwrap();
     let last = last.unwrap();
     assert_eq!(last.documents, 12);
     assert_eq!(last.bytes_read, last.bytes_total);
     let m = Manifest::load(out.path()).unwrap();
     assert_eq!(m.val.documents, 0, "val_fraction 0 holds nothing out");
     assert_eq!(last.tokens, m.train.tokens);
-    let err = prepare(&tok, &config(input.path(), out.path(), 1.5, 10), &mut |_| {}).unwrap_err();
+    let err = prepare(
+        &tok,
+        &config(input.path(), out.path(), 1.5, 10),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("val fraction"), "{err}");
 }
 
@@ -162,7 +187,13 @@ fn doc_modes_cut_plain_text_differently() {
         let out = tempfile::tempdir().unwrap();
         let mut c = config(input.path(), out.path(), 0.0, 1000);
         c.docs.doc_mode = mode;
-        counts.push(prepare(&tok, &c, &mut |_| {}).unwrap().manifest.train.documents);
+        counts.push(
+            prepare(&tok, &c, &mut |_| {})
+                .unwrap()
+                .manifest
+                .train
+                .documents,
+        );
     }
     assert_eq!(counts, vec![2, 3, 1]);
 }
@@ -180,9 +211,18 @@ fn shard_round_trips_u16_and_u32() {
     let p32 = dir.path().join("b.bin");
     write_shard(&p16, TokenDtype::U16, 9, &[0, 1, 65535, 7]);
     write_shard(&p32, TokenDtype::U32, 9, &[70000, 0, u32::MAX]);
-    assert_eq!(std::fs::metadata(&p16).unwrap().len(), HEADER_LEN as u64 + 8);
-    assert_eq!(Shard::open(&p16).unwrap().to_vec().unwrap(), vec![0, 1, 65535, 7]);
-    assert_eq!(Shard::open(&p32).unwrap().to_vec().unwrap(), vec![70000, 0, u32::MAX]);
+    assert_eq!(
+        std::fs::metadata(&p16).unwrap().len(),
+        HEADER_LEN as u64 + 8
+    );
+    assert_eq!(
+        Shard::open(&p16).unwrap().to_vec().unwrap(),
+        vec![0, 1, 65535, 7]
+    );
+    assert_eq!(
+        Shard::open(&p32).unwrap().to_vec().unwrap(),
+        vec![70000, 0, u32::MAX]
+    );
     // A stream across both shards (dtype must agree: the u32 one is refused).
     assert!(matches!(
         TokenStream::open_files(&[p16.clone(), p32.clone()], 9),
@@ -194,7 +234,10 @@ fn shard_round_trips_u16_and_u32() {
     assert_eq!(out, [65535, 7, 0, 1]);
     // An id too large for u16 is an error, not a silent wrap.
     let mut w = ShardWriter::create(dir.path().join("c.bin"), TokenDtype::U16, 9).unwrap();
-    assert!(matches!(w.write(&[65536]), Err(DataError::TokenOutOfRange { id: 65536, .. })));
+    assert!(matches!(
+        w.write(&[65536]),
+        Err(DataError::TokenOutOfRange { id: 65536, .. })
+    ));
 }
 
 #[test]
@@ -212,7 +255,10 @@ fn shard_header_rejects_wrong_magic_version_dtype_hash_and_length() {
     };
 
     let e = corrupt("magic.bin", 0, b"NOTTOKEN");
-    assert!(matches!(e, DataError::BadMagic { found, .. } if &found == b"NOTTOKEN"), "{e}");
+    assert!(
+        matches!(e, DataError::BadMagic { found, .. } if &found == b"NOTTOKEN"),
+        "{e}"
+    );
     assert!(e.to_string().contains("not a hymba token shard"), "{e}");
 
     let e = corrupt("version.bin", 8, &7u32.to_le_bytes());
@@ -223,19 +269,48 @@ fn shard_header_rejects_wrong_magic_version_dtype_hash_and_length() {
     assert!(e.to_string().contains("code 3"), "{e}");
 
     let e = corrupt("count.bin", 16, &4u64.to_le_bytes());
-    assert!(matches!(e, DataError::Truncated { expected: 4, found: 3, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DataError::Truncated {
+                expected: 4,
+                found: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     let e = Shard::open_expecting(&good, TokenDtype::U16, 0x1234).unwrap_err();
-    assert!(matches!(e, DataError::TokenizerMismatch { found: 0xabcd, expected: 0x1234, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DataError::TokenizerMismatch {
+                found: 0xabcd,
+                expected: 0x1234,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("000000000000abcd"), "{e}");
 
     let e = Shard::open_expecting(&good, TokenDtype::U32, 0xabcd).unwrap_err();
     assert!(matches!(e, DataError::BadDtype { .. }), "{e}");
-    assert!(e.to_string().contains("u16") && e.to_string().contains("u32"), "{e}");
+    assert!(
+        e.to_string().contains("u16") && e.to_string().contains("u32"),
+        "{e}"
+    );
 
-    std::fs::write(dir.path().join("short.bin"), &SHARD_MAGIC).unwrap();
-    assert!(matches!(Shard::open(dir.path().join("short.bin")), Err(DataError::Truncated { .. })));
-    assert!(matches!(Shard::open(dir.path().join("missing.bin")), Err(DataError::Io { .. })));
+    std::fs::write(dir.path().join("short.bin"), SHARD_MAGIC).unwrap();
+    assert!(matches!(
+        Shard::open(dir.path().join("short.bin")),
+        Err(DataError::Truncated { .. })
+    ));
+    assert!(matches!(
+        Shard::open(dir.path().join("missing.bin")),
+        Err(DataError::Io { .. })
+    ));
 }
 
 #[test]
@@ -244,11 +319,19 @@ fn data_made_with_another_tokenizer_is_refused() {
     let input = tempfile::tempdir().unwrap();
     write_corpus(input.path());
     let out = tempfile::tempdir().unwrap();
-    prepare(&tok, &config(input.path(), out.path(), 0.2, 1 << 20), &mut |_| {}).unwrap();
+    prepare(
+        &tok,
+        &config(input.path(), out.path(), 0.2, 1 << 20),
+        &mut |_| {},
+    )
+    .unwrap();
     let ds = WindowDataset::open(out.path(), Split::Train, 16).unwrap();
     let other = hymba_datasets::train_bpe(
         std::iter::once("a tiny different corpus".repeat(10)),
-        hymba_datasets::BpeConfig { vocab_size: 270, min_frequency: 2 },
+        hymba_datasets::BpeConfig {
+            vocab_size: 270,
+            min_frequency: 2,
+        },
     )
     .unwrap();
     let e = ds.check_tokenizer(&other).unwrap_err();
@@ -258,7 +341,12 @@ fn data_made_with_another_tokenizer_is_refused() {
 
     // A shard swapped in from another tokenizer's data fails against the manifest.
     let shard = out.path().join(&m.train.shards[0].file);
-    write_shard(&shard, TokenDtype::U16, other.hash(), &vec![5; m.train.shards[0].tokens as usize]);
+    write_shard(
+        &shard,
+        TokenDtype::U16,
+        other.hash(),
+        &vec![5; m.train.shards[0].tokens as usize],
+    );
     let e = TokenStream::open(out.path(), Split::Train).unwrap_err();
     assert!(matches!(e, DataError::TokenizerMismatch { .. }), "{e}");
 }

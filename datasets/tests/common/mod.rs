@@ -22,11 +22,20 @@ pub fn data_dir() -> Option<PathBuf> {
 /// The LLaMA-2 tokenizer from `shared/data/tokenizer/llama2`.
 pub fn llama() -> Option<Tokenizer> {
     let dir = data_dir()?;
-    Some(Tokenizer::from_file(dir.join("tokenizer/llama2/tokenizer.json")).expect("llama2 tokenizer loads"))
+    Some(
+        Tokenizer::from_file(dir.join("tokenizer/llama2/tokenizer.json"))
+            .expect("llama2 tokenizer loads"),
+    )
 }
 
 /// The first `n` non-empty lines of a data file.
 pub fn head_lines(rel: &str, n: usize) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(data_dir()?.join(rel)).expect("data file readable");
-    Some(text.lines().filter(|l| !l.trim().is_empty()).take(n).map(str::to_owned).collect())
+    Some(
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(n)
+            .map(str::to_owned)
+            .collect(),
+    )
 }
