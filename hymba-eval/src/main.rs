@@ -1,1 +1,303 @@
-fn main() {}
+//! `hymba-eval`: evaluation, benchmarks and generation for Hymba.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use hymba::weights::{CONFIG_FILE, SaveDtype, SaveOptions};
+use hymba::{BackendKind, GenerationConfig, HymbaConfig, run_on};
+use hymba_eval::checkpoint::{InitJob, ParamsJob};
+use hymba_eval::generate::{GenerateJob, Weights, checkpoint_tokenizer, encode_prompts, parse_ids};
+
+/// Evaluate, benchmark and sample Hymba models on CPU (ndarray), wgpu or CUDA.
+#[derive(Parser, Debug)]
+#[command(name = "hymba-eval", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate tokens from prompts and print them with tokens/s.
+    Generate(GenerateArgs),
+    /// Write a randomly initialised checkpoint (HF layout: config.json + model.safetensors).
+    Init(InitArgs),
+    /// Load a checkpoint directory and print its parameter count.
+    Params(ParamsArgs),
+    /// Benchmarks: `bench scan` times the selective-scan kernels.
+    #[command(subcommand)]
+    Bench(hymba_eval::bench_scan::BenchCommand),
+}
+
+/// Where the model runs.
+#[derive(Args, Debug)]
+struct BackendArgs {
+    /// Backend: ndarray (CPU), wgpu or cuda. wgpu and cuda need the binary to be built with
+    /// the feature of the same name.
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
+    /// Device index (CUDA).
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("prompts").required(true).args(["prompt_ids", "prompt"])))]
+struct GenerateArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Architecture preset: tiny, hymba-125m, hymba-350m or hymba-1.5b (random weights).
+    #[arg(long, default_value = "tiny", conflicts_with_all = ["config", "model"])]
+    preset: String,
+    /// An HF `config.json` instead of a preset (random weights).
+    #[arg(long, conflicts_with = "model")]
+    config: Option<PathBuf>,
+    /// A checkpoint directory (config.json + safetensors, e.g. nvidia/Hymba-1.5B-Base).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Prompt token ids, comma separated. Repeat the flag for a batch of prompts (lengths
+    /// may differ).
+    #[arg(long = "prompt-ids", value_name = "IDS")]
+    prompt_ids: Vec<String>,
+    /// A text prompt, encoded with the model directory's tokenizer.json. Repeat for a batch.
+    #[arg(long, value_name = "TEXT", requires = "model")]
+    prompt: Vec<String>,
+    /// The tokenizer.json to use instead of the one in the model directory.
+    #[arg(long, value_name = "FILE", requires = "prompt")]
+    tokenizer: Option<PathBuf>,
+    /// Wrap each text prompt in the chat template (instruct models).
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Keep generating after the tokenizer's EOS (text prompts stop at EOS by default).
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Tokens to generate per prompt.
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Stop a row after one of these ids (comma separated).
+    #[arg(long, default_value = "")]
+    stop_ids: String,
+    /// Seed of the sampler and of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Architecture preset: tiny, hymba-125m, hymba-350m or hymba-1.5b.
+    #[arg(long, default_value = "tiny", conflicts_with = "config")]
+    preset: String,
+    /// An HF `config.json` instead of a preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the vocabulary size (e.g. to match --tokenizer).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// The checkpoint directory to write.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Weight dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// A tokenizer.json to copy into the directory.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Split the weights into shards of at most this many MB (default: one file).
+    #[arg(long, value_name = "MB")]
+    shard_mb: Option<u64>,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct ParamsArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// The checkpoint directory.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let config = match (&args.model, &args.config) {
+        (Some(dir), _) => HymbaConfig::from_file(dir.join(CONFIG_FILE))?,
+        (None, Some(path)) => HymbaConfig::from_file(path)?,
+        (None, None) => HymbaConfig::preset(&args.preset)?,
+    };
+    let mut stop_ids = parse_ids(&args.stop_ids)
+        .map_err(anyhow::Error::msg)
+        .context("--stop-ids")?;
+    let mut tokenizer = None;
+    let mut prompts = args
+        .prompt_ids
+        .iter()
+        .map(|p| parse_ids(p).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()
+        .context("--prompt-ids")?;
+    if let Some(dir) = args.model.as_deref().filter(|_| !args.prompt.is_empty()) {
+        let tok = checkpoint_tokenizer(dir, args.tokenizer.as_deref())?;
+        let system = args.system.as_deref();
+        prompts.extend(encode_prompts(
+            &tok,
+            &args.prompt,
+            args.chat,
+            system,
+            config.vocab_size,
+        )?);
+        if !args.ignore_eos {
+            stop_ids.push(tok.eos_id());
+        }
+        tokenizer = Some(tok);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    let kind: BackendKind = args.backend.backend.parse()?;
+    let generation = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        stop_ids,
+        seed: args.seed,
+    };
+    let weights = match args.model {
+        Some(dir) => Weights::Pretrained(dir),
+        None => Weights::Random {
+            config: Box::new(config),
+            seed: args.seed,
+        },
+    };
+    let job = GenerateJob {
+        weights,
+        prompts,
+        generation,
+    };
+    let report = run_on(kind, args.backend.device, job)??;
+    let texts = args
+        .prompt_ids
+        .iter()
+        .map(|_| None)
+        .chain(args.prompt.iter().map(Some));
+    for (i, (tokens, prompt)) in report.tokens.iter().zip(texts).enumerate() {
+        match (&tokenizer, prompt) {
+            // A base model continues the prompt; an instruct model answers it.
+            (Some(tok), Some(prompt)) if args.chat => {
+                println!("[{i}] {prompt}\n  → {}", tok.decode(tokens)?);
+            }
+            (Some(tok), Some(prompt)) => println!("[{i}] {prompt}{}", tok.decode(tokens)?),
+            _ => {
+                let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
+                println!("[{i}] {}", ids.join(","));
+            }
+        }
+    }
+    println!(
+        "backend {kind}: model ready in {:.1} s, prefill {:.1} tokens/s, decode {:.1} tokens/s \
+         ({} steps × {} rows)",
+        report.load_secs,
+        report.prefill_tokens_per_sec,
+        report.decode_tokens_per_sec,
+        report.decode_steps,
+        report.tokens.len()
+    );
+    Ok(())
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => HymbaConfig::from_file(path)?,
+        None => HymbaConfig::preset(&args.preset)?,
+    };
+    if let Some(v) = args.vocab_size {
+        config.vocab_size = v;
+        config.validate()?;
+    }
+    let dtype: SaveDtype = args.dtype.parse()?;
+    let kind: BackendKind = args.backend.backend.parse()?;
+    let job = InitJob {
+        config,
+        seed: args.seed,
+        out: args.out.clone(),
+        options: SaveOptions {
+            dtype,
+            tokenizer: args.tokenizer,
+            max_shard_bytes: args.shard_mb.map(|mb| mb * 1_000_000),
+        },
+    };
+    let report = run_on(kind, args.backend.device, job)??;
+    println!(
+        "wrote {}: {} parameters as {dtype} in {:.1} s",
+        args.out.display(),
+        thousands(report.params),
+        report.secs
+    );
+    Ok(())
+}
+
+fn params(args: ParamsArgs) -> Result<()> {
+    let kind: BackendKind = args.backend.backend.parse()?;
+    let job = ParamsJob {
+        dir: args.model.clone(),
+    };
+    let report = run_on(kind, args.backend.device, job)??;
+    println!(
+        "{}: {} parameters in {} tensors, {} layers (config count {}); loaded on {kind} in {:.1} s",
+        args.model.display(),
+        thousands(report.params),
+        report.tensors,
+        report.layers,
+        thousands(report.config_params),
+        report.load_secs
+    );
+    Ok(())
+}
+
+/// `1522797824` → `1,522,797,824`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Init(args) => init(args),
+        Command::Params(args) => params(args),
+        Command::Bench(cmd) => hymba_eval::bench_scan::run(cmd)
+            .map(drop)
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -83,8 +83,7 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
     }
 }
 
-#[cfg(feature = "wgpu")]
-impl ScanBackend for burn::backend::Wgpu<f32, i32> {}
-
-#[cfg(feature = "cuda")]
-impl ScanBackend for burn::backend::Cuda<f32, i32> {}
+// `ScanBackend` for the backends above: `NdArray` in `scan/mod.rs` (the tensor-op reference);
+// `burn::backend::{Wgpu, Cuda}` (= `Fusion<CubeBackend<R, ..>>`, any element types) through
+// the generic impls in `scan/kernel.rs` (CubeCL kernels) and `scan/fusion.rs` (custom fusion
+// op); `Autodiff<B, C>` over any of them in `scan/autodiff.rs`.

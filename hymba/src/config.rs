@@ -553,7 +553,7 @@ impl HymbaConfig {
             return err("kq_head_dim", "must be positive or -1".into());
         }
         let (h, g) = (self.num_attention_heads, self.num_key_value_heads);
-        if self.kq_head_dim == -1 && self.attn_hidden() % h != 0 {
+        if self.kq_head_dim == -1 && !self.attn_hidden().is_multiple_of(h) {
             return err(
                 "num_attention_heads",
                 format!("{h} heads do not divide attention width {}", self.attn_hidden()),
@@ -565,7 +565,7 @@ impl HymbaConfig {
                 format!("{g} KV heads do not divide {h} attention heads"),
             );
         }
-        if self.d_inner() % h != 0 {
+        if !self.d_inner().is_multiple_of(h) {
             return err(
                 "num_attention_heads",
                 format!(
@@ -574,7 +574,7 @@ impl HymbaConfig {
                 ),
             );
         }
-        if self.rope && self.qk_head_dim() % 2 != 0 {
+        if self.rope && !self.qk_head_dim().is_multiple_of(2) {
             return err(
                 "kq_head_dim",
                 format!("RoPE needs an even head dim, got {}", self.qk_head_dim()),
@@ -588,10 +588,10 @@ impl HymbaConfig {
                 return err("kq_head_dim", "NTK RoPE needs a head dim above 2".into());
             }
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return err("rms_norm_eps", "must be positive".into());
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return err("rope_theta", "must be positive".into());
         }
         let unsupported: [(&'static str, bool, &str); 9] = [
@@ -617,13 +617,13 @@ impl HymbaConfig {
         if !self.tie_word_embeddings {
             return err("tie_word_embeddings", "only tied embeddings are supported".into());
         }
-        if let Some(conv_dim) = &self.conv_dim {
-            if let Some((layer, w)) = conv_dim.iter().find(|(_, w)| **w != self.d_inner()) {
-                return err(
-                    "conv_dim",
-                    format!("layer {layer} has {w}, expected d_inner {}", self.d_inner()),
-                );
-            }
+        if let Some(conv_dim) = &self.conv_dim
+            && let Some((layer, w)) = conv_dim.iter().find(|(_, w)| **w != self.d_inner())
+        {
+            return err(
+                "conv_dim",
+                format!("layer {layer} has {w}, expected d_inner {}", self.d_inner()),
+            );
         }
         let n = self.num_hidden_layers;
         let mut seen = BTreeSet::new();

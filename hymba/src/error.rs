@@ -44,6 +44,26 @@ pub enum HymbaError {
     /// A backend name that does not exist.
     #[error("unknown backend `{0}` (expected ndarray, wgpu or cuda)")]
     UnknownBackend(String),
+    /// A checkpoint file cannot be used as a whole: not valid safetensors (e.g. truncated),
+    /// a malformed `model.safetensors.index.json`, no weight file in the directory.
+    #[error("{path}: {message}")]
+    Checkpoint {
+        /// The file (or directory) involved.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A checkpoint's tensors do not fit the config; `problems` names every bad tensor
+    /// (missing, unexpected, wrong shape or dtype), one line each.
+    #[error(
+        "checkpoint does not match its config ({} problem(s)):\n  {}",
+        problems.len(),
+        problems.join("\n  ")
+    )]
+    Weights {
+        /// One line per bad tensor, naming it.
+        problems: Vec<String>,
+    },
     /// Bad input to generation or the forward pass (empty prompt, token id out of range, …).
     #[error("invalid input: {0}")]
     Input(String),

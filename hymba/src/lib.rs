@@ -18,6 +18,7 @@
 //! | model, tied LM head, loss | [`model`] |
 //! | KV sharing + SWA cache, decode | [`cache`], [`generate`] |
 //! | backend flag | [`backend`] |
+//! | HF checkpoints: `config.json` + safetensors in and out | [`weights`] |
 //!
 //! The model is generic over `B: ScanBackend` (a burn `Backend` with the selective-scan
 //! extension) and is written once for CPU, wgpu and CUDA.
@@ -36,10 +37,12 @@ pub mod meta_tokens;
 pub mod mixer;
 pub mod model;
 pub mod norm;
+pub mod params;
 pub mod precision;
 pub mod rope;
 pub mod scan;
 pub mod ssm;
+pub mod weights;
 
 pub use backend::{BackendKind, BackendRunner, run_on};
 pub use cache::HymbaCache;
@@ -48,3 +51,4 @@ pub use error::{HymbaError, Result};
 pub use generate::{GenerationConfig, generate};
 pub use model::Hymba;
 pub use scan::ScanBackend;
+pub use weights::{SaveDtype, SaveOptions, hf_tensor_specs, load_pretrained, save_pretrained};

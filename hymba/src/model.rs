@@ -1,7 +1,7 @@
 //! `Hymba`: embedding, meta tokens, the stack of hybrid layers with cross-layer KV sharing,
 //! final norm and the tied LM head (spec §2.1).
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::log_softmax;
@@ -16,6 +16,7 @@ use crate::matmul::matmul;
 use crate::meta_tokens::MetaTokens;
 use crate::mixer::{AttentionContext, KeyValues, KvInput};
 use crate::norm::RmsNorm;
+use crate::params;
 use crate::precision::upcast;
 use crate::rope::Rope;
 use crate::scan::ScanBackend;
@@ -215,6 +216,19 @@ impl<B: ScanBackend> Hymba<B> {
                 let mask = mask.cast(nll.dtype());
                 (nll * mask.clone()).sum() / mask.sum().clamp_min(1.0)
             }
+        }
+    }
+
+    /// The same model (same weights) on another backend; e.g. to check that wgpu computes
+    /// what ndarray computes.
+    pub fn to_backend<B2: ScanBackend>(&self, device: &B2::Device) -> Result<Hymba<B2>> {
+        let values = params::collect(self);
+        let target = Hymba::<B2>::new(&self.config, device)?;
+        let mut loader = params::ParamLoader::new(values, device);
+        let target = target.map(&mut loader);
+        match loader.errors.first() {
+            None => Ok(target),
+            Some(e) => Err(HymbaError::Input(format!("copying parameters: {e}"))),
         }
     }
 

@@ -63,6 +63,7 @@ fn dt_rank_auto_is_hidden_over_16() {
 
 #[test]
 fn bad_configs_are_errors_naming_the_key() {
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
         ("hidden_size", Box::new(|v| { v.as_object_mut().unwrap().remove("hidden_size"); })),
         ("hidden_size", Box::new(|v| v["hidden_size"] = serde_json::json!(-64))),

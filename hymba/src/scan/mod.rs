@@ -9,9 +9,22 @@
 //! The model calls it through one function, [`selective_scan`], which dispatches to the
 //! backend extension [`ScanBackend`]. Its default body is the tensor-op reference in
 //! [`reference`] — the CPU path and the oracle every kernel is tested against. GPU kernels
-//! override the trait method for their backend without touching the model.
+//! override the trait method for their backend without touching the model:
+//!
+//! | backend | forward | backward |
+//! |---|---|---|
+//! | `NdArray` (any other backend) | [`reference`] | reference recomputed under `Autodiff` |
+//! | `CubeBackend<R, ..>` (CUDA, wgpu) | `kernel` (CubeCL) | `kernel` (chunked recompute) |
+//! | `Fusion<B>` (`burn::backend::{Cuda, Wgpu}`) | custom op → `B`'s | custom op → `B`'s |
+//! | `Autodiff<B, C>` | `B`'s, recorded as one op | [`ScanBackend::selective_scan_backward`] of `B` |
 
+pub mod autodiff;
+#[cfg(feature = "cube")]
+pub mod fusion;
+#[cfg(feature = "cube")]
+pub mod kernel;
 pub mod reference;
+pub mod reference_vjp;
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
@@ -63,7 +76,8 @@ pub struct ScanPrimitives<B: Backend> {
 }
 
 impl<B: Backend> ScanInput<B> {
-    fn into_primitives(self) -> ScanPrimitives<B> {
+    /// To backend primitives (what [`ScanBackend`] methods take).
+    pub fn into_primitives(self) -> ScanPrimitives<B> {
         ScanPrimitives {
             u: self.u.into_primitive().tensor(),
             delta: self.delta.into_primitive().tensor(),
@@ -98,17 +112,29 @@ impl<B: Backend> ScanPrimitives<B> {
     }
 }
 
-/// Backend extension for the selective scan. The default body is the tensor-op reference,
-/// which is correct on every backend (and differentiable under `Autodiff`); GPU backends
-/// override it with a kernel.
+/// Gradients of a scan's inputs, field by field (each has its input's shape and dtype;
+/// `initial_state` is `Some` exactly when the input had one).
+pub type ScanGrads<B> = ScanPrimitives<B>;
+
+/// Backend extension for the selective scan. The default bodies are the tensor-op reference,
+/// which is correct on every backend; GPU backends override them with kernels.
 pub trait ScanBackend: Backend {
     /// Runs the scan; returns `(y [batch, d_inner, T], last state [batch, d_inner, S])`.
     fn selective_scan(input: ScanPrimitives<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (y, h) = reference::selective_scan_reference(
-            input.into_tensors(),
-            reference::DEFAULT_CHUNK,
-        );
-        (y.into_primitive().tensor(), h.into_primitive().tensor())
+        reference::selective_scan_reference_primitives(input)
+    }
+
+    /// The scan's vector-Jacobian product: given the inputs and the gradients of the outputs
+    /// (`dy [batch, d_inner, T]`, and `d_last_state [batch, d_inner, S]` when the last state
+    /// was used), returns the gradients of every input. `Autodiff<Self>` calls it in its
+    /// backward pass. The default body recomputes the reference under `Autodiff<Self>` and
+    /// backpropagates through it.
+    fn selective_scan_backward(
+        input: ScanPrimitives<Self>,
+        dy: FloatTensor<Self>,
+        d_last_state: Option<FloatTensor<Self>>,
+    ) -> ScanGrads<Self> {
+        reference::selective_scan_reference_backward(input, dy, d_last_state)
     }
 }
 
@@ -124,14 +150,25 @@ pub fn selective_scan<B: ScanBackend>(input: ScanInput<B>) -> (Tensor<B, 3>, Ten
     )
 }
 
+/// The backward pass of [`selective_scan`] as a function (what `Autodiff` calls, exposed for
+/// tests and benchmarks): the gradients of every input, packed in a [`ScanInput`] (field
+/// `u` holds dL/du, and so on), given `dy` and optionally `d_last_state`.
+pub fn selective_scan_backward<B: ScanBackend>(
+    input: ScanInput<B>,
+    dy: Tensor<B, 3>,
+    d_last_state: Option<Tensor<B, 3>>,
+) -> ScanInput<B> {
+    B::selective_scan_backward(
+        input.into_primitives(),
+        dy.into_primitive().tensor(),
+        d_last_state.map(|t| t.into_primitive().tensor()),
+    )
+    .into_tensors()
+}
+
 #[cfg(feature = "ndarray")]
 impl ScanBackend for burn::backend::NdArray<f32> {}
 
 /// f64 on the CPU: used by the finite-difference gradient checks.
 #[cfg(feature = "ndarray")]
 impl ScanBackend for burn::backend::NdArray<f64> {}
-
-impl<B: ScanBackend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy>
-    ScanBackend for burn::backend::Autodiff<B, C>
-{
-}

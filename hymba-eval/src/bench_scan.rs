@@ -1,0 +1,402 @@
+//! `hymba-eval bench scan`: times the selective scan (forward, and forward + backward) at
+//! Hymba's shapes on one backend, against the tensor-op reference on the same device.
+//!
+//! Reported per shape and storage dtype: median milliseconds, effective bandwidth
+//! (bytes that must move at least once, over the time), its share of the device's peak
+//! bandwidth when known, and the speed-up over the reference.
+//!
+//! Bytes counted (element size e of the storage dtype):
+//! - forward: u, delta, z read + y written (`4·b·d·T·e`) + B, C read (`2·b·S·T·e`);
+//! - backward adds u, delta, z, dy read + du, d delta, dz written (`7·b·d·T·e`) + B, C read
+//!   + dB, dC written (`4·b·S·T·e`). "fwd+bwd" counts both.
+//!
+//! The reference's backward keeps `O(b·d·S·T·chunk)` intermediates; where that exceeds a
+//! memory budget it is timed on a prefix of the sequence and scaled to the full length (it
+//! is linear in T), and the row says so (`ref_fwd_bwd_seq`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+use hymba::scan::reference::{DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward};
+use hymba::scan::{ScanInput, selective_scan, selective_scan_backward};
+use hymba::{BackendKind, BackendRunner, HymbaError, ScanBackend, run_on};
+use serde::Serialize;
+
+/// `hymba-eval bench ...`
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time the selective scan (kernel vs tensor-op reference) at Hymba's shapes.
+    Scan(BenchScanArgs),
+}
+
+/// Arguments of `hymba-eval bench scan`.
+#[derive(clap::Args, Debug)]
+pub struct BenchScanArgs {
+    /// Backend: ndarray (CPU), wgpu or cuda (the binary needs the feature of that name).
+    #[arg(long, default_value = "ndarray")]
+    pub backend: String,
+    /// Device index (CUDA).
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// `full`: Hymba's shapes (batch 8 × seq 2048 × d_inner 3200 and 1024, batch 4 × seq 8192
+    /// × d_inner 3200; state 16). `quick`: small shapes that run on a CPU in seconds.
+    #[arg(long, default_value = "full")]
+    pub shapes: String,
+    /// Timed rounds per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Untimed warm-up rounds per measurement.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Peak memory bandwidth of the device in GB/s (default: detected for H100/H200 through
+    /// nvidia-smi on CUDA, else unknown).
+    #[arg(long)]
+    pub peak_gbps: Option<f64>,
+    /// Skip the tensor-op reference (no speed-ups).
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Memory budget (GB) of the reference's backward; above it the reference's backward is
+    /// timed on a prefix of the sequence and scaled.
+    #[arg(long, default_value_t = 4.0)]
+    pub reference_budget_gb: f64,
+}
+
+/// Errors of the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A bad argument.
+    #[error("{0}")]
+    Arg(String),
+    /// From the model library (e.g. a backend not compiled in).
+    #[error(transparent)]
+    Hymba(#[from] HymbaError),
+    /// Writing the JSON file.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// One benchmarked shape.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ScanShape {
+    /// Batch size.
+    pub batch: usize,
+    /// Channels (d_inner).
+    pub d_inner: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// State size.
+    pub state: usize,
+}
+
+impl ScanShape {
+    const fn new(batch: usize, d_inner: usize, seq: usize, state: usize) -> Self {
+        Self { batch, d_inner, seq, state }
+    }
+}
+
+/// Hymba's shapes.
+pub const FULL_SHAPES: [ScanShape; 3] = [
+    ScanShape::new(8, 3200, 2048, 16),
+    ScanShape::new(8, 1024, 2048, 16),
+    ScanShape::new(4, 3200, 8192, 16),
+];
+
+/// Small shapes for CPUs (lavapipe, ndarray).
+pub const QUICK_SHAPES: [ScanShape; 2] = [ScanShape::new(2, 96, 128, 16), ScanShape::new(1, 160, 256, 16)];
+
+/// One result row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanBenchRow {
+    /// The shape.
+    #[serde(flatten)]
+    pub shape: ScanShape,
+    /// Storage dtype of u, delta, z, B, C, y (`f32` or `bf16`); compute is f32.
+    pub dtype: String,
+    /// Forward, median ms.
+    pub fwd_ms: f64,
+    /// Forward + backward, median ms.
+    pub fwd_bwd_ms: f64,
+    /// Forward effective bandwidth, GB/s.
+    pub fwd_gbps: f64,
+    /// Forward + backward effective bandwidth, GB/s.
+    pub fwd_bwd_gbps: f64,
+    /// `fwd_gbps` as % of the device's peak (null when the peak is unknown).
+    pub fwd_pct_peak: Option<f64>,
+    /// `fwd_bwd_gbps` as % of the device's peak.
+    pub fwd_bwd_pct_peak: Option<f64>,
+    /// The tensor-op reference's forward, median ms (same device).
+    pub ref_fwd_ms: Option<f64>,
+    /// The reference's forward + backward, median ms (scaled to the full length when timed
+    /// on a prefix).
+    pub ref_fwd_bwd_ms: Option<f64>,
+    /// The sequence length the reference's backward was timed at (= `seq` unless scaled).
+    pub ref_fwd_bwd_seq: Option<usize>,
+    /// `ref_fwd_ms / fwd_ms`.
+    pub speedup_fwd: Option<f64>,
+    /// `ref_fwd_bwd_ms / fwd_bwd_ms`.
+    pub speedup_fwd_bwd: Option<f64>,
+}
+
+/// The whole report (what `--out` writes).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanBenchReport {
+    /// Backend flag.
+    pub backend: String,
+    /// burn's name of the device/backend.
+    pub device: String,
+    /// Peak bandwidth used for the percentages, GB/s.
+    pub peak_gbps: Option<f64>,
+    /// Timed rounds per measurement.
+    pub rounds: usize,
+    /// One row per shape and dtype.
+    pub rows: Vec<ScanBenchRow>,
+}
+
+/// The benchmark as a [`BackendRunner`].
+#[derive(Debug, Clone)]
+pub struct ScanBenchJob {
+    /// Shapes to run.
+    pub shapes: Vec<ScanShape>,
+    /// Timed rounds.
+    pub rounds: usize,
+    /// Warm-up rounds.
+    pub warmup: usize,
+    /// Time the reference too.
+    pub reference: bool,
+    /// Memory budget of the reference's backward, bytes.
+    pub reference_budget: f64,
+}
+
+/// Median wall time (ms) of `f`, synchronising the device after each call; the outputs
+/// stay alive until the device is synchronised.
+fn time_ms<B: Backend, T>(device: &B::Device, warmup: usize, rounds: usize, mut f: impl FnMut() -> T) -> f64 {
+    let sync = || B::sync(device).expect("device synchronisation");
+    for _ in 0..warmup {
+        let out = f();
+        sync();
+        drop(out);
+    }
+    let mut times: Vec<f64> = (0..rounds.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            let out = f();
+            sync();
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            drop(out);
+            ms
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn inputs<B: Backend>(shape: ScanShape, dtype: DType, device: &B::Device) -> (ScanInput<B>, Tensor<B, 3>) {
+    let ScanShape { batch: b, d_inner: d, seq: t, state: s } = shape;
+    let n = Distribution::Normal(0.0, 1.0);
+    let big = |dims: [usize; 3]| Tensor::<B, 3>::random(dims, n, device).cast(dtype);
+    let input = ScanInput {
+        u: big([b, d, t]),
+        delta: big([b, d, t]),
+        a: Tensor::<B, 2>::random([d, s], n, device).exp().neg(),
+        b: big([b, s, t]),
+        c: big([b, s, t]),
+        d: Tensor::random([d], n, device),
+        z: big([b, d, t]),
+        delta_bias: Tensor::random([d], n, device),
+        initial_state: None,
+    };
+    (input, big([b, d, t]))
+}
+
+fn prefix<B: Backend>(x: &ScanInput<B>, dy: &Tensor<B, 3>, len: usize) -> (ScanInput<B>, Tensor<B, 3>) {
+    let cut = |t: &Tensor<B, 3>| t.clone().narrow(2, 0, len);
+    let input = ScanInput {
+        u: cut(&x.u),
+        delta: cut(&x.delta),
+        b: cut(&x.b),
+        c: cut(&x.c),
+        z: cut(&x.z),
+        ..x.clone()
+    };
+    (input, cut(dy))
+}
+
+fn reference_fwd_bwd<B: Backend>(input: ScanInput<B>, dy: Tensor<B, 3>) -> ScanInput<B> {
+    let (y, h) = selective_scan_reference(input.clone(), DEFAULT_CHUNK);
+    let g = selective_scan_reference_backward(input.into_primitives(), dy.into_primitive().tensor(), None);
+    drop((y, h));
+    g.into_tensors()
+}
+
+impl BackendRunner for ScanBenchJob {
+    type Output = (String, Vec<ScanBenchRow>);
+
+    fn run<B: ScanBackend>(self, device: B::Device) -> Self::Output {
+        let mut rows = Vec::new();
+        let mut dtypes = vec![DType::F32];
+        if B::supports_dtype(&device, DType::BF16) {
+            dtypes.push(DType::BF16);
+        }
+        let (w, r) = (self.warmup, self.rounds);
+        for &shape in &self.shapes {
+            for &dtype in &dtypes {
+                B::seed(&device, 0);
+                let (x, dy) = inputs::<B>(shape, dtype, &device);
+                let fwd_ms = time_ms::<B, _>(&device, w, r, || selective_scan(x.clone()));
+                let fwd_bwd_ms = time_ms::<B, _>(&device, w, r, || {
+                    let out = selective_scan(x.clone());
+                    (out, selective_scan_backward(x.clone(), dy.clone(), None))
+                });
+                let (mut ref_fwd_ms, mut ref_fwd_bwd_ms, mut ref_seq) = (None, None, None);
+                if self.reference {
+                    let (rw, rr) = (w.min(1), r.min(3));
+                    ref_fwd_ms = Some(time_ms::<B, _>(&device, rw, rr, || {
+                        selective_scan_reference(x.clone(), DEFAULT_CHUNK)
+                    }));
+                    // ~3 saved tensors of [b, d, S, chunk, chunk] per chunk, f32.
+                    let ScanShape { batch, d_inner, seq, state } = shape;
+                    let per_step = 3.0 * (batch * d_inner * state * DEFAULT_CHUNK * 4) as f64;
+                    let fit = ((self.reference_budget / per_step) as usize / DEFAULT_CHUNK) * DEFAULT_CHUNK;
+                    let len = fit.clamp(DEFAULT_CHUNK.min(seq), seq);
+                    let (xp, dyp) = prefix(&x, &dy, len);
+                    let ms = time_ms::<B, _>(&device, rw, rr, || reference_fwd_bwd(xp.clone(), dyp.clone()));
+                    ref_fwd_bwd_ms = Some(ms * seq as f64 / len as f64);
+                    ref_seq = Some(len);
+                }
+                let e = dtype.size() as f64;
+                let ScanShape { batch, d_inner, seq, state } = shape;
+                let big = (batch * d_inner * seq) as f64 * e;
+                let small = (batch * state * seq) as f64 * e;
+                let fwd_bytes = 4.0 * big + 2.0 * small;
+                let bwd_bytes = 7.0 * big + 4.0 * small;
+                rows.push(ScanBenchRow {
+                    shape,
+                    dtype: if dtype == DType::BF16 { "bf16" } else { "f32" }.to_string(),
+                    fwd_ms,
+                    fwd_bwd_ms,
+                    fwd_gbps: fwd_bytes / (fwd_ms * 1e-3) / 1e9,
+                    fwd_bwd_gbps: (fwd_bytes + bwd_bytes) / (fwd_bwd_ms * 1e-3) / 1e9,
+                    fwd_pct_peak: None,
+                    fwd_bwd_pct_peak: None,
+                    ref_fwd_ms,
+                    ref_fwd_bwd_ms,
+                    ref_fwd_bwd_seq: ref_seq,
+                    speedup_fwd: ref_fwd_ms.map(|r| r / fwd_ms),
+                    speedup_fwd_bwd: ref_fwd_bwd_ms.map(|r| r / fwd_bwd_ms),
+                });
+            }
+        }
+        (B::name(&device), rows)
+    }
+}
+
+/// The peak bandwidth of CUDA device `index` from its name (nvidia-smi): H100 3350 GB/s
+/// (SXM; PCIe 2000), H200 4800 GB/s; anything else unknown.
+fn detect_peak_gbps(index: usize) -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader", &format!("--id={index}")])
+        .output()
+        .ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).to_uppercase();
+    if name.contains("H200") {
+        Some(4800.0)
+    } else if name.contains("H100") && name.contains("PCIE") {
+        Some(2000.0)
+    } else if name.contains("H100") {
+        Some(3350.0)
+    } else {
+        None
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// Runs `hymba-eval bench <command>`: prints a table, and writes JSON with `--out`.
+pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
+    let BenchCommand::Scan(args) = command;
+    let kind: BackendKind = args.backend.parse()?;
+    let shapes = match args.shapes.as_str() {
+        "full" => FULL_SHAPES.to_vec(),
+        "quick" => QUICK_SHAPES.to_vec(),
+        other => return Err(BenchError::Arg(format!("--shapes {other}: expected quick or full"))),
+    };
+    let job = ScanBenchJob {
+        shapes,
+        rounds: args.rounds,
+        warmup: args.warmup,
+        reference: !args.no_reference,
+        reference_budget: args.reference_budget_gb * 1e9,
+    };
+    let (device, mut rows) = run_on(kind, args.device, job)?;
+    let peak = args
+        .peak_gbps
+        .or_else(|| (kind == BackendKind::Cuda).then(|| detect_peak_gbps(args.device)).flatten());
+    for row in &mut rows {
+        row.fwd_pct_peak = peak.map(|p| 100.0 * row.fwd_gbps / p);
+        row.fwd_bwd_pct_peak = peak.map(|p| 100.0 * row.fwd_bwd_gbps / p);
+    }
+    let report = ScanBenchReport {
+        backend: kind.to_string(),
+        device,
+        peak_gbps: peak,
+        rounds: args.rounds,
+        rows,
+    };
+
+    println!(
+        "selective scan on {} ({}), peak {} GB/s, median of {} rounds",
+        report.backend,
+        report.device,
+        fmt_opt(peak, 0),
+        report.rounds
+    );
+    println!(
+        "{:>5} {:>6} {:>6} {:>3} {:>5} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7} {:>7}",
+        "batch", "d", "seq", "S", "dtype", "fwd ms", "GB/s", "%peak", "f+b ms", "GB/s", "%peak", "ref fwd", "ref f+b", "x fwd", "x f+b"
+    );
+    for r in &report.rows {
+        let s = r.shape;
+        println!(
+            "{:>5} {:>6} {:>6} {:>3} {:>5} | {:>9.3} {:>7.1} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>10} {:>10} {:>7} {:>7}",
+            s.batch,
+            s.d_inner,
+            s.seq,
+            s.state,
+            r.dtype,
+            r.fwd_ms,
+            r.fwd_gbps,
+            fmt_opt(r.fwd_pct_peak, 1),
+            r.fwd_bwd_ms,
+            r.fwd_bwd_gbps,
+            fmt_opt(r.fwd_bwd_pct_peak, 1),
+            fmt_opt(r.ref_fwd_ms, 2),
+            match (r.ref_fwd_bwd_ms, r.ref_fwd_bwd_seq) {
+                (Some(ms), Some(seq)) if seq < s.seq => format!("{ms:.1}*"),
+                (ms, _) => fmt_opt(ms, 2),
+            },
+            fmt_opt(r.speedup_fwd, 1),
+            fmt_opt(r.speedup_fwd_bwd, 1),
+        );
+    }
+    if report.rows.iter().any(|r| r.ref_fwd_bwd_seq.is_some_and(|q| q < r.shape.seq)) {
+        println!("* reference backward timed on a prefix of the sequence and scaled to its length");
+    }
+    if let Some(path) = &args.out {
+        let json = serde_json::to_string_pretty(&report).expect("serialisable report");
+        std::fs::write(path, json).map_err(|source| BenchError::Io { path: path.clone(), source })?;
+        println!("wrote {}", path.display());
+    }
+    Ok(report)
+}

@@ -1,0 +1,8 @@
+//! # hymba-eval
+//!
+//! Evaluation, benchmarks and generation for Hymba models. The `hymba-eval` binary is a thin
+//! command-line layer over the functions here.
+
+pub mod bench_scan;
+pub mod checkpoint;
+pub mod generate;

@@ -1,0 +1,21 @@
+//! # hymba-train
+//!
+//! Pretraining (and, later, SFT and DPO) of Hymba models on burn-train's `Learner`, with a
+//! custom LM training strategy: optimizer-step checkpoints with exact resume, averaged
+//! gradient accumulation, global-norm clipping, WSD/cosine schedules, tokens/s and MFU.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod flops;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod pretrain;
+pub mod run_config;
+pub mod schedule;
+pub mod strategy;
+
+pub use error::TrainError;
+pub use pretrain::{PretrainJob, PretrainReport};
+pub use run_config::RunConfig;

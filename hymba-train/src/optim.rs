@@ -1,0 +1,191 @@
+//! The optimizer side of LM training that burn 0.21 lacks: AdamW without weight decay on
+//! norms, biases, `A_log`, `D` and meta tokens (burn has no parameter groups), global-norm
+//! gradient clipping (burn clips per tensor), and a snapshot of the optimizer state for
+//! step checkpoints (the `Learner` keeps its optimizer private).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, MultiGradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::optim::LearningRate;
+
+use crate::model::LanguageModel;
+use crate::run_config::OptimizerSection;
+
+/// One AdamW group's state (per-parameter moments).
+pub type AdamRecord<B> =
+    <OptimizerAdaptor<AdamW, LanguageModel<B>, B> as Optimizer<LanguageModel<B>, B>>::Record;
+
+/// The optimizer state record: (decay group, no-decay group).
+pub type LmOptimizerRecord<B> = (AdamRecord<B>, AdamRecord<B>);
+
+/// Parameters that get no weight decay, with their tensor rank.
+fn no_decay_params<B: Backend>(model: &LanguageModel<B>) -> Vec<(ParamId, usize)> {
+    struct Ranks(Vec<(ParamId, usize)>);
+    impl<B: Backend> ModuleVisitor<B> for Ranks {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            // Every vector: RMSNorm weights (β1, β2 included), conv/dt biases, D.
+            if D == 1 {
+                self.0.push((param.id, D));
+            }
+        }
+    }
+    let mut ranks = Ranks(Vec::new());
+    model.visit(&mut ranks);
+    let hymba = &model.hymba;
+    ranks.0.push((hymba.meta_tokens.tokens.id, 2));
+    ranks
+        .0
+        .extend(hymba.layers.iter().map(|l| (l.mixer.ssm.a_log.id, 2)));
+    ranks.0
+}
+
+fn move_grad<B: Backend>(from: &mut GradientsParams, to: &mut GradientsParams, id: ParamId, rank: usize) {
+    fn mv<B: Backend, const D: usize>(from: &mut GradientsParams, to: &mut GradientsParams, id: ParamId) {
+        if let Some(g) = from.remove::<B, D>(id) {
+            to.register::<B, D>(id, g);
+        }
+    }
+    match rank {
+        1 => mv::<B, 1>(from, to, id),
+        2 => mv::<B, 2>(from, to, id),
+        3 => mv::<B, 3>(from, to, id),
+        _ => {}
+    }
+}
+
+/// AdamW in two groups (decay / no decay) sharing one learning rate.
+#[derive(Clone)]
+pub struct LmOptimizer<B: AutodiffBackend> {
+    decay: OptimizerAdaptor<AdamW, LanguageModel<B>, B>,
+    no_decay: OptimizerAdaptor<AdamW, LanguageModel<B>, B>,
+    no_decay_params: Arc<Vec<(ParamId, usize)>>,
+    snapshot: Arc<Mutex<Option<LmOptimizerRecord<B>>>>,
+    want_snapshot: Arc<AtomicBool>,
+}
+
+/// A handle to ask the optimizer, living inside burn's `Learner`, for its state.
+#[derive(Clone)]
+pub struct SnapshotHandle<B: AutodiffBackend> {
+    snapshot: Arc<Mutex<Option<LmOptimizerRecord<B>>>>,
+    want_snapshot: Arc<AtomicBool>,
+}
+
+impl<B: AutodiffBackend> SnapshotHandle<B> {
+    /// The next optimizer step will store its state after stepping.
+    pub fn request(&self) {
+        self.want_snapshot.store(true, Ordering::SeqCst);
+    }
+
+    /// The stored state, if a requested step has run.
+    pub fn take(&self) -> Option<LmOptimizerRecord<B>> {
+        self.snapshot.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+impl<B: AutodiffBackend> LmOptimizer<B>
+where
+    LanguageModel<B>: AutodiffModule<B>,
+{
+    /// The optimizer of `model` with the run's settings (no burn per-tensor clipping: the
+    /// strategy clips the global norm).
+    pub fn new(model: &LanguageModel<B>, s: &OptimizerSection) -> (Self, SnapshotHandle<B>) {
+        let base = AdamWConfig::new()
+            .with_beta_1(s.beta1)
+            .with_beta_2(s.beta2)
+            .with_epsilon(s.epsilon);
+        let snapshot = Arc::new(Mutex::new(None));
+        let want_snapshot = Arc::new(AtomicBool::new(false));
+        let opt = Self {
+            decay: base.clone().with_weight_decay(s.weight_decay).init(),
+            no_decay: base.with_weight_decay(0.0).init(),
+            no_decay_params: Arc::new(no_decay_params(model)),
+            snapshot: snapshot.clone(),
+            want_snapshot: want_snapshot.clone(),
+        };
+        (opt, SnapshotHandle { snapshot, want_snapshot })
+    }
+}
+
+impl<B: AutodiffBackend + hymba::ScanBackend> Optimizer<LanguageModel<B>, B> for LmOptimizer<B>
+where
+    B::InnerBackend: hymba::ScanBackend,
+{
+    type Record = LmOptimizerRecord<B>;
+
+    fn step(&mut self, lr: LearningRate, module: LanguageModel<B>, mut grads: GradientsParams) -> LanguageModel<B> {
+        let mut no_decay = GradientsParams::new();
+        for &(id, rank) in self.no_decay_params.iter() {
+            move_grad::<B::InnerBackend>(&mut grads, &mut no_decay, id, rank);
+        }
+        let module = self.decay.step(lr, module, grads);
+        let module = self.no_decay.step(lr, module, no_decay);
+        if self.want_snapshot.swap(false, Ordering::SeqCst)
+            && let Ok(mut slot) = self.snapshot.lock()
+        {
+            *slot = Some(self.to_record());
+        }
+        module
+    }
+
+    fn step_multi(&mut self, lr: LearningRate, module: LanguageModel<B>, grads: MultiGradientsParams) -> LanguageModel<B> {
+        // Multi-device training all-reduces into single-device gradients first (DDP), so
+        // this path only sees one group of gradients; fall back to the decay group.
+        self.decay.step_multi(lr, module, grads)
+    }
+
+    fn to_record(&self) -> Self::Record {
+        (self.decay.to_record(), self.no_decay.to_record())
+    }
+
+    fn load_record(mut self, (decay, no_decay): Self::Record) -> Self {
+        self.decay = self.decay.load_record(decay);
+        self.no_decay = self.no_decay.load_record(no_decay);
+        self
+    }
+}
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm` (0 = no clipping);
+/// returns the norm before clipping.
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    struct SumSquares<'a> {
+        grads: &'a GradientsParams,
+        parts: Vec<f64>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                self.parts.push(g.square().sum().into_scalar().elem::<f64>());
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut sums = SumSquares { grads, parts: Vec::new() };
+    model.visit(&mut sums);
+    let norm = sums.parts.iter().sum::<f64>().sqrt();
+    if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
+        model.visit(&mut Scale {
+            grads,
+            factor: max_norm / norm,
+        });
+    }
+    norm
+}

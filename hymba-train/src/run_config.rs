@@ -1,0 +1,287 @@
+//! The TOML run config of `hymba-train pretrain`: every field documented and defaulted, so
+//! `hymba-train pretrain` with no config at all is the README's main job (a small Hymba on
+//! the embedded corpus, on the CPU, for a few minutes).
+//!
+//! Unknown keys are errors (a typo must not silently train with a default), and
+//! `key=value` overrides from the command line address fields by dotted path
+//! (`optimizer.lr=1e-3`, `model.preset=hymba-125m`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// Which architecture to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A preset (`tiny`, `hymba-125m`, `hymba-350m`, `hymba-1.5b`) or `"small-cpu"`: the main
+    /// job's model (width 128, 4 layers, window 64, 16 meta tokens).
+    pub preset: String,
+    /// An HF `config.json` to use instead of the preset.
+    pub config_json: Option<PathBuf>,
+    /// Overrides the vocabulary size; by default the tokenizer's.
+    pub vocab_size: Option<usize>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            preset: "small-cpu".into(),
+            config_json: None,
+            vocab_size: None,
+        }
+    }
+}
+
+/// Where the tokens come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// A shard directory written by `hymba-datasets prepare`, or `"default"`: the embedded
+    /// corpus, tokenized into `<out_dir>/data` on first use.
+    pub shards: String,
+    /// Tokens per training sequence (meta tokens come on top).
+    pub seq_len: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            shards: "default".into(),
+            seq_len: 128,
+        }
+    }
+}
+
+/// AdamW settings. Weight decay skips norms, biases, `A_log`, `D` and the meta tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    /// Peak learning rate (paper: 3e-3 for pretraining).
+    pub lr: f64,
+    /// Final learning rate of the decay phase (paper: 1e-5).
+    pub min_lr: f64,
+    /// Adam β1.
+    pub beta1: f32,
+    /// Adam β2.
+    pub beta2: f32,
+    /// Adam ε.
+    pub epsilon: f32,
+    /// Decoupled weight decay of the matrices.
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (0 = off).
+    pub grad_clip: f64,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self {
+            lr: 3e-3,
+            min_lr: 1e-5,
+            beta1: 0.9,
+            beta2: 0.95,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// Learning-rate schedule shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Warmup, stable at the peak, then linear decay to `min_lr` (the paper's WSD).
+    Wsd,
+    /// Warmup, then cosine decay to `min_lr`.
+    Cosine,
+    /// Warmup, then constant.
+    Constant,
+}
+
+/// Learning-rate schedule, counted in optimizer steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// `wsd`, `cosine` or `constant`.
+    pub kind: ScheduleKind,
+    /// Fraction of the steps spent warming up linearly from 0 (paper: 1 %).
+    pub warmup_frac: f64,
+    /// WSD: fraction of the steps spent decaying at the end (paper: 20 %).
+    pub decay_frac: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Wsd,
+            warmup_frac: 0.01,
+            decay_frac: 0.2,
+        }
+    }
+}
+
+/// What to do when the loss is NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    /// Stop, naming the step and the last good checkpoint.
+    Stop,
+    /// Skip the optimizer step of that batch and go on.
+    Skip,
+}
+
+/// A whole pretraining run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Where checkpoints, logs, the loss curve and the final model go.
+    pub out_dir: PathBuf,
+    /// The architecture.
+    pub model: ModelSection,
+    /// The data.
+    pub data: DataSection,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (gradients are averaged).
+    pub grad_accum: usize,
+    /// Optimizer steps to train for.
+    pub steps: usize,
+    /// Optimizer settings.
+    pub optimizer: OptimizerSection,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleSection,
+    /// Save a checkpoint every this many optimizer steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept (oldest deleted first).
+    pub keep_checkpoints: usize,
+    /// Run validation every this many steps (0 = only at the end).
+    pub valid_every: usize,
+    /// Validation batches per validation run (0 = the whole validation split).
+    pub valid_batches: usize,
+    /// Seed of the weights and of the data order.
+    pub seed: u64,
+    /// What to do on a NaN/inf loss.
+    pub on_nan: NanPolicy,
+    /// Peak dense TFLOP/s of one device, for MFU; 0 = pick by backend (H100 bf16: 989 on
+    /// CUDA; unknown elsewhere, MFU then shows 0).
+    pub peak_tflops: f64,
+    /// Samples printed at the end (each `sample_tokens` long, greedy and sampled).
+    pub samples: usize,
+    /// Tokens per printed sample.
+    pub sample_tokens: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            out_dir: PathBuf::from("runs/default"),
+            model: ModelSection::default(),
+            data: DataSection::default(),
+            batch_size: 8,
+            grad_accum: 1,
+            steps: 600,
+            optimizer: OptimizerSection::default(),
+            schedule: ScheduleSection::default(),
+            checkpoint_every: 200,
+            keep_checkpoints: 2,
+            valid_every: 100,
+            valid_batches: 8,
+            seed: 42,
+            on_nan: NanPolicy::Stop,
+            peak_tflops: 0.0,
+            samples: 3,
+            sample_tokens: 48,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path` (or the defaults when `None`), applies `key=value` overrides, validates.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
+        let mut value = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
+                toml::from_str::<toml::Value>(&text)
+                    .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?
+            }
+            None => toml::Value::Table(Default::default()),
+        };
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let config: RunConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| TrainError::Config(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects settings that cannot train.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if self.batch_size == 0 {
+            return bad("batch_size must be positive");
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum must be positive");
+        }
+        if self.steps == 0 {
+            return bad("steps must be positive");
+        }
+        if self.data.seq_len < 2 {
+            return bad("data.seq_len must be at least 2");
+        }
+        if self.checkpoint_every == 0 {
+            return bad("checkpoint_every must be positive");
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints must be at least 1");
+        }
+        if !(self.optimizer.lr > 0.0) || self.optimizer.min_lr < 0.0 {
+            return bad("optimizer.lr must be positive and optimizer.min_lr non-negative");
+        }
+        let s = &self.schedule;
+        if !(0.0..=1.0).contains(&s.warmup_frac) || !(0.0..=1.0).contains(&s.decay_frac) {
+            return bad("schedule.warmup_frac and schedule.decay_frac must be in [0, 1]");
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML (saved beside the checkpoints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Applies one `a.b.c=value` override; the value is parsed as TOML (number, bool, array…)
+/// and taken as a string when that fails.
+fn apply_override(root: &mut toml::Value, text: &str) -> Result<(), TrainError> {
+    let Some((path, raw)) = text.split_once('=') else {
+        return Err(TrainError::Config(format!(
+            "override `{text}` is not of the form key=value"
+        )));
+    };
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let mut node = root;
+    for key in &keys[..keys.len() - 1] {
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| TrainError::Config(format!("override `{path}`: `{key}` is not a table")))?;
+        node = table
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    let table = node
+        .as_table_mut()
+        .ok_or_else(|| TrainError::Config(format!("override `{path}` does not name a field")))?;
+    table.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! `LmStrategy`: a custom burn-train `SupervisedLearningStrategy` for LM pretraining.
+//!
+//! It keeps burn-train's `Learner`, dashboard, metrics and event store, and adds what LM
+//! training needs and burn 0.21's default strategy lacks: steps counted in optimizer steps
+//! (one LR step per optimizer step, not per micro-batch), averaged gradient accumulation,
+//! global-norm clipping, validation every N steps, checkpoints every N steps with the data
+//! position (exact resume), tokens/s and MFU, and NaN handling.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::data::dataloader::Progress;
+use burn::module::AutodiffModule;
+use burn::optim::GradientsAccumulator;
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::{
+    EventProcessorTraining, InferenceStep, Learner, LearnerEvent, LearningComponentsMarker,
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
+    TrainingItem, TrainingModel, ValidLoader,
+};
+use hymba::ScanBackend;
+use hymba_datasets::{WindowDataset, WindowSampler};
+
+use crate::checkpoint::{self, TrainState};
+use crate::data::make_batch;
+use crate::error::TrainError;
+use crate::model::{LanguageModel, LmStats};
+use crate::optim::{LmOptimizer, SnapshotHandle, clip_global_norm};
+use crate::run_config::{NanPolicy, RunConfig};
+use crate::schedule::LrSchedule;
+
+/// The learning components of a Hymba pretraining run on autodiff backend `B`.
+pub type Components<B> = LearningComponentsMarker<B, LrSchedule, LanguageModel<B>, LmOptimizer<B>>;
+
+/// What the run did, read by the caller after `launch` returns.
+#[derive(Debug, Default)]
+pub struct RunLog {
+    /// `(step, mean train loss)` per optimizer step.
+    pub train_loss: Vec<(usize, f64)>,
+    /// `(step, validation loss)` per validation run.
+    pub valid_loss: Vec<(usize, f64)>,
+    /// Mean text tokens/s over the run's steps.
+    pub tokens_per_sec: Vec<f64>,
+    /// The newest checkpoint written or resumed from.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Why the run stopped early, if it did.
+    pub error: Option<TrainError>,
+}
+
+/// The strategy; see the module docs.
+pub struct LmStrategy<B: AutodiffBackend> {
+    /// Training windows.
+    pub train: Arc<WindowDataset>,
+    /// Draws training windows; resumed from the checkpoint.
+    pub sampler: Mutex<WindowSampler>,
+    /// Optimizer steps already done (resumed runs start after them).
+    pub start_step: usize,
+    /// The run.
+    pub config: RunConfig,
+    /// Reaches the optimizer's state for checkpoints.
+    pub snapshot: SnapshotHandle<B>,
+    /// Training FLOPs per text token (for MFU).
+    pub flops_per_token: f64,
+    /// Peak FLOP/s of the device (0 = unknown).
+    pub peak_flops: f64,
+    /// Device the batches are built on.
+    pub device: B::Device,
+    /// Results for the caller.
+    pub log: Arc<Mutex<RunLog>>,
+}
+
+impl<B: AutodiffBackend + ScanBackend> LmStrategy<B>
+where
+    B::InnerBackend: ScanBackend,
+{
+    fn csv(&self) -> PathBuf {
+        self.config.out_dir.join("loss.csv")
+    }
+
+    /// Keeps the loss log consistent with the step the run (re)starts from.
+    fn reset_csv(&self) {
+        let path = self.csv();
+        let kept: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split(',')
+                    .next()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .is_some_and(|s| s <= self.start_step)
+            })
+            .map(str::to_string)
+            .collect();
+        let mut text = String::from("step,split,loss,lr,grad_norm,tokens_per_s\n");
+        for l in kept {
+            text.push_str(&l);
+            text.push('\n');
+        }
+        let _ = std::fs::write(path, text);
+    }
+
+    fn append_csv(&self, line: String) {
+        if let Ok(mut f) = OpenOptions::new().append(true).create(true).open(self.csv()) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    fn fail(&self, e: TrainError) {
+        if let Ok(mut log) = self.log.lock() {
+            log.error = Some(e);
+        }
+    }
+
+    fn validate(
+        &self,
+        learner: &Learner<Components<B>>,
+        valid: &ValidLoader<Components<B>>,
+        processor: &mut SupervisedTrainingEventProcessor<Components<B>>,
+        step: usize,
+        run: usize,
+    ) -> f64 {
+        let model = learner.model().valid();
+        let global = Progress {
+            items_processed: step,
+            items_total: self.config.steps,
+        };
+        let mut iter = valid.iter();
+        let (mut sum, mut tokens) = (0.0, 0usize);
+        let mut i = 0;
+        while let Some(batch) = iter.next() {
+            i += 1;
+            let stats = InferenceStep::step(&model, batch);
+            sum += stats.loss * stats.tokens as f64;
+            tokens += stats.tokens;
+            let item = TrainingItem::new(stats, iter.progress(), global.clone(), Some(i), None);
+            processor.process_valid(LearnerEvent::ProcessedItem(item));
+        }
+        processor.process_valid(LearnerEvent::EndEpoch(run));
+        sum / tokens.max(1) as f64
+    }
+
+    fn save_checkpoint(&self, learner: &Learner<Components<B>>, step: usize) {
+        let Some(optim) = self.snapshot.take() else {
+            self.fail(TrainError::Config("optimizer state missing at checkpoint".into()));
+            return;
+        };
+        let sampler = match self.sampler.lock() {
+            Ok(s) => s.state(),
+            Err(_) => return,
+        };
+        let root = self.config.out_dir.join("checkpoints");
+        let state = TrainState { step, sampler };
+        match checkpoint::save(&root, &state, &learner.model(), optim, self.config.keep_checkpoints) {
+            Ok(dir) => {
+                if let Ok(mut log) = self.log.lock() {
+                    log.last_checkpoint = Some(dir);
+                }
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+impl<B: AutodiffBackend + ScanBackend> SupervisedLearningStrategy<Components<B>> for LmStrategy<B>
+where
+    B::InnerBackend: ScanBackend,
+{
+    fn fit(
+        &self,
+        components: TrainingComponents<Components<B>>,
+        mut learner: Learner<Components<B>>,
+        _train: TrainLoader<Components<B>>,
+        valid: ValidLoader<Components<B>>,
+        _starting_epoch: usize,
+    ) -> (TrainingModel<Components<B>>, SupervisedTrainingEventProcessor<Components<B>>) {
+        let mut processor = components.event_processor;
+        let interrupter = components.interrupter;
+        let cfg = &self.config;
+        let accum = cfg.grad_accum;
+        let total = cfg.steps;
+        let mut valid_runs = 0;
+        self.reset_csv();
+        let epoch = Progress {
+            items_processed: 1,
+            items_total: 1,
+        };
+        for step in self.start_step + 1..=total {
+            let started = Instant::now();
+            let mut accumulator = GradientsAccumulator::<LanguageModel<B>>::new();
+            let (mut loss, mut tokens) = (0.0, 0usize);
+            for _ in 0..accum {
+                let indices = match self.sampler.lock() {
+                    Ok(mut s) => s.next_batch(cfg.batch_size),
+                    Err(_) => return (learner.model(), processor),
+                };
+                let batch = match make_batch::<B>(&self.train, &indices, 1.0 / accum as f32, &self.device) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.fail(e.into());
+                        return (learner.model(), processor);
+                    }
+                };
+                let out = learner.train_step(batch);
+                accumulator.accumulate(&learner.model(), out.grads);
+                loss += out.item.loss / accum as f64;
+                tokens += out.item.tokens;
+            }
+            let mut grads = accumulator.grads();
+            learner.lr_step();
+            if !loss.is_finite() {
+                match cfg.on_nan {
+                    NanPolicy::Skip => continue,
+                    NanPolicy::Stop => {
+                        let last = self
+                            .log
+                            .lock()
+                            .ok()
+                            .and_then(|l| l.last_checkpoint.clone())
+                            .map_or("none".to_string(), |p| p.display().to_string());
+                        self.fail(TrainError::NonFiniteLoss { step, loss, last_checkpoint: last });
+                        break;
+                    }
+                }
+            }
+            let grad_norm = clip_global_norm(&learner.model(), &mut grads, cfg.optimizer.grad_clip);
+            let checkpoint_now = step % cfg.checkpoint_every == 0 || step == total;
+            if checkpoint_now {
+                self.snapshot.request();
+            }
+            learner.optimizer_step(grads);
+            let lr = learner.lr_current();
+            let secs = started.elapsed().as_secs_f64();
+            let tokens_per_sec = tokens as f64 / secs.max(1e-9);
+            let mfu_pct = if self.peak_flops > 0.0 {
+                100.0 * tokens_per_sec * self.flops_per_token / self.peak_flops
+            } else {
+                0.0
+            };
+            let stats = LmStats { loss, tokens, grad_norm, tokens_per_sec, mfu_pct };
+            let progress = Progress { items_processed: step, items_total: total };
+            let item = TrainingItem::new(stats, progress, epoch.clone(), Some(step), Some(lr));
+            processor.process_train(LearnerEvent::ProcessedItem(item));
+            self.append_csv(format!("{step},train,{loss},{lr},{grad_norm},{tokens_per_sec:.1}"));
+            if let Ok(mut log) = self.log.lock() {
+                log.train_loss.push((step, loss));
+                log.tokens_per_sec.push(tokens_per_sec);
+            }
+            if (cfg.valid_every > 0 && step % cfg.valid_every == 0) || step == total {
+                valid_runs += 1;
+                let vloss = self.validate(&learner, &valid, &mut processor, step, valid_runs);
+                self.append_csv(format!("{step},valid,{vloss},,,"));
+                if let Ok(mut log) = self.log.lock() {
+                    log.valid_loss.push((step, vloss));
+                }
+            }
+            if checkpoint_now {
+                self.save_checkpoint(&learner, step);
+            }
+            if interrupter.should_stop() {
+                break;
+            }
+        }
+        processor.process_train(LearnerEvent::EndEpoch(1));
+        (learner.model(), processor)
+    }
+}

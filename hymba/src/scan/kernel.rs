@@ -1,0 +1,611 @@
+//! CubeCL kernels of the selective scan: one `#[cube]` source for every CubeCL runtime
+//! (CUDA, wgpu/Vulkan, lavapipe on a CPU). No plane (warp) operations are used.
+//!
+//! # Forward (`scan_forward_kernel`)
+//! One unit per (batch, channel); the state `h[S]` lives in registers (S is a compile-time
+//! constant, loops over it unrolled) and the unit walks the sequence. Prologue and epilogue
+//! are fused: `Δ = softplus(delta + bias)` with the `x > 20 ? x : log1p(eˣ)` rule, the D skip
+//! and the `silu(z)` gate. It writes y and the last state. A decode step is this kernel
+//! with T = 1 and an initial state.
+//!
+//! # Backward (`scan_backward_kernel`)
+//! One unit per (batch, channel) again, in cubes of [`BWD_UNITS`] channels:
+//! 1. a forward pass stores the state at the start of every chunk of `chunk` steps
+//!    (O(T/chunk · S) floats per unit, not O(T · S));
+//! 2. chunks are visited last to first: the chunk's states are recomputed from its start
+//!    state into a local array, then a reverse sweep carries the adjoint `dh[S]` and
+//!    produces du, dΔ → d(delta) (and d(delta_bias)), dz, and the reductions: dA, dD and
+//!    d(delta_bias) are summed over time in registers (then over batch by a tensor op);
+//!    dB and dC, shared by all channels, are summed over the cube's channels in shared memory
+//!    at each step and written per cube, then summed over cubes by a tensor op.
+//!
+//! Everything is computed in f32; the large tensors (u, delta, z, B, C, y, dy and the
+//! gradients of the first ones) are read and written in their storage dtype (f32, f16,
+//! bf16); the small ones (A, D, bias, states) are converted to f32 on the host.
+//!
+//! All tensors are read through their strides, so the transposed views the model passes
+//! (`[b, T, d]` storage seen as `[b, d, T]`) need no copy; outputs are allocated in the
+//! layout of `z` (channels innermost when z is stored that way, which makes the per-step
+//! accesses of neighbouring units contiguous).
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive, s};
+use burn_cubecl::kernel::cast;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::ops::permute;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::{CubeCount, CubeDim};
+
+use self::cube::{scan_backward_kernel, scan_forward_kernel};
+use super::reference::{selective_scan_reference_backward, selective_scan_reference_primitives};
+use super::{ScanBackend, ScanGrads, ScanPrimitives};
+
+/// Channels per cube of the forward kernel.
+pub const FWD_UNITS: usize = 64;
+/// Channels per cube of the backward kernel (one warp, so that its per-step reduction of dB
+/// and dC over the cube's channels is cheap).
+pub const BWD_UNITS: usize = 32;
+/// The largest state size the kernels take (the state lives in registers); larger states
+/// fall back to the tensor-op reference.
+pub const MAX_STATE: usize = 64;
+
+/// Steps per recompute chunk of the backward kernel for state size `states`: the chunk's
+/// states (`(chunk + 1) · S` floats) are kept in a per-unit local array of ~256 floats.
+pub fn backward_chunk(states: usize) -> usize {
+    (256 / states.max(1)).clamp(4, 32)
+}
+
+/// The kernels (kept apart: cubecl's prelude has its own `Tensor`, `Shape`, ...).
+mod cube {
+    use cubecl::prelude::*;
+
+    #[cube]
+    fn softplus(x: f32) -> f32 {
+        let mut r = x;
+        if x <= 20.0 {
+            r = f32::log1p(f32::exp(x));
+        }
+        r
+    }
+
+    #[cube]
+    fn sigmoid(x: f32) -> f32 {
+        1.0 / (1.0 + f32::exp(-x))
+    }
+
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan_forward_kernel<F: Float>(
+        u: &Tensor<F>,
+        delta: &Tensor<F>,
+        z: &Tensor<F>,
+        bm: &Tensor<F>,
+        cm: &Tensor<F>,
+        a: &Tensor<f32>,
+        dskip: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        y: &mut Tensor<F>,
+        h_last: &mut Tensor<f32>,
+        #[comptime] n_state: usize,
+        #[comptime] has_h0: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let channels = u.shape(1);
+        let len = u.shape(2);
+        let c = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+        let b = CUBE_POS_Y as usize;
+        if c >= channels {
+            terminate!();
+        }
+
+        let mut h = Array::<f32>::new(n_state);
+        let mut av = Array::<f32>::new(n_state);
+        #[unroll]
+        for s in 0..n_state {
+            av[s] = a[c * a.stride(0) + s * a.stride(1)];
+            h[s] = 0.0;
+        }
+        if has_h0 {
+            #[unroll]
+            for s in 0..n_state {
+                h[s] = h0[b * h0.stride(0) + c * h0.stride(1) + s * h0.stride(2)];
+            }
+        }
+        let dv = dskip[c * dskip.stride(0)];
+        let bv = bias[c * bias.stride(0)];
+
+        let u0 = b * u.stride(0) + c * u.stride(1);
+        let ut = u.stride(2);
+        let d0 = b * delta.stride(0) + c * delta.stride(1);
+        let dt_ = delta.stride(2);
+        let z0 = b * z.stride(0) + c * z.stride(1);
+        let zt = z.stride(2);
+        let y0 = b * y.stride(0) + c * y.stride(1);
+        let yt = y.stride(2);
+        let b0 = b * bm.stride(0);
+        let bs = bm.stride(1);
+        let bt = bm.stride(2);
+        let c0 = b * cm.stride(0);
+        let cs = cm.stride(1);
+        let ct = cm.stride(2);
+
+        for t in 0..len {
+            let uu = f32::cast_from(u[u0 + t * ut]);
+            let dt = softplus(f32::cast_from(delta[d0 + t * dt_]) + bv);
+            let dtu = dt * uu;
+            let mut acc = 0.0f32;
+            #[unroll]
+            for s in 0..n_state {
+                let hs = f32::exp(dt * av[s]) * h[s] + dtu * f32::cast_from(bm[b0 + s * bs + t * bt]);
+                h[s] = hs;
+                acc += hs * f32::cast_from(cm[c0 + s * cs + t * ct]);
+            }
+            let zz = f32::cast_from(z[z0 + t * zt]);
+            y[y0 + t * yt] = F::cast_from((acc + dv * uu) * (zz * sigmoid(zz)));
+        }
+
+        #[unroll]
+        for s in 0..n_state {
+            h_last[b * h_last.stride(0) + c * h_last.stride(1) + s * h_last.stride(2)] = h[s];
+        }
+    }
+
+    /// `d_params[b, c, :]` = `[dA (S) | d initial_state (S) | dD | d delta_bias]`, each summed
+    /// over time (the sum over batch is a tensor op).
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan_backward_kernel<F: Float>(
+        u: &Tensor<F>,
+        delta: &Tensor<F>,
+        z: &Tensor<F>,
+        bm: &Tensor<F>,
+        cm: &Tensor<F>,
+        a: &Tensor<f32>,
+        dskip: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        dy: &Tensor<F>,
+        d_last: &Tensor<f32>,
+        du: &mut Tensor<F>,
+        ddelta: &mut Tensor<F>,
+        dz: &mut Tensor<F>,
+        d_bc: &mut Tensor<f32>,
+        d_params: &mut Tensor<f32>,
+        bounds: &mut Tensor<f32>,
+        #[comptime] n_state: usize,
+        #[comptime] chunk: usize,
+        #[comptime] units: usize,
+        #[comptime] has_h0: bool,
+        #[comptime] has_d_last: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let channels = u.shape(1);
+        let len = u.shape(2);
+        let lane = UNIT_POS_X as usize;
+        let blk = CUBE_POS_X as usize;
+        let b = CUBE_POS_Y as usize;
+        let c = blk * units + lane;
+        // Units past the last channel run the same loops (the cube synchronises at every step)
+        // on the last channel's data, and contribute nothing.
+        let active = c < channels;
+        let mut cc = c;
+        if !active {
+            cc = channels - 1;
+        }
+        let two_s = comptime!(2 * n_state);
+        let mut red = SharedMemory::<f32>::new(comptime!(units * 2 * n_state));
+
+        let mut av = Array::<f32>::new(n_state);
+        let mut h = Array::<f32>::new(n_state);
+        #[unroll]
+        for s in 0..n_state {
+            av[s] = a[cc * a.stride(0) + s * a.stride(1)];
+            h[s] = 0.0;
+        }
+        if has_h0 {
+            #[unroll]
+            for s in 0..n_state {
+                h[s] = h0[b * h0.stride(0) + cc * h0.stride(1) + s * h0.stride(2)];
+            }
+        }
+        let dv = dskip[cc * dskip.stride(0)];
+        let bv = bias[cc * bias.stride(0)];
+
+        let u0 = b * u.stride(0) + cc * u.stride(1);
+        let ut = u.stride(2);
+        let d0 = b * delta.stride(0) + cc * delta.stride(1);
+        let dt_ = delta.stride(2);
+        let z0 = b * z.stride(0) + cc * z.stride(1);
+        let zt = z.stride(2);
+        let g0 = b * dy.stride(0) + cc * dy.stride(1);
+        let gt = dy.stride(2);
+        let b0 = b * bm.stride(0);
+        let bs = bm.stride(1);
+        let bt = bm.stride(2);
+        let c0 = b * cm.stride(0);
+        let cs = cm.stride(1);
+        let ct = cm.stride(2);
+        // The chunk-start states of this unit (its own slot, also for inactive units).
+        let k0 = b * bounds.stride(0) + c * bounds.stride(1);
+        let kk_ = bounds.stride(2);
+        let ks = bounds.stride(3);
+
+        // 1. Forward: the state at the start of every chunk.
+        for t in 0..len {
+            if t % chunk == 0 {
+                let k = t / chunk;
+                #[unroll]
+                for s in 0..n_state {
+                    bounds[k0 + k * kk_ + s * ks] = h[s];
+                }
+            }
+            let uu = f32::cast_from(u[u0 + t * ut]);
+            let dt = softplus(f32::cast_from(delta[d0 + t * dt_]) + bv);
+            let dtu = dt * uu;
+            #[unroll]
+            for s in 0..n_state {
+                h[s] = f32::exp(dt * av[s]) * h[s] + dtu * f32::cast_from(bm[b0 + s * bs + t * bt]);
+            }
+        }
+
+        // 2. Reverse, chunk by chunk.
+        let mut dh = Array::<f32>::new(n_state);
+        let mut da = Array::<f32>::new(n_state);
+        #[unroll]
+        for s in 0..n_state {
+            dh[s] = 0.0;
+            da[s] = 0.0;
+        }
+        if has_d_last {
+            #[unroll]
+            for s in 0..n_state {
+                dh[s] = d_last[b * d_last.stride(0) + cc * d_last.stride(1) + s * d_last.stride(2)];
+            }
+        }
+        let mut d_d = 0.0f32;
+        let mut d_bias = 0.0f32;
+        // hs[(i + 1)·S + s] = state after step i of the chunk; hs[s] = the chunk's start state.
+        let mut hs = Array::<f32>::new(comptime!((chunk + 1) * n_state));
+        let mut xs = Array::<f32>::new(chunk);
+        let mut us = Array::<f32>::new(chunk);
+
+        let du0 = b * du.stride(0) + c * du.stride(1);
+        let dut = du.stride(2);
+        let dd0 = b * ddelta.stride(0) + c * ddelta.stride(1);
+        let ddt = ddelta.stride(2);
+        let dz0 = b * dz.stride(0) + c * dz.stride(1);
+        let dzt = dz.stride(2);
+        let r0 = b * d_bc.stride(0) + blk * d_bc.stride(1);
+        let rt = d_bc.stride(2);
+        let ro = d_bc.stride(3);
+
+        let n_chunks = (len + chunk - 1) / chunk;
+        for kk in 0..n_chunks {
+            let k = n_chunks - 1 - kk;
+            let t0 = k * chunk;
+            let mut clen = len - t0;
+            if clen > chunk {
+                clen = chunk;
+            }
+            #[unroll]
+            for s in 0..n_state {
+                hs[s] = bounds[k0 + k * kk_ + s * ks];
+            }
+            for i in 0..clen {
+                let t = t0 + i;
+                let uu = f32::cast_from(u[u0 + t * ut]);
+                let x = f32::cast_from(delta[d0 + t * dt_]) + bv;
+                let dt = softplus(x);
+                xs[i] = x;
+                us[i] = uu;
+                let dtu = dt * uu;
+                #[unroll]
+                for s in 0..n_state {
+                    hs[(i + 1) * n_state + s] = f32::exp(dt * av[s]) * hs[i * n_state + s]
+                        + dtu * f32::cast_from(bm[b0 + s * bs + t * bt]);
+                }
+            }
+            for ii in 0..clen {
+                let i = clen - 1 - ii;
+                let t = t0 + i;
+                let x = xs[i];
+                let dt = softplus(x);
+                let uu = us[i];
+                let zz = f32::cast_from(z[z0 + t * zt]);
+                let sz = sigmoid(zz);
+                let g = f32::cast_from(dy[g0 + t * gt]);
+                let mut out = dv * uu;
+                #[unroll]
+                for s in 0..n_state {
+                    out += f32::cast_from(cm[c0 + s * cs + t * ct]) * hs[(i + 1) * n_state + s];
+                }
+                // y = out · silu(z): e = dL/d out.
+                let e = g * zz * sz;
+                let dzv = g * out * sz * (1.0 + zz * (1.0 - sz));
+                d_d += e * uu;
+                let mut duv = e * dv;
+                let mut d_dt = 0.0f32;
+                #[unroll]
+                for s in 0..n_state {
+                    let cv = f32::cast_from(cm[c0 + s * cs + t * ct]);
+                    let bvv = f32::cast_from(bm[b0 + s * bs + t * bt]);
+                    let hprev = hs[i * n_state + s];
+                    let ea = f32::exp(dt * av[s]);
+                    // The full adjoint of h_t: from y_t and from h_{t+1}.
+                    let gh = dh[s] + e * cv;
+                    d_dt += gh * (av[s] * ea * hprev + bvv * uu);
+                    da[s] += gh * dt * ea * hprev;
+                    duv += gh * dt * bvv;
+                    let mut rb = 0.0f32;
+                    let mut rc = 0.0f32;
+                    if active {
+                        rb = gh * dt * uu;
+                        rc = e * hs[(i + 1) * n_state + s];
+                    }
+                    red[lane * two_s + s] = rb;
+                    red[lane * two_s + n_state + s] = rc;
+                    dh[s] = gh * ea;
+                }
+                let mut dx = d_dt;
+                if x <= 20.0 {
+                    dx = d_dt * sigmoid(x);
+                }
+                d_bias += dx;
+                if active {
+                    du[du0 + t * dut] = F::cast_from(duv);
+                    ddelta[dd0 + t * ddt] = F::cast_from(dx);
+                    dz[dz0 + t * dzt] = F::cast_from(dzv);
+                }
+                sync_cube();
+                // dB and dC at step t, summed over the cube's channels.
+                let mut o = lane;
+                while o < two_s {
+                    let mut acc = 0.0f32;
+                    for j in 0..units {
+                        acc += red[j * two_s + o];
+                    }
+                    d_bc[r0 + t * rt + o * ro] = acc;
+                    o += units;
+                }
+                sync_cube();
+            }
+        }
+
+        if active {
+            let p0 = b * d_params.stride(0) + c * d_params.stride(1);
+            let ps = d_params.stride(2);
+            #[unroll]
+            for s in 0..n_state {
+                d_params[p0 + s * ps] = da[s];
+                d_params[p0 + (n_state + s) * ps] = dh[s];
+            }
+            d_params[p0 + two_s * ps] = d_d;
+            d_params[p0 + (two_s + 1) * ps] = d_bias;
+        }
+    }
+}
+
+/// A `[b, d, T]` output buffer laid out like `like` (channels innermost when `like` is).
+fn alloc_like<R: CubeRuntime>(like: &CubeTensor<R>, dtype: DType) -> CubeTensor<R> {
+    let [b, d, t] = like.shape().dims::<3>();
+    let strides = like.meta.strides();
+    let channels_inner = strides[1] < strides[2] && d > 1;
+    let shape = if channels_inner { [b, t, d] } else { [b, d, t] };
+    let out = empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::new(shape),
+        dtype,
+    );
+    if channels_inner {
+        permute(out, &[0, 2, 1])
+    } else {
+        out
+    }
+}
+
+fn alloc<R: CubeRuntime>(like: &CubeTensor<R>, shape: &[usize], dtype: DType) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape.to_vec()),
+        dtype,
+    )
+}
+
+fn f32_<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    cast(t, DType::F32)
+}
+
+/// Whether the kernels take these inputs (else the reference runs).
+fn supported<B: burn::tensor::backend::Backend>(input: &ScanPrimitives<B>) -> bool {
+    let states = input.a.shape().dims::<2>()[1];
+    let [batch, channels, len] = input.u.shape().dims::<3>();
+    (1..=MAX_STATE).contains(&states)
+        && batch > 0
+        && channels > 0
+        && len > 0
+        && matches!(input.u.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// The forward kernel on CubeCL tensors: `(y, last_state)` in u's dtype.
+fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    input: ScanPrimitives<CubeBackend<R, F, I, BT>>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let dtype = input.u.dtype();
+    let [batch, channels, _] = input.u.shape().dims::<3>();
+    let states = input.a.shape().dims::<2>()[1];
+    let big = |t: CubeTensor<R>| cast(t, dtype);
+    let (u, delta, z) = (input.u, big(input.delta), big(input.z));
+    let (bm, cm) = (big(input.b), big(input.c));
+    let a = f32_(input.a);
+    let (dskip, bias) = (f32_(input.d), f32_(input.delta_bias));
+    let has_h0 = input.initial_state.is_some();
+    let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
+
+    let y = alloc_like(&z, dtype);
+    let h_last = alloc(&u, &[batch, channels, states], DType::F32);
+    let client = u.client.clone();
+    let count = CubeCount::Static(channels.div_ceil(FWD_UNITS) as u32, batch as u32, 1);
+    let dim = CubeDim::new_1d(FWD_UNITS as u32);
+    scan_forward_kernel::launch::<R>(
+        &client,
+        count,
+        dim,
+        u.into_tensor_arg(),
+        delta.into_tensor_arg(),
+        z.into_tensor_arg(),
+        bm.into_tensor_arg(),
+        cm.into_tensor_arg(),
+        a.into_tensor_arg(),
+        dskip.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        h0.into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        h_last.clone().into_tensor_arg(),
+        states,
+        has_h0,
+        dtype.into(),
+    );
+    (y, cast(h_last, dtype))
+}
+
+type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+
+fn tensor<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: CubeTensor<R>,
+) -> Tensor<Cube<R, F, I, BT>, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn prim<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
+    t: Tensor<Cube<R, F, I, BT>, D>,
+) -> CubeTensor<R> {
+    t.into_primitive().tensor()
+}
+
+/// The backward kernel on CubeCL tensors, then the cross-cube and cross-batch sums.
+fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    input: ScanPrimitives<Cube<R, F, I, BT>>,
+    dy: CubeTensor<R>,
+    d_last_state: Option<CubeTensor<R>>,
+) -> ScanGrads<Cube<R, F, I, BT>> {
+    let dtype = input.u.dtype();
+    let [batch, channels, len] = input.u.shape().dims::<3>();
+    let states = input.a.shape().dims::<2>()[1];
+    let dtypes = [
+        input.delta.dtype(),
+        input.a.dtype(),
+        input.b.dtype(),
+        input.c.dtype(),
+        input.d.dtype(),
+        input.z.dtype(),
+        input.delta_bias.dtype(),
+    ];
+    let h0_dtype = input.initial_state.as_ref().map(|h| h.dtype());
+    let big = |t: CubeTensor<R>| cast(t, dtype);
+    let (u, delta, z) = (input.u, big(input.delta), big(input.z));
+    let (bm, cm) = (big(input.b), big(input.c));
+    let a = f32_(input.a);
+    let (dskip, bias) = (f32_(input.d), f32_(input.delta_bias));
+    let has_h0 = input.initial_state.is_some();
+    let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
+    let dy = big(dy);
+    let has_d_last = d_last_state.is_some();
+    let d_last = d_last_state.map(f32_).unwrap_or_else(|| a.clone());
+
+    let chunk = backward_chunk(states);
+    let n_chunks = len.div_ceil(chunk);
+    let blocks = channels.div_ceil(BWD_UNITS);
+    let du = alloc_like(&z, dtype);
+    let ddelta = alloc_like(&z, dtype);
+    let dz = alloc_like(&z, dtype);
+    let d_bc = alloc(&u, &[batch, blocks, len, 2 * states], DType::F32);
+    let d_params = alloc(&u, &[batch, channels, 2 * states + 2], DType::F32);
+    let bounds = alloc(&u, &[batch, blocks * BWD_UNITS, n_chunks, states], DType::F32);
+    let client = u.client.clone();
+    scan_backward_kernel::launch::<R>(
+        &client,
+        CubeCount::Static(blocks as u32, batch as u32, 1),
+        CubeDim::new_1d(BWD_UNITS as u32),
+        u.into_tensor_arg(),
+        delta.into_tensor_arg(),
+        z.into_tensor_arg(),
+        bm.into_tensor_arg(),
+        cm.into_tensor_arg(),
+        a.into_tensor_arg(),
+        dskip.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        h0.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        d_last.into_tensor_arg(),
+        du.clone().into_tensor_arg(),
+        ddelta.clone().into_tensor_arg(),
+        dz.clone().into_tensor_arg(),
+        d_bc.clone().into_tensor_arg(),
+        d_params.clone().into_tensor_arg(),
+        bounds.into_tensor_arg(),
+        states,
+        chunk,
+        BWD_UNITS,
+        has_h0,
+        has_d_last,
+        dtype.into(),
+    );
+
+    let [d_delta_t, a_t, b_t, c_t, d_t, z_t, bias_t] = dtypes;
+    // [batch, blocks, T, 2S] → Σ over cubes → [batch, T, 2S]; dB | dC → [batch, S, T].
+    let bc = tensor::<R, F, I, BT, 4>(d_bc).sum_dim(1).reshape([batch, len, 2 * states]);
+    let db = bc.clone().slice(s![.., .., 0..states]).swap_dims(1, 2);
+    let dc = bc.slice(s![.., .., states..2 * states]).swap_dims(1, 2);
+    // [batch, d, 2S + 2] → Σ over batch, except the initial state's gradient.
+    let params = tensor::<R, F, I, BT, 3>(d_params);
+    let sums = params.clone().sum_dim(0).reshape([channels, 2 * states + 2]);
+    let da = sums.clone().slice(s![.., 0..states]);
+    let dd = sums.clone().slice(s![.., 2 * states]).reshape([channels]);
+    let dbias = sums.slice(s![.., 2 * states + 1]).reshape([channels]);
+    let dh0 = h0_dtype.map(|t| {
+        prim(
+            params
+                .slice(s![.., .., states..2 * states])
+                .cast(t),
+        )
+    });
+    ScanPrimitives {
+        u: du,
+        delta: cast(ddelta, d_delta_t),
+        a: prim(da.cast(a_t)),
+        b: prim(db.cast(b_t)),
+        c: prim(dc.cast(c_t)),
+        d: prim(dd.cast(d_t)),
+        z: cast(dz, z_t),
+        delta_bias: prim(dbias.cast(bias_t)),
+        initial_state: dh0,
+    }
+}
+
+impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ScanBackend
+    for CubeBackend<R, F, I, BT>
+{
+    fn selective_scan(input: ScanPrimitives<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if supported(&input) {
+            forward(input)
+        } else {
+            selective_scan_reference_primitives(input)
+        }
+    }
+
+    fn selective_scan_backward(
+        input: ScanPrimitives<Self>,
+        dy: FloatTensor<Self>,
+        d_last_state: Option<FloatTensor<Self>>,
+    ) -> ScanGrads<Self> {
+        if supported(&input) {
+            backward(input, dy, d_last_state)
+        } else {
+            selective_scan_reference_backward(input, dy, d_last_state)
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The CubeCL selective-scan kernels (forward, backward, decode step) against the tensor-op
+//! reference, on wgpu — both the default fusion backend `Wgpu` and the bare
+//! `CubeBackend<WgpuRuntime, ..>` — and under `Autodiff<Wgpu>`, down to a whole model.
+//!
+//! On a machine without a GPU this runs on Mesa's lavapipe (software Vulkan, no plane ops).
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
+use burn::backend::{Autodiff, NdArray, Wgpu};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::backend::AutodiffBackend;
+use burn_cubecl::CubeBackend;
+use hymba::scan::reference::{DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward};
+use hymba::scan::{ScanBackend, ScanInput, selective_scan, selective_scan_backward};
+use hymba::{Hymba, HymbaConfig};
+
+type Cpu = NdArray<f32>;
+type Fused = Wgpu<f32, i32>;
+type Bare = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+const TOL: f32 = 1e-4;
+
+/// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64
+/// forward, 32 backward); T is not a multiple of the backward chunk (16 for S = 16, 32 for
+/// S = 3).
+const SHAPES: [(usize, usize, usize, usize); 3] = [(2, 70, 16, 53), (1, 5, 3, 37), (3, 33, 8, 1)];
+
+fn random<Bk: Backend, const D: usize>(shape: [usize; D], device: &Bk::Device) -> Tensor<Bk, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+}
+
+/// Random inputs on the CPU (A = −exp(N(0, 1)) < 0).
+fn inputs(shape: (usize, usize, usize, usize), with_state: bool, seed: u64) -> ScanInput<Cpu> {
+    let device = Default::default();
+    Cpu::seed(&device, seed);
+    let (b, d, s, t) = shape;
+    ScanInput {
+        u: random([b, d, t], &device),
+        delta: random([b, d, t], &device),
+        a: random::<Cpu, 2>([d, s], &device).exp().neg(),
+        b: random([b, s, t], &device),
+        c: random([b, s, t], &device),
+        d: random([d], &device),
+        z: random([b, d, t], &device),
+        delta_bias: random([d], &device),
+        initial_state: with_state.then(|| random([b, d, s], &device)),
+    }
+}
+
+fn to<Bk: Backend, const D: usize>(x: &Tensor<Cpu, D>, device: &Bk::Device) -> Tensor<Bk, D> {
+    Tensor::from_data(x.to_data(), device)
+}
+
+/// Moves inputs to `Bk`; with `transposed`, delta, B, C and z are `[b, T, x]` buffers seen
+/// as `[b, x, T]` through `swap_dims` (the layout the model passes).
+fn move_to<Bk: Backend>(x: &ScanInput<Cpu>, device: &Bk::Device, transposed: bool) -> ScanInput<Bk> {
+    let tr = |t: &Tensor<Cpu, 3>| -> Tensor<Bk, 3> {
+        if transposed {
+            to::<Bk, 3>(&t.clone().swap_dims(1, 2), device).swap_dims(1, 2)
+        } else {
+            to(t, device)
+        }
+    };
+    ScanInput {
+        u: to(&x.u, device),
+        delta: tr(&x.delta),
+        a: to(&x.a, device),
+        b: tr(&x.b),
+        c: tr(&x.c),
+        d: to(&x.d, device),
+        z: tr(&x.z),
+        delta_bias: to(&x.delta_bias, device),
+        initial_state: x.initial_state.as_ref().map(|h| to(h, device)),
+    }
+}
+
+fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().expect("floats")
+}
+
+/// Every element within `TOL · (1 + |want|)`.
+fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let err = (g - w).abs() / (1.0 + w.abs());
+        assert!(err.is_finite() || g == w, "{what}[{i}]: {g} vs {w}");
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    let i = worst.1;
+    assert!(worst.0 <= TOL, "{what}[{i}]: {} vs {} (rel. error {})", got[i], want[i], worst.0);
+}
+
+fn wgpu() -> WgpuDevice {
+    WgpuDevice::DefaultDevice
+}
+
+fn check_forward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
+    let device = wgpu();
+    for (k, &shape) in SHAPES.iter().enumerate() {
+        for with_state in [false, true] {
+            for transposed in [false, true] {
+                let x = inputs(shape, with_state, 10 + k as u64);
+                let (want_y, want_h) = selective_scan_reference(x.clone(), DEFAULT_CHUNK);
+                let (y, h) = selective_scan(move_to::<Bk>(&x, &device, transposed));
+                let what = format!("{name} {shape:?} state={with_state} transposed={transposed}");
+                assert_close(host(y), host(want_y), &format!("{what}: y"));
+                assert_close(host(h), host(want_h), &format!("{what}: last state"));
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_forward_equals_reference_fusion() {
+    check_forward::<Fused>("Wgpu");
+}
+
+#[test]
+fn kernel_forward_equals_reference_cube() {
+    check_forward::<Bare>("CubeBackend");
+}
+
+fn check_backward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
+    let device = wgpu();
+    let cpu = Default::default();
+    for (k, &shape) in SHAPES.iter().enumerate() {
+        for (with_state, with_d_last, transposed) in
+            [(false, false, false), (true, true, false), (false, true, true), (true, false, true)]
+        {
+            let x = inputs(shape, with_state, 20 + k as u64);
+            let (b, d, s, t) = shape;
+            let dy = random::<Cpu, 3>([b, d, t], &cpu);
+            let dh = with_d_last.then(|| random::<Cpu, 3>([b, d, s], &cpu));
+            let want = selective_scan_reference_backward(
+                x.clone().into_primitives(),
+                dy.clone().into_primitive().tensor(),
+                dh.clone().map(|t| t.into_primitive().tensor()),
+            )
+            .into_tensors();
+            let got = selective_scan_backward(
+                move_to::<Bk>(&x, &device, transposed),
+                to(&dy, &device),
+                dh.as_ref().map(|t| to(t, &device)),
+            );
+            let what = format!("{name} {shape:?} state={with_state} d_last={with_d_last} transposed={transposed}");
+            assert_close(host(got.u), host(want.u), &format!("{what}: du"));
+            assert_close(host(got.delta), host(want.delta), &format!("{what}: d delta"));
+            assert_close(host(got.a), host(want.a), &format!("{what}: dA"));
+            assert_close(host(got.b), host(want.b), &format!("{what}: dB"));
+            assert_close(host(got.c), host(want.c), &format!("{what}: dC"));
+            assert_close(host(got.d), host(want.d), &format!("{what}: dD"));
+            assert_close(host(got.z), host(want.z), &format!("{what}: dz"));
+            assert_close(host(got.delta_bias), host(want.delta_bias), &format!("{what}: d delta_bias"));
+            assert_eq!(got.initial_state.is_some(), with_state, "{what}: d initial_state presence");
+            if let (Some(g), Some(w)) = (got.initial_state, want.initial_state) {
+                assert_close(host(g), host(w), &format!("{what}: d initial_state"));
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_backward_equals_reference_fusion() {
+    check_backward::<Fused>("Wgpu");
+}
+
+#[test]
+fn kernel_backward_equals_reference_cube() {
+    check_backward::<Bare>("CubeBackend");
+}
+
+/// Decode: T = 1 steps carrying the state equal one scan of the whole sequence.
+fn check_steps<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
+    let device = wgpu();
+    let shape = (2, 70, 16, 9);
+    let x = inputs(shape, true, 31);
+    let (want_y, want_h) = selective_scan_reference(x.clone(), DEFAULT_CHUNK);
+    let g = move_to::<Bk>(&x, &device, false);
+    let mut h = g.initial_state.clone();
+    let mut ys = Vec::new();
+    for t in 0..shape.3 {
+        let step = ScanInput {
+            u: g.u.clone().narrow(2, t, 1),
+            delta: g.delta.clone().narrow(2, t, 1),
+            b: g.b.clone().narrow(2, t, 1),
+            c: g.c.clone().narrow(2, t, 1),
+            z: g.z.clone().narrow(2, t, 1),
+            initial_state: h,
+            ..g.clone()
+        };
+        let (y, h_next) = selective_scan(step);
+        ys.push(y);
+        h = Some(h_next);
+    }
+    assert_close(host(Tensor::cat(ys, 2)), host(want_y), &format!("{name}: stepped y"));
+    assert_close(host(h.expect("state")), host(want_h), &format!("{name}: stepped state"));
+}
+
+#[test]
+fn kernel_step_equals_reference_fusion() {
+    check_steps::<Fused>("Wgpu");
+}
+
+#[test]
+fn kernel_step_equals_reference_cube() {
+    check_steps::<Bare>("CubeBackend");
+}
+
+/// Gradients of `Σ y·wy (+ Σ h·wh)` under `Autodiff<Bk>` (the custom op) equal the
+/// reference's own autodiff gradients on `Autodiff<NdArray<f32>>`.
+fn check_autodiff<Bk: ScanBackend<Device = WgpuDevice>>(name: &str)
+where
+    Autodiff<Bk>: ScanBackend,
+{
+    type Ref = Autodiff<Cpu>;
+    let device = wgpu();
+    let cpu = Default::default();
+    for (k, &shape) in SHAPES.iter().take(2).enumerate() {
+        for (with_state, use_h) in [(false, false), (true, true), (true, false)] {
+            let x = inputs(shape, with_state, 40 + k as u64);
+            let (b, d, s, t) = shape;
+            let wy = random::<Cpu, 3>([b, d, t], &cpu);
+            let wh = random::<Cpu, 3>([b, d, s], &cpu);
+
+            // Reference: the tensor-op scan differentiated by burn.
+            let r = lift::<Cpu, Ref>(&x);
+            let (y, h) = selective_scan_reference(r.clone(), DEFAULT_CHUNK);
+            let mut loss = (y * Tensor::from_inner(wy.clone())).sum();
+            if use_h {
+                loss = loss + (h * Tensor::from_inner(wh.clone())).sum();
+            }
+            let rg = loss.backward();
+            let want = grads_of(&r, &rg);
+
+            // Kernel path: the custom autodiff op over the wgpu kernels.
+            let g = lift::<Bk, Autodiff<Bk>>(&move_to::<Bk>(&x, &device, true));
+            let (y, h) = selective_scan(g.clone());
+            let mut loss = (y * Tensor::from_inner(to::<Bk, 3>(&wy, &device))).sum();
+            if use_h {
+                loss = loss + (h * Tensor::from_inner(to::<Bk, 3>(&wh, &device))).sum();
+            }
+            let gg = loss.backward();
+            let got = grads_of(&g, &gg);
+
+            let what = format!("{name} {shape:?} state={with_state} last-state-in-loss={use_h}");
+            for ((field, g), (_, w)) in got.into_iter().zip(want) {
+                assert_close(g, w, &format!("{what}: d{field}"));
+            }
+        }
+    }
+}
+
+fn lift<Bk: Backend, A: AutodiffBackend<InnerBackend = Bk>>(x: &ScanInput<Bk>) -> ScanInput<A> {
+    fn l<Bk: Backend, A: AutodiffBackend<InnerBackend = Bk>, const D: usize>(t: &Tensor<Bk, D>) -> Tensor<A, D> {
+        Tensor::from_inner(t.clone()).require_grad()
+    }
+    ScanInput {
+        u: l(&x.u),
+        delta: l(&x.delta),
+        a: l(&x.a),
+        b: l(&x.b),
+        c: l(&x.c),
+        d: l(&x.d),
+        z: l(&x.z),
+        delta_bias: l(&x.delta_bias),
+        initial_state: x.initial_state.as_ref().map(l),
+    }
+}
+
+fn grads_of<A: AutodiffBackend>(x: &ScanInput<A>, grads: &A::Gradients) -> Vec<(&'static str, Vec<f32>)> {
+    fn g<A: AutodiffBackend, const D: usize>(t: &Tensor<A, D>, grads: &A::Gradients) -> Vec<f32> {
+        host(t.grad(grads).expect("a gradient"))
+    }
+    let mut v = vec![
+        ("u", g(&x.u, grads)),
+        ("delta", g(&x.delta, grads)),
+        ("a", g(&x.a, grads)),
+        ("b", g(&x.b, grads)),
+        ("c", g(&x.c, grads)),
+        ("d", g(&x.d, grads)),
+        ("z", g(&x.z, grads)),
+        ("delta_bias", g(&x.delta_bias, grads)),
+    ];
+    if let Some(h) = &x.initial_state {
+        v.push(("initial_state", g(h, grads)));
+    }
+    v
+}
+
+#[test]
+fn autodiff_kernel_gradients_equal_reference_fusion() {
+    check_autodiff::<Fused>("Autodiff<Wgpu>");
+}
+
+#[test]
+fn autodiff_kernel_gradients_equal_reference_cube() {
+    check_autodiff::<Bare>("Autodiff<CubeBackend>");
+}
+
+/// Collects every float parameter's gradient, in visiting order.
+struct Grads<'a, A: AutodiffBackend> {
+    grads: &'a A::Gradients,
+    out: Vec<(Vec<usize>, Vec<f32>)>,
+}
+
+impl<A: AutodiffBackend> ModuleVisitor<A> for Grads<'_, A> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<A, D>>) {
+        let g = param.val().grad(self.grads).map(host).unwrap_or_default();
+        self.out.push((param.dims().to_vec(), g));
+    }
+}
+
+fn model_loss_and_grads<A: AutodiffBackend + ScanBackend>(
+    cpu_model: &Hymba<Cpu>,
+    rows: &[Vec<u32>],
+    device: &A::Device,
+) -> (f32, Vec<(Vec<usize>, Vec<f32>)>) {
+    let model = cpu_model.to_backend::<A>(device).expect("same architecture");
+    let loss = model.forward_loss(common::to_tensor::<A>(rows, device), None);
+    let value = host(loss.clone())[0];
+    let grads = loss.backward();
+    let mut v = Grads::<A> { grads: &grads, out: Vec::new() };
+    model.visit(&mut v);
+    (value, v.out)
+}
+
+#[test]
+fn model_on_autodiff_wgpu_equals_ndarray() {
+    let cpu_model = common::tiny_model(21);
+    let config = HymbaConfig::tiny();
+    let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 5);
+    let (want_loss, want) = model_loss_and_grads::<Autodiff<Cpu>>(&cpu_model, &rows, &Default::default());
+    let (loss, got) = model_loss_and_grads::<Autodiff<Fused>>(&cpu_model, &rows, &wgpu());
+    assert!((loss - want_loss).abs() <= TOL * (1.0 + want_loss.abs()), "loss {loss} vs {want_loss}");
+    assert_eq!(got.len(), want.len());
+    assert!(got.len() > 20);
+    for (i, ((shape, g), (_, w))) in got.into_iter().zip(want).enumerate() {
+        assert!(!w.is_empty(), "parameter {i} {shape:?} has no gradient on ndarray");
+        // Relative to the tensor's largest gradient: sums of many terms in another order.
+        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
+        let diff = g.iter().zip(&w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff <= TOL * scale.max(1.0), "parameter {i} {shape:?}: max |diff| {diff} (scale {scale})");
+    }
+}
