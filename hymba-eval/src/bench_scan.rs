@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
-use hymba::scan::reference::{DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward};
+use hymba::scan::reference::{
+    DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
+};
 use hymba::scan::{ScanInput, selective_scan, selective_scan_backward};
 use hymba::{BackendKind, BackendRunner, HymbaError, ScanBackend, run_on};
 use serde::Serialize;
@@ -100,7 +102,12 @@ pub struct ScanShape {
 
 impl ScanShape {
     const fn new(batch: usize, d_inner: usize, seq: usize, state: usize) -> Self {
-        Self { batch, d_inner, seq, state }
+        Self {
+            batch,
+            d_inner,
+            seq,
+            state,
+        }
     }
 }
 
@@ -112,7 +119,10 @@ pub const FULL_SHAPES: [ScanShape; 3] = [
 ];
 
 /// Small shapes for CPUs (lavapipe, ndarray).
-pub const QUICK_SHAPES: [ScanShape; 2] = [ScanShape::new(2, 96, 128, 16), ScanShape::new(1, 160, 256, 16)];
+pub const QUICK_SHAPES: [ScanShape; 2] = [
+    ScanShape::new(2, 96, 128, 16),
+    ScanShape::new(1, 160, 256, 16),
+];
 
 /// One result row.
 #[derive(Debug, Clone, Serialize)]
@@ -179,7 +189,12 @@ pub struct ScanBenchJob {
 
 /// Median wall time (ms) of `f`, synchronising the device after each call; the outputs
 /// stay alive until the device is synchronised.
-fn time_ms<B: Backend, T>(device: &B::Device, warmup: usize, rounds: usize, mut f: impl FnMut() -> T) -> f64 {
+fn time_ms<B: Backend, T>(
+    device: &B::Device,
+    warmup: usize,
+    rounds: usize,
+    mut f: impl FnMut() -> T,
+) -> f64 {
     let sync = || B::sync(device).expect("device synchronisation");
     for _ in 0..warmup {
         let out = f();
@@ -200,8 +215,17 @@ fn time_ms<B: Backend, T>(device: &B::Device, warmup: usize, rounds: usize, mut 
     times[times.len() / 2]
 }
 
-fn inputs<B: Backend>(shape: ScanShape, dtype: DType, device: &B::Device) -> (ScanInput<B>, Tensor<B, 3>) {
-    let ScanShape { batch: b, d_inner: d, seq: t, state: s } = shape;
+fn inputs<B: Backend>(
+    shape: ScanShape,
+    dtype: DType,
+    device: &B::Device,
+) -> (ScanInput<B>, Tensor<B, 3>) {
+    let ScanShape {
+        batch: b,
+        d_inner: d,
+        seq: t,
+        state: s,
+    } = shape;
     let n = Distribution::Normal(0.0, 1.0);
     let big = |dims: [usize; 3]| Tensor::<B, 3>::random(dims, n, device).cast(dtype);
     let input = ScanInput {
@@ -218,7 +242,11 @@ fn inputs<B: Backend>(shape: ScanShape, dtype: DType, device: &B::Device) -> (Sc
     (input, big([b, d, t]))
 }
 
-fn prefix<B: Backend>(x: &ScanInput<B>, dy: &Tensor<B, 3>, len: usize) -> (ScanInput<B>, Tensor<B, 3>) {
+fn prefix<B: Backend>(
+    x: &ScanInput<B>,
+    dy: &Tensor<B, 3>,
+    len: usize,
+) -> (ScanInput<B>, Tensor<B, 3>) {
     let cut = |t: &Tensor<B, 3>| t.clone().narrow(2, 0, len);
     let input = ScanInput {
         u: cut(&x.u),
@@ -233,7 +261,11 @@ fn prefix<B: Backend>(x: &ScanInput<B>, dy: &Tensor<B, 3>, len: usize) -> (ScanI
 
 fn reference_fwd_bwd<B: Backend>(input: ScanInput<B>, dy: Tensor<B, 3>) -> ScanInput<B> {
     let (y, h) = selective_scan_reference(input.clone(), DEFAULT_CHUNK);
-    let g = selective_scan_reference_backward(input.into_primitives(), dy.into_primitive().tensor(), None);
+    let g = selective_scan_reference_backward(
+        input.into_primitives(),
+        dy.into_primitive().tensor(),
+        None,
+    );
     drop((y, h));
     g.into_tensors()
 }
@@ -264,17 +296,30 @@ impl BackendRunner for ScanBenchJob {
                         selective_scan_reference(x.clone(), DEFAULT_CHUNK)
                     }));
                     // ~3 saved tensors of [b, d, S, chunk, chunk] per chunk, f32.
-                    let ScanShape { batch, d_inner, seq, state } = shape;
+                    let ScanShape {
+                        batch,
+                        d_inner,
+                        seq,
+                        state,
+                    } = shape;
                     let per_step = 3.0 * (batch * d_inner * state * DEFAULT_CHUNK * 4) as f64;
-                    let fit = ((self.reference_budget / per_step) as usize / DEFAULT_CHUNK) * DEFAULT_CHUNK;
+                    let fit = ((self.reference_budget / per_step) as usize / DEFAULT_CHUNK)
+                        * DEFAULT_CHUNK;
                     let len = fit.clamp(DEFAULT_CHUNK.min(seq), seq);
                     let (xp, dyp) = prefix(&x, &dy, len);
-                    let ms = time_ms::<B, _>(&device, rw, rr, || reference_fwd_bwd(xp.clone(), dyp.clone()));
+                    let ms = time_ms::<B, _>(&device, rw, rr, || {
+                        reference_fwd_bwd(xp.clone(), dyp.clone())
+                    });
                     ref_fwd_bwd_ms = Some(ms * seq as f64 / len as f64);
                     ref_seq = Some(len);
                 }
                 let e = dtype.size() as f64;
-                let ScanShape { batch, d_inner, seq, state } = shape;
+                let ScanShape {
+                    batch,
+                    d_inner,
+                    seq,
+                    state,
+                } = shape;
                 let big = (batch * d_inner * seq) as f64 * e;
                 let small = (batch * state * seq) as f64 * e;
                 let fwd_bytes = 4.0 * big + 2.0 * small;
@@ -304,7 +349,11 @@ impl BackendRunner for ScanBenchJob {
 /// (SXM; PCIe 2000), H200 4800 GB/s; anything else unknown.
 fn detect_peak_gbps(index: usize) -> Option<f64> {
     let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader", &format!("--id={index}")])
+        .args([
+            "--query-gpu=name",
+            "--format=csv,noheader",
+            &format!("--id={index}"),
+        ])
         .output()
         .ok()?;
     let name = String::from_utf8_lossy(&out.stdout).to_uppercase();
@@ -330,7 +379,11 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
     let shapes = match args.shapes.as_str() {
         "full" => FULL_SHAPES.to_vec(),
         "quick" => QUICK_SHAPES.to_vec(),
-        other => return Err(BenchError::Arg(format!("--shapes {other}: expected quick or full"))),
+        other => {
+            return Err(BenchError::Arg(format!(
+                "--shapes {other}: expected quick or full"
+            )));
+        }
     };
     let job = ScanBenchJob {
         shapes,
@@ -340,9 +393,11 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
         reference_budget: args.reference_budget_gb * 1e9,
     };
     let (device, mut rows) = run_on(kind, args.device, job)?;
-    let peak = args
-        .peak_gbps
-        .or_else(|| (kind == BackendKind::Cuda).then(|| detect_peak_gbps(args.device)).flatten());
+    let peak = args.peak_gbps.or_else(|| {
+        (kind == BackendKind::Cuda)
+            .then(|| detect_peak_gbps(args.device))
+            .flatten()
+    });
     for row in &mut rows {
         row.fwd_pct_peak = peak.map(|p| 100.0 * row.fwd_gbps / p);
         row.fwd_bwd_pct_peak = peak.map(|p| 100.0 * row.fwd_bwd_gbps / p);
@@ -364,7 +419,21 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
     );
     println!(
         "{:>5} {:>6} {:>6} {:>3} {:>5} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7} {:>7}",
-        "batch", "d", "seq", "S", "dtype", "fwd ms", "GB/s", "%peak", "f+b ms", "GB/s", "%peak", "ref fwd", "ref f+b", "x fwd", "x f+b"
+        "batch",
+        "d",
+        "seq",
+        "S",
+        "dtype",
+        "fwd ms",
+        "GB/s",
+        "%peak",
+        "f+b ms",
+        "GB/s",
+        "%peak",
+        "ref fwd",
+        "ref f+b",
+        "x fwd",
+        "x f+b"
     );
     for r in &report.rows {
         let s = r.shape;
@@ -390,12 +459,19 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
             fmt_opt(r.speedup_fwd_bwd, 1),
         );
     }
-    if report.rows.iter().any(|r| r.ref_fwd_bwd_seq.is_some_and(|q| q < r.shape.seq)) {
+    if report
+        .rows
+        .iter()
+        .any(|r| r.ref_fwd_bwd_seq.is_some_and(|q| q < r.shape.seq))
+    {
         println!("* reference backward timed on a prefix of the sequence and scaled to its length");
     }
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(&report).expect("serialisable report");
-        std::fs::write(path, json).map_err(|source| BenchError::Io { path: path.clone(), source })?;
+        std::fs::write(path, json).map_err(|source| BenchError::Io {
+            path: path.clone(),
+            source,
+        })?;
         println!("wrote {}", path.display());
     }
     Ok(report)

@@ -100,5 +100,9 @@ pub fn load<B: Backend, MR: Record<B>, OR: Record<B>>(
     let optim = rec
         .load(dir.join("optim"), device)
         .map_err(|e| TrainError::io(dir.join("optim.mpk"), e))?;
-    Ok(Loaded { state, model, optim })
+    Ok(Loaded {
+        state,
+        model,
+        optim,
+    })
 }

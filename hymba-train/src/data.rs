@@ -91,7 +91,10 @@ impl<B: Backend> DataLoaderIterator<LmBatch<B>> for WindowIter<'_, B> {
 
 impl<B: Backend> DataLoader<B, LmBatch<B>> for WindowLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
-        Box::new(WindowIter { loader: self, next: 0 })
+        Box::new(WindowIter {
+            loader: self,
+            next: 0,
+        })
     }
 
     fn num_items(&self) -> usize {

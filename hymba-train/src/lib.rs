@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod pretrain;
+pub mod renderer;
 pub mod run_config;
 pub mod schedule;
 pub mod strategy;

@@ -38,15 +38,34 @@ enum Command {
     },
 }
 
-fn pretrain(config: Option<PathBuf>, backend: &str, device: usize, resume: bool, overrides: &[String]) -> Result<()> {
+fn pretrain(
+    config: Option<PathBuf>,
+    backend: &str,
+    device: usize,
+    resume: bool,
+    overrides: &[String],
+) -> Result<()> {
     let kind: BackendKind = backend.parse()?;
     let config = RunConfig::load(config.as_deref(), overrides)?;
-    let job = PretrainJob { config, resume, backend: kind };
+    let job = PretrainJob {
+        config,
+        resume,
+        backend: kind,
+    };
     let report = run_on(kind, device, job)??;
     println!("steps run:            {}", report.steps_run);
-    println!("final train loss:     {:.4} nats/token", report.final_train_loss);
-    println!("final valid loss:     {:.4} nats/token", report.final_valid_loss);
-    println!("unigram entropy:      {:.4} nats/token (validation tokens)", report.unigram_entropy);
+    println!(
+        "final train loss:     {:.4} nats/token",
+        report.final_train_loss
+    );
+    println!(
+        "final valid loss:     {:.4} nats/token",
+        report.final_valid_loss
+    );
+    println!(
+        "unigram entropy:      {:.4} nats/token (validation tokens)",
+        report.unigram_entropy
+    );
     println!("median tokens/s:      {:.0}", report.tokens_per_sec);
     println!("model saved to:       {}", report.model_dir.display());
     for (i, s) in report.samples.iter().enumerate() {
@@ -59,9 +78,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => pretrain(None, "ndarray", 0, false, &[]),
-        Some(Command::Pretrain { config, backend, device, resume, overrides }) => {
-            pretrain(config, &backend, device, resume, &overrides)
-        }
+        Some(Command::Pretrain {
+            config,
+            backend,
+            device,
+            resume,
+            overrides,
+        }) => pretrain(config, &backend, device, resume, &overrides),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
-    Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes,
-    NumericEntry, SerializedEntry,
+    Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
+    SerializedEntry,
 };
 
 use crate::model::LmStats;
@@ -70,7 +70,8 @@ impl Metric for StatMetric {
         if let Some(unit) = self.unit {
             format = format.unit(unit);
         }
-        self.state.update((self.extract)(item), item.tokens.max(1), format)
+        self.state
+            .update((self.extract)(item), item.tokens.max(1), format)
     }
 
     fn clear(&mut self) {

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::LearningRate;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, MultiGradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::optim::LearningRate;
 
 use crate::model::LanguageModel;
 use crate::run_config::OptimizerSection;
@@ -44,8 +44,17 @@ fn no_decay_params<B: Backend>(model: &LanguageModel<B>) -> Vec<(ParamId, usize)
     ranks.0
 }
 
-fn move_grad<B: Backend>(from: &mut GradientsParams, to: &mut GradientsParams, id: ParamId, rank: usize) {
-    fn mv<B: Backend, const D: usize>(from: &mut GradientsParams, to: &mut GradientsParams, id: ParamId) {
+fn move_grad<B: Backend>(
+    from: &mut GradientsParams,
+    to: &mut GradientsParams,
+    id: ParamId,
+    rank: usize,
+) {
+    fn mv<B: Backend, const D: usize>(
+        from: &mut GradientsParams,
+        to: &mut GradientsParams,
+        id: ParamId,
+    ) {
         if let Some(g) = from.remove::<B, D>(id) {
             to.register::<B, D>(id, g);
         }
@@ -63,7 +72,6 @@ fn move_grad<B: Backend>(from: &mut GradientsParams, to: &mut GradientsParams, i
 pub struct LmOptimizer<B: AutodiffBackend> {
     decay: OptimizerAdaptor<AdamW, LanguageModel<B>, B>,
     no_decay: OptimizerAdaptor<AdamW, LanguageModel<B>, B>,
-    no_decay_params: Arc<Vec<(ParamId, usize)>>,
     snapshot: Arc<Mutex<Option<LmOptimizerRecord<B>>>>,
     want_snapshot: Arc<AtomicBool>,
 }
@@ -93,7 +101,7 @@ where
 {
     /// The optimizer of `model` with the run's settings (no burn per-tensor clipping: the
     /// strategy clips the global norm).
-    pub fn new(model: &LanguageModel<B>, s: &OptimizerSection) -> (Self, SnapshotHandle<B>) {
+    pub fn new(s: &OptimizerSection) -> (Self, SnapshotHandle<B>) {
         let base = AdamWConfig::new()
             .with_beta_1(s.beta1)
             .with_beta_2(s.beta2)
@@ -103,11 +111,16 @@ where
         let opt = Self {
             decay: base.clone().with_weight_decay(s.weight_decay).init(),
             no_decay: base.with_weight_decay(0.0).init(),
-            no_decay_params: Arc::new(no_decay_params(model)),
             snapshot: snapshot.clone(),
             want_snapshot: want_snapshot.clone(),
         };
-        (opt, SnapshotHandle { snapshot, want_snapshot })
+        (
+            opt,
+            SnapshotHandle {
+                snapshot,
+                want_snapshot,
+            },
+        )
     }
 }
 
@@ -117,9 +130,15 @@ where
 {
     type Record = LmOptimizerRecord<B>;
 
-    fn step(&mut self, lr: LearningRate, module: LanguageModel<B>, mut grads: GradientsParams) -> LanguageModel<B> {
+    fn step(
+        &mut self,
+        lr: LearningRate,
+        module: LanguageModel<B>,
+        mut grads: GradientsParams,
+    ) -> LanguageModel<B> {
+        // Looked up on the module being stepped: loading a checkpoint replaces parameter ids.
         let mut no_decay = GradientsParams::new();
-        for &(id, rank) in self.no_decay_params.iter() {
+        for (id, rank) in no_decay_params(&module) {
             move_grad::<B::InnerBackend>(&mut grads, &mut no_decay, id, rank);
         }
         let module = self.decay.step(lr, module, grads);
@@ -132,7 +151,12 @@ where
         module
     }
 
-    fn step_multi(&mut self, lr: LearningRate, module: LanguageModel<B>, grads: MultiGradientsParams) -> LanguageModel<B> {
+    fn step_multi(
+        &mut self,
+        lr: LearningRate,
+        module: LanguageModel<B>,
+        grads: MultiGradientsParams,
+    ) -> LanguageModel<B> {
         // Multi-device training all-reduces into single-device gradients first (DDP), so
         // this path only sees one group of gradients; fall back to the decay group.
         self.decay.step_multi(lr, module, grads)
@@ -163,7 +187,8 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                self.parts.push(g.square().sum().into_scalar().elem::<f64>());
+                self.parts
+                    .push(g.square().sum().into_scalar().elem::<f64>());
             }
         }
     }
@@ -178,7 +203,10 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
     }
-    let mut sums = SumSquares { grads, parts: Vec::new() };
+    let mut sums = SumSquares {
+        grads,
+        parts: Vec::new(),
+    };
     model.visit(&mut sums);
     let norm = sums.parts.iter().sum::<f64>().sqrt();
     if max_norm > 0.0 && norm > max_norm && norm.is_finite() {

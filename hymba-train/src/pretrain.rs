@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::backend::Autodiff;
-use burn::module::Module;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use hymba::{BackendKind, BackendRunner, GenerationConfig, Hymba, HymbaConfig, ScanBackend};
 use hymba_datasets::{
-    InputSource, Manifest, PrepareConfig, Split, Tokenizer, TokenStream, WindowDataset,
+    InputSource, Manifest, PrepareConfig, Split, TokenStream, Tokenizer, WindowDataset,
     WindowSampler,
 };
+
+use std::io::IsTerminal;
 
 use crate::checkpoint;
 use crate::data::WindowLoader;
@@ -21,6 +22,7 @@ use crate::flops::train_flops_per_token;
 use crate::metrics::StatMetric;
 use crate::model::LanguageModel;
 use crate::optim::LmOptimizer;
+use crate::renderer::LineRenderer;
 use crate::run_config::RunConfig;
 use crate::schedule::LrSchedule;
 use crate::strategy::{LmStrategy, RunLog};
@@ -216,9 +218,16 @@ where
     config.save(run.out_dir.join("config.json"))?;
 
     B::seed(&device, run.seed);
-    let model = LanguageModel { hymba: Hymba::<B>::new(&config, &device)? };
-    let (optim, snapshot) = LmOptimizer::new(&model, &run.optimizer);
-    let schedule = LrSchedule::new(&run.schedule, run.optimizer.lr, run.optimizer.min_lr, run.steps);
+    let model = LanguageModel {
+        hymba: Hymba::<B>::new(&config, &device)?,
+    };
+    let (optim, snapshot) = LmOptimizer::new(&run.optimizer);
+    let schedule = LrSchedule::new(
+        &run.schedule,
+        run.optimizer.lr,
+        run.optimizer.min_lr,
+        run.steps,
+    );
     let mut learner = Learner::new(model, optim, schedule);
 
     let mut sampler = WindowSampler::new(train_ds.len(), run.seed);
@@ -243,8 +252,18 @@ where
         0 => (0..valid_ds.len()).collect(),
         n => (0..valid_ds.len().min(n * run.batch_size)).collect(),
     };
-    let train_loader = WindowLoader::<B>::new(train_ds.clone(), (0..train_ds.len()).collect(), run.batch_size, device.clone());
-    let valid_loader = WindowLoader::<B::InnerBackend>::new(valid_ds, valid_windows, run.batch_size, device.clone());
+    let train_loader = WindowLoader::<B>::new(
+        train_ds.clone(),
+        (0..train_ds.len()).collect(),
+        run.batch_size,
+        device.clone(),
+    );
+    let valid_loader = WindowLoader::<B::InnerBackend>::new(
+        valid_ds,
+        valid_windows,
+        run.batch_size,
+        device.clone(),
+    );
     let peak_tflops = match (run.peak_tflops, job.backend) {
         (p, _) if p > 0.0 => p,
         (_, BackendKind::Cuda) => 989.0,
@@ -261,7 +280,12 @@ where
         device: device.clone(),
         log: log.clone(),
     };
-    let result = SupervisedTraining::new(&run.out_dir, Arc::new(train_loader), Arc::new(valid_loader))
+    let mut training =
+        SupervisedTraining::new(&run.out_dir, Arc::new(train_loader), Arc::new(valid_loader));
+    if !std::io::stdout().is_terminal() {
+        training = training.renderer(LineRenderer::new(run.log_every));
+    }
+    let result = training
         .metric_train_numeric(StatMetric::loss())
         .metric_valid_numeric(StatMetric::loss())
         .metric_train_numeric(StatMetric::perplexity())
@@ -273,7 +297,9 @@ where
         .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
         .launch(learner);
 
-    let mut log = log.lock().map_err(|_| TrainError::Config("training thread panicked".into()))?;
+    let mut log = log
+        .lock()
+        .map_err(|_| TrainError::Config("training thread panicked".into()))?;
     if let Some(e) = log.error.take() {
         return Err(e);
     }
@@ -293,15 +319,16 @@ where
     })
 }
 
-/// Writes the trained model: `config.json`, the weights and `tokenizer.json`.
-fn save_model<B: ScanBackend>(model: &Hymba<B>, tok: &Tokenizer, dir: &Path) -> Result<(), TrainError> {
+/// Writes the trained model in the HF layout (`config.json`, `model.safetensors`,
+/// `tokenizer.json`), loadable by `hymba-eval generate --model DIR` and by the reference
+/// Python code.
+fn save_model<B: ScanBackend>(
+    model: &Hymba<B>,
+    tok: &Tokenizer,
+    dir: &Path,
+) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    model.config.save(dir.join("config.json"))?;
+    hymba::save_pretrained(model, dir, &hymba::SaveOptions::default())?;
     tok.save(dir.join("tokenizer.json"))?;
-    let recorder = burn::record::NamedMpkFileRecorder::<burn::record::FullPrecisionSettings>::new();
-    model
-        .clone()
-        .save_file(dir.join("model"), &recorder)
-        .map_err(|e| TrainError::io(dir.join("model.mpk"), e))?;
     Ok(())
 }

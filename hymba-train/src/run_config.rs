@@ -50,7 +50,7 @@ impl Default for DataSection {
     fn default() -> Self {
         Self {
             shards: "default".into(),
-            seq_len: 128,
+            seq_len: 64,
         }
     }
 }
@@ -172,6 +172,9 @@ pub struct RunConfig {
     pub samples: usize,
     /// Tokens per printed sample.
     pub sample_tokens: usize,
+    /// Print a log line every this many steps when stdout is not a terminal (a terminal
+    /// gets burn's live dashboard instead).
+    pub log_every: usize,
 }
 
 impl Default for RunConfig {
@@ -182,18 +185,19 @@ impl Default for RunConfig {
             data: DataSection::default(),
             batch_size: 8,
             grad_accum: 1,
-            steps: 600,
+            steps: 300,
             optimizer: OptimizerSection::default(),
             schedule: ScheduleSection::default(),
-            checkpoint_every: 200,
+            checkpoint_every: 100,
             keep_checkpoints: 2,
-            valid_every: 100,
+            valid_every: 50,
             valid_batches: 8,
             seed: 42,
             on_nan: NanPolicy::Stop,
             peak_tflops: 0.0,
             samples: 3,
             sample_tokens: 48,
+            log_every: 10,
         }
     }
 }
@@ -241,7 +245,7 @@ impl RunConfig {
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1");
         }
-        if !(self.optimizer.lr > 0.0) || self.optimizer.min_lr < 0.0 {
+        if self.optimizer.lr.is_nan() || self.optimizer.lr <= 0.0 || self.optimizer.min_lr < 0.0 {
             return bad("optimizer.lr must be positive and optimizer.min_lr non-negative");
         }
         let s = &self.schedule;
@@ -272,9 +276,9 @@ fn apply_override(root: &mut toml::Value, text: &str) -> Result<(), TrainError> 
     let keys: Vec<&str> = path.trim().split('.').collect();
     let mut node = root;
     for key in &keys[..keys.len() - 1] {
-        let table = node
-            .as_table_mut()
-            .ok_or_else(|| TrainError::Config(format!("override `{path}`: `{key}` is not a table")))?;
+        let table = node.as_table_mut().ok_or_else(|| {
+            TrainError::Config(format!("override `{path}`: `{key}` is not a table"))
+        })?;
         node = table
             .entry(key.to_string())
             .or_insert_with(|| toml::Value::Table(Default::default()));

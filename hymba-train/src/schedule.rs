@@ -3,8 +3,8 @@
 //! run continues the curve exactly. burn 0.21 has no sequential scheduler to compose these.
 
 use burn::lr_scheduler::LrScheduler;
-use burn::prelude::*;
 use burn::optim::LearningRate;
+use burn::prelude::*;
 
 use crate::run_config::{ScheduleKind, ScheduleSection};
 

@@ -104,7 +104,11 @@ where
     }
 
     fn append_csv(&self, line: String) {
-        if let Ok(mut f) = OpenOptions::new().append(true).create(true).open(self.csv()) {
+        if let Ok(mut f) = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.csv())
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -145,7 +149,9 @@ where
 
     fn save_checkpoint(&self, learner: &Learner<Components<B>>, step: usize) {
         let Some(optim) = self.snapshot.take() else {
-            self.fail(TrainError::Config("optimizer state missing at checkpoint".into()));
+            self.fail(TrainError::Config(
+                "optimizer state missing at checkpoint".into(),
+            ));
             return;
         };
         let sampler = match self.sampler.lock() {
@@ -154,7 +160,13 @@ where
         };
         let root = self.config.out_dir.join("checkpoints");
         let state = TrainState { step, sampler };
-        match checkpoint::save(&root, &state, &learner.model(), optim, self.config.keep_checkpoints) {
+        match checkpoint::save(
+            &root,
+            &state,
+            &learner.model(),
+            optim,
+            self.config.keep_checkpoints,
+        ) {
             Ok(dir) => {
                 if let Ok(mut log) = self.log.lock() {
                     log.last_checkpoint = Some(dir);
@@ -176,7 +188,10 @@ where
         _train: TrainLoader<Components<B>>,
         valid: ValidLoader<Components<B>>,
         _starting_epoch: usize,
-    ) -> (TrainingModel<Components<B>>, SupervisedTrainingEventProcessor<Components<B>>) {
+    ) -> (
+        TrainingModel<Components<B>>,
+        SupervisedTrainingEventProcessor<Components<B>>,
+    ) {
         let mut processor = components.event_processor;
         let interrupter = components.interrupter;
         let cfg = &self.config;
@@ -197,7 +212,12 @@ where
                     Ok(mut s) => s.next_batch(cfg.batch_size),
                     Err(_) => return (learner.model(), processor),
                 };
-                let batch = match make_batch::<B>(&self.train, &indices, 1.0 / accum as f32, &self.device) {
+                let batch = match make_batch::<B>(
+                    &self.train,
+                    &indices,
+                    1.0 / accum as f32,
+                    &self.device,
+                ) {
                     Ok(b) => b,
                     Err(e) => {
                         self.fail(e.into());
@@ -221,7 +241,11 @@ where
                             .ok()
                             .and_then(|l| l.last_checkpoint.clone())
                             .map_or("none".to_string(), |p| p.display().to_string());
-                        self.fail(TrainError::NonFiniteLoss { step, loss, last_checkpoint: last });
+                        self.fail(TrainError::NonFiniteLoss {
+                            step,
+                            loss,
+                            last_checkpoint: last,
+                        });
                         break;
                     }
                 }
@@ -240,11 +264,22 @@ where
             } else {
                 0.0
             };
-            let stats = LmStats { loss, tokens, grad_norm, tokens_per_sec, mfu_pct };
-            let progress = Progress { items_processed: step, items_total: total };
+            let stats = LmStats {
+                loss,
+                tokens,
+                grad_norm,
+                tokens_per_sec,
+                mfu_pct,
+            };
+            let progress = Progress {
+                items_processed: step,
+                items_total: total,
+            };
             let item = TrainingItem::new(stats, progress, epoch.clone(), Some(step), Some(lr));
             processor.process_train(LearnerEvent::ProcessedItem(item));
-            self.append_csv(format!("{step},train,{loss},{lr},{grad_norm},{tokens_per_sec:.1}"));
+            self.append_csv(format!(
+                "{step},train,{loss},{lr},{grad_norm},{tokens_per_sec:.1}"
+            ));
             if let Ok(mut log) = self.log.lock() {
                 log.train_loss.push((step, loss));
                 log.tokens_per_sec.push(tokens_per_sec);

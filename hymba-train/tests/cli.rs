@@ -51,7 +51,11 @@ fn resume_after_kill_matches_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let straight = tmp.path().join("straight");
     let out = run(&tiny_args(&straight, 8));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = train_losses(&straight);
     assert_eq!(want.len(), 8);
 
@@ -65,7 +69,10 @@ fn resume_after_kill_matches_an_uninterrupted_run() {
         .expect("binary starts");
     let started = Instant::now();
     while !checkpoint(&broken, 4).is_dir() {
-        assert!(started.elapsed() < Duration::from_secs(600), "no checkpoint appeared");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no checkpoint appeared"
+        );
         if child.try_wait().expect("wait").is_some() {
             break;
         }
@@ -80,9 +87,16 @@ fn resume_after_kill_matches_an_uninterrupted_run() {
     let mut args = tiny_args(&broken, 8);
     args.insert(1, "--resume".into());
     let out = run(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = train_losses(&broken);
-    assert_eq!(got, want, "losses after resume differ from the uninterrupted run");
+    assert_eq!(
+        got, want,
+        "losses after resume differ from the uninterrupted run"
+    );
 }
 
 fn assert_one_line_error(out: &Output, needle: &str) {
@@ -103,7 +117,10 @@ fn bad_inputs_fail_with_one_clear_line() {
         a.push(extra.to_string());
         a
     };
-    assert_one_line_error(&run(&base("data.shards=/nonexistent/shards")), "/nonexistent/shards");
+    assert_one_line_error(
+        &run(&base("data.shards=/nonexistent/shards")),
+        "/nonexistent/shards",
+    );
     assert_one_line_error(&run(&base("stepz=5")), "stepz");
     assert_one_line_error(&run(&base("model.preset=hymba-7b")), "hymba-7b");
     assert_one_line_error(&run(&base("batch_size=1000000")), "larger than the data");
@@ -125,7 +142,11 @@ fn existing_checkpoints_are_not_overwritten() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let out_dir = tmp.path().join("run");
     let first = run(&tiny_args(&out_dir, 4));
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let before = std::fs::read(checkpoint(&out_dir, 4).join("state.json")).expect("checkpoint");
     assert_one_line_error(&run(&tiny_args(&out_dir, 4)), "--resume");
     let after = std::fs::read(checkpoint(&out_dir, 4).join("state.json")).expect("checkpoint");

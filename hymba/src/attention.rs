@@ -49,7 +49,6 @@ impl KeySpan {
             }
         }
     }
-
 }
 
 /// How a block of queries is masked.

@@ -60,13 +60,11 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
         #[cfg(feature = "ndarray")]
         BackendKind::NdArray => Ok(runner.run::<burn::backend::NdArray<f32>>(Default::default())),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => Ok(runner.run::<burn::backend::Wgpu<f32, i32>>(
-            burn::backend::wgpu::WgpuDevice::DefaultDevice,
-        )),
+        BackendKind::Wgpu => Ok(runner
+            .run::<burn::backend::Wgpu<f32, i32>>(burn::backend::wgpu::WgpuDevice::DefaultDevice)),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => Ok(runner.run::<burn::backend::Cuda<f32, i32>>(
-            burn::backend::cuda::CudaDevice::new(device),
-        )),
+        BackendKind::Cuda => Ok(runner
+            .run::<burn::backend::Cuda<f32, i32>>(burn::backend::cuda::CudaDevice::new(device))),
         #[allow(unreachable_patterns)]
         other => Err(HymbaError::BackendNotCompiled {
             backend: match other {

@@ -237,7 +237,11 @@ pub fn paired_kv_groups(num_layers: usize, global: &[usize]) -> Vec<Vec<usize>> 
             groups.push(rest[..3].to_vec());
             rest = &rest[3..];
         }
-        groups.extend(rest.chunks(2).filter(|c| c.len() == 2).map(<[usize]>::to_vec));
+        groups.extend(
+            rest.chunks(2)
+                .filter(|c| c.len() == 2)
+                .map(<[usize]>::to_vec),
+        );
         run.clear();
     };
     for i in 0..num_layers {
@@ -343,7 +347,10 @@ impl HymbaConfig {
             eos_token_id: 2,
             pad_token_id: 0,
             extra: BTreeMap::from([
-                ("architectures".into(), serde_json::json!(["HymbaForCausalLM"])),
+                (
+                    "architectures".into(),
+                    serde_json::json!(["HymbaForCausalLM"]),
+                ),
                 ("layer_type".into(), serde_json::json!(vec!["h"; layers])),
             ]),
         }
@@ -352,12 +359,11 @@ impl HymbaConfig {
     /// Parses and validates `config.json` text.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let config: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            HymbaError::ConfigParse {
+        let config: Self =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| HymbaError::ConfigParse {
                 key: e.path().to_string(),
                 message: e.inner().to_string(),
-            }
-        })?;
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -556,7 +562,10 @@ impl HymbaConfig {
         if self.kq_head_dim == -1 && !self.attn_hidden().is_multiple_of(h) {
             return err(
                 "num_attention_heads",
-                format!("{h} heads do not divide attention width {}", self.attn_hidden()),
+                format!(
+                    "{h} heads do not divide attention width {}",
+                    self.attn_hidden()
+                ),
             );
         }
         if h % g != 0 {
@@ -597,9 +606,17 @@ impl HymbaConfig {
         let unsupported: [(&'static str, bool, &str); 9] = [
             ("kq_norm", self.kq_norm != "none", "only \"none\""),
             ("hidden_act", self.hidden_act != "silu", "only \"silu\""),
-            ("mlp_hidden_act", self.mlp_hidden_act != "silu", "only \"silu\""),
+            (
+                "mlp_hidden_act",
+                self.mlp_hidden_act != "silu",
+                "only \"silu\"",
+            ),
             ("mamba_proj_bias", self.mamba_proj_bias, "only false"),
-            ("mamba_inner_layernorms", !self.mamba_inner_layernorms, "only true"),
+            (
+                "mamba_inner_layernorms",
+                !self.mamba_inner_layernorms,
+                "only true",
+            ),
             ("num_mamba", self.num_mamba != 1, "only 1"),
             ("num_experts", self.num_experts != 1, "only 1"),
             ("kv_weight_reuse", self.kv_weight_reuse, "only false"),
@@ -615,7 +632,10 @@ impl HymbaConfig {
             }
         }
         if !self.tie_word_embeddings {
-            return err("tie_word_embeddings", "only tied embeddings are supported".into());
+            return err(
+                "tie_word_embeddings",
+                "only tied embeddings are supported".into(),
+            );
         }
         if let Some(conv_dim) = &self.conv_dim
             && let Some((layer, w)) = conv_dim.iter().find(|(_, w)| **w != self.d_inner())
@@ -629,7 +649,10 @@ impl HymbaConfig {
         let mut seen = BTreeSet::new();
         for &i in &self.global_attn_idx {
             if i >= n {
-                return err("global_attn_idx", format!("layer {i} ≥ num_hidden_layers {n}"));
+                return err(
+                    "global_attn_idx",
+                    format!("layer {i} ≥ num_hidden_layers {n}"),
+                );
             }
             if !seen.insert(i) {
                 return err("global_attn_idx", format!("layer {i} listed twice"));
@@ -642,7 +665,10 @@ impl HymbaConfig {
             };
             for (pos, &i) in group.iter().enumerate() {
                 if i >= n {
-                    return err("kv_reuse_group", format!("layer {i} ≥ num_hidden_layers {n}"));
+                    return err(
+                        "kv_reuse_group",
+                        format!("layer {i} ≥ num_hidden_layers {n}"),
+                    );
                 }
                 if !grouped.insert(i) {
                     return err("kv_reuse_group", format!("layer {i} is in two groups"));

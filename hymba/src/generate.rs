@@ -76,13 +76,17 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, rng: &mut impl Rng) -> 
         logits
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
+            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 { (i, l) } else { best }
+            })
             .0 as u32
     };
     if config.temperature <= 0.0 {
         return argmax();
     }
-    let mut order: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
+    let mut order: Vec<usize> = (0..logits.len())
+        .filter(|&i| logits[i].is_finite())
+        .collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     if config.top_k > 0 {
         order.truncate(config.top_k);

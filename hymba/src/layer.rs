@@ -44,9 +44,9 @@ impl<B: ScanBackend> HymbaLayer<B> {
         kv: KvInput<B>,
         ssm_state: Option<SsmState<B>>,
     ) -> (Tensor<B, 3>, KeyValues<B>, SsmState<B>) {
-        let (mixed, kv, state) = self
-            .mixer
-            .forward(self.input_norm.forward(x.clone()), ctx, kv, ssm_state);
+        let (mixed, kv, state) =
+            self.mixer
+                .forward(self.input_norm.forward(x.clone()), ctx, kv, ssm_state);
         let h = x + mixed;
         let y = h.clone() + self.ffn.forward(self.ffn_norm.forward(h));
         (y, kv, state)

@@ -45,7 +45,11 @@ impl<B: Backend> MetaTokens<B> {
             return x;
         }
         let [batch, _, d] = x.dims();
-        let meta = self.tokens.val().unsqueeze_dim::<3>(0).expand([batch, self.len(), d]);
+        let meta = self
+            .tokens
+            .val()
+            .unsqueeze_dim::<3>(0)
+            .expand([batch, self.len(), d]);
         Tensor::cat(vec![meta, x], 1)
     }
 }

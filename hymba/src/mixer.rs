@@ -125,14 +125,18 @@ impl<B: ScanBackend> HybridHead<B> {
         let di = self.ssm.a_log.dims()[0];
         let p = self.in_proj.forward(u);
         let qw = self.num_heads * self.qk_head_dim;
-        let q = ctx.rope.apply(Self::heads(p.clone().narrow(2, 0, qw), self.num_heads));
+        let q = ctx
+            .rope
+            .apply(Self::heads(p.clone().narrow(2, 0, qw), self.num_heads));
         let (kv, xz_start) = match kv {
             KvInput::Own { past, new_span } => {
                 let (kw, vw) = (
                     self.num_kv_heads * self.qk_head_dim,
                     self.num_kv_heads * self.v_head_dim,
                 );
-                let k = ctx.rope.apply(Self::heads(p.clone().narrow(2, qw, kw), self.num_kv_heads));
+                let k = ctx
+                    .rope
+                    .apply(Self::heads(p.clone().narrow(2, qw, kw), self.num_kv_heads));
                 let v = Self::heads(p.clone().narrow(2, qw + kw, vw), self.num_kv_heads);
                 let kv = match past {
                     Some(past) => KeyValues {
@@ -140,7 +144,11 @@ impl<B: ScanBackend> HybridHead<B> {
                         k: Tensor::cat(vec![past.k, k], 2),
                         v: Tensor::cat(vec![past.v, v], 2),
                     },
-                    None => KeyValues { k, v, span: new_span },
+                    None => KeyValues {
+                        k,
+                        v,
+                        span: new_span,
+                    },
                 };
                 (kv, qw + kw + vw)
             }

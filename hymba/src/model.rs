@@ -51,7 +51,11 @@ impl<B: Backend> MaskCache<B> {
         num_meta: usize,
         device: &B::Device,
     ) -> Mask<B> {
-        if let Some((_, _, m)) = self.built.iter().find(|(k, w, _)| k == keys && *w == window) {
+        if let Some((_, _, m)) = self
+            .built
+            .iter()
+            .find(|(k, w, _)| k == keys && *w == window)
+        {
             return m.clone();
         }
         let mask = hymba_mask(queries, keys, window, num_meta, device);
@@ -93,7 +97,11 @@ impl<B: ScanBackend> Hymba<B> {
     ///
     /// # Shapes
     /// - `ids`: `[batch, T]` → `[batch, T, D]`
-    pub fn hidden(&self, ids: Tensor<B, 2, Int>, mut cache: Option<&mut HymbaCache<B>>) -> Tensor<B, 3> {
+    pub fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        mut cache: Option<&mut HymbaCache<B>>,
+    ) -> Tensor<B, 3> {
         let [_, t] = ids.dims();
         let device = ids.device();
         let config = &self.config;
@@ -101,10 +109,20 @@ impl<B: ScanBackend> Hymba<B> {
         let start = cache.as_ref().map_or(0, |c| c.seen);
         let (x, meta, new_span) = if start == 0 {
             let m = self.meta_tokens.len();
-            let span = KeySpan { meta: m, text: m..m + t };
+            let span = KeySpan {
+                meta: m,
+                text: m..m + t,
+            };
             (self.meta_tokens.prepend(x), m, span)
         } else {
-            (x, 0, KeySpan { meta: 0, text: start..start + t })
+            (
+                x,
+                0,
+                KeySpan {
+                    meta: 0,
+                    text: start..start + t,
+                },
+            )
         };
         let n = meta + t;
         let queries = start..start + n;
@@ -132,8 +150,16 @@ impl<B: ScanBackend> Hymba<B> {
             };
             let (kv_in, keys) = match config.kv_role(i) {
                 KvRole::Owner => {
-                    let keys = past.as_ref().map_or(new_span.clone(), |p| p.span.extend(&new_span));
-                    (KvInput::Own { past, new_span: new_span.clone() }, keys)
+                    let keys = past
+                        .as_ref()
+                        .map_or(new_span.clone(), |p| p.span.extend(&new_span));
+                    (
+                        KvInput::Own {
+                            past,
+                            new_span: new_span.clone(),
+                        },
+                        keys,
+                    )
                 }
                 KvRole::Consumer { producer } => {
                     // Validation guarantees the producer ran earlier in this loop.
@@ -145,7 +171,10 @@ impl<B: ScanBackend> Hymba<B> {
                 }
             };
             let mask = masks.get(queries.clone(), &keys, window, num_meta, &device);
-            let ctx = AttentionContext { rope: &rope, mask: &mask };
+            let ctx = AttentionContext {
+                rope: &rope,
+                mask: &mask,
+            };
             let (y, kv, state) = layer.forward(x, &ctx, kv_in, ssm_state);
             x = y;
             if let Some(lc) = cache.as_deref_mut().map(|c| &mut c.layers[i]) {
@@ -184,7 +213,11 @@ impl<B: ScanBackend> Hymba<B> {
     ///
     /// # Shapes
     /// - `ids`: `[batch, T]` → `[batch, T, V]`
-    pub fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut HymbaCache<B>) -> Tensor<B, 3> {
+    pub fn forward_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut HymbaCache<B>,
+    ) -> Tensor<B, 3> {
         self.lm_head(self.hidden(ids, Some(cache)))
     }
 
@@ -204,7 +237,11 @@ impl<B: ScanBackend> Hymba<B> {
     ///
     /// # Shapes
     /// - `ids`: `[batch, T]`, `loss_mask`: `[batch, T − 1]` (weights of targets `ids[:, 1..]`)
-    pub fn forward_loss(&self, ids: Tensor<B, 2, Int>, loss_mask: Option<Tensor<B, 2>>) -> Tensor<B, 1> {
+    pub fn forward_loss(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        loss_mask: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 1> {
         let [batch, t] = ids.dims();
         let logits = self.forward(ids.clone()).narrow(1, 0, t - 1);
         let logp = log_softmax(upcast(logits), 2);

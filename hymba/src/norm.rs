@@ -33,7 +33,12 @@ impl<B: Backend> RmsNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
         let x32 = x.cast(DType::F32);
-        let rms = x32.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt();
+        let rms = x32
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
         let normed = x32.div(rms).cast(dtype);
         normed.mul(self.weight.val().unsqueeze::<D>())
     }

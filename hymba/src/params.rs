@@ -41,7 +41,8 @@ impl<B: Backend> ModuleMapper<B> for ParamLoader<'_, B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let shape = param.dims();
         let Some(data) = self.values.next() else {
-            self.errors.push(format!("no value for a parameter of shape {shape:?}"));
+            self.errors
+                .push(format!("no value for a parameter of shape {shape:?}"));
             return param;
         };
         if data.shape.as_slice() != shape.as_slice() {

@@ -17,6 +17,11 @@ pub fn upcast<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// in the tensor's own dtype (burn's `sigmoid` rounds through f32, which would blur the f64
 /// finite-difference checks of the scan).
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let sigma = x.clone().div_scalar(2.0).tanh().add_scalar(1.0).div_scalar(2.0);
+    let sigma = x
+        .clone()
+        .div_scalar(2.0)
+        .tanh()
+        .add_scalar(1.0)
+        .div_scalar(2.0);
     x * sigma
 }

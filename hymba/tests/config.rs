@@ -65,23 +65,63 @@ fn dt_rank_auto_is_hidden_over_16() {
 fn bad_configs_are_errors_naming_the_key() {
     #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
-        ("hidden_size", Box::new(|v| { v.as_object_mut().unwrap().remove("hidden_size"); })),
-        ("hidden_size", Box::new(|v| v["hidden_size"] = serde_json::json!(-64))),
-        ("num_attention_heads", Box::new(|v| v["num_attention_heads"] = serde_json::json!(5))),
-        ("num_key_value_heads", Box::new(|v| v["num_key_value_heads"] = serde_json::json!(3))),
-        ("global_attn_idx", Box::new(|v| v["global_attn_idx"] = serde_json::json!([0, 4]))),
-        ("sliding_window", Box::new(|v| v["sliding_window"] = serde_json::json!(0))),
-        ("kv_reuse_group", Box::new(|v| v["kv_reuse_group"] = serde_json::json!([[2, 3]]))),
-        ("kv_reuse_group", Box::new(|v| v["kv_reuse_group"] = serde_json::json!([[1, 2], [0, 2]]))),
-        ("kv_reuse_group", Box::new(|v| v["kv_reuse_group"] = serde_json::json!([[2, 1]]))),
-        ("mamba_dt_rank", Box::new(|v| v["mamba_dt_rank"] = serde_json::json!("huge"))),
-        ("num_experts", Box::new(|v| v["num_experts"] = serde_json::json!(4))),
-        ("vocab_size", Box::new(|v| v["vocab_size"] = serde_json::json!(0))),
+        (
+            "hidden_size",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("hidden_size");
+            }),
+        ),
+        (
+            "hidden_size",
+            Box::new(|v| v["hidden_size"] = serde_json::json!(-64)),
+        ),
+        (
+            "num_attention_heads",
+            Box::new(|v| v["num_attention_heads"] = serde_json::json!(5)),
+        ),
+        (
+            "num_key_value_heads",
+            Box::new(|v| v["num_key_value_heads"] = serde_json::json!(3)),
+        ),
+        (
+            "global_attn_idx",
+            Box::new(|v| v["global_attn_idx"] = serde_json::json!([0, 4])),
+        ),
+        (
+            "sliding_window",
+            Box::new(|v| v["sliding_window"] = serde_json::json!(0)),
+        ),
+        (
+            "kv_reuse_group",
+            Box::new(|v| v["kv_reuse_group"] = serde_json::json!([[2, 3]])),
+        ),
+        (
+            "kv_reuse_group",
+            Box::new(|v| v["kv_reuse_group"] = serde_json::json!([[1, 2], [0, 2]])),
+        ),
+        (
+            "kv_reuse_group",
+            Box::new(|v| v["kv_reuse_group"] = serde_json::json!([[2, 1]])),
+        ),
+        (
+            "mamba_dt_rank",
+            Box::new(|v| v["mamba_dt_rank"] = serde_json::json!("huge")),
+        ),
+        (
+            "num_experts",
+            Box::new(|v| v["num_experts"] = serde_json::json!(4)),
+        ),
+        (
+            "vocab_size",
+            Box::new(|v| v["vocab_size"] = serde_json::json!(0)),
+        ),
     ];
     for (key, mutate) in cases {
         let message = error_of(mutate);
-        assert!(message.contains(key),
-            "error for `{key}` does not name it: {message}");
+        assert!(
+            message.contains(key),
+            "error for `{key}` does not name it: {message}"
+        );
     }
 }
 
@@ -94,5 +134,8 @@ fn unknown_preset_is_an_error() {
 #[test]
 fn config_file_errors_name_the_path() {
     let err = HymbaConfig::from_file("/nonexistent/config.json").unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/config.json"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/config.json"),
+        "{err}"
+    );
 }

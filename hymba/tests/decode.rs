@@ -19,16 +19,21 @@ fn full_vs_incremental(batch: usize, prefill: usize) {
 
     let mut cache = HymbaCache::new(&config);
     let mut pieces = Vec::new();
-    let slice = |a: usize, b: usize| -> Vec<Vec<u32>> { rows.iter().map(|r| r[a..b].to_vec()).collect() };
+    let slice =
+        |a: usize, b: usize| -> Vec<Vec<u32>> { rows.iter().map(|r| r[a..b].to_vec()).collect() };
     if prefill > 0 {
-        pieces.push(model.forward_cached(to_tensor::<B>(&slice(0, prefill), &device()), &mut cache));
+        pieces
+            .push(model.forward_cached(to_tensor::<B>(&slice(0, prefill), &device()), &mut cache));
     }
     for t in prefill..LEN {
         pieces.push(model.forward_cached(to_tensor::<B>(&slice(t, t + 1), &device()), &mut cache));
     }
     let incremental = to_vec(Tensor::cat(pieces, 1));
     let diff = max_abs_diff(&full, &incremental);
-    assert!(diff <= 1e-4, "batch {batch}, prefill {prefill}: max |diff| = {diff}");
+    assert!(
+        diff <= 1e-4,
+        "batch {batch}, prefill {prefill}: max |diff| = {diff}"
+    );
     assert_eq!(cache.seen, config.num_memory_tokens + LEN);
 }
 
@@ -54,7 +59,10 @@ fn swa_cache_holds_meta_plus_window() {
     let rows = ids(1, LEN, config.vocab_size, 5);
     let mut cache = HymbaCache::new(&config);
     for t in 0..LEN {
-        model.forward_cached(to_tensor::<B>(&[rows[0][t..t + 1].to_vec()], &device()), &mut cache);
+        model.forward_cached(
+            to_tensor::<B>(&[rows[0][t..t + 1].to_vec()], &device()),
+            &mut cache,
+        );
     }
     let m = config.num_memory_tokens;
     for (i, layer) in cache.layers.iter().enumerate() {
@@ -98,13 +106,26 @@ fn sampling_respects_top_k_and_stop_ids() {
     let model = tiny_model(22);
     let vocab = HymbaConfig::tiny().vocab_size;
     let prompt = ids(1, 4, vocab, 9);
-    let greedy = generate(&model, &prompt, &GenerationConfig { max_new_tokens: 5, ..Default::default() })
-        .expect("generation runs");
+    let greedy = generate(
+        &model,
+        &prompt,
+        &GenerationConfig {
+            max_new_tokens: 5,
+            ..Default::default()
+        },
+    )
+    .expect("generation runs");
     // top_k = 1 with any temperature is greedy.
     let top1 = generate(
         &model,
         &prompt,
-        &GenerationConfig { max_new_tokens: 5, temperature: 1.5, top_k: 1, seed: 3, ..Default::default() },
+        &GenerationConfig {
+            max_new_tokens: 5,
+            temperature: 1.5,
+            top_k: 1,
+            seed: 3,
+            ..Default::default()
+        },
     )
     .expect("generation runs");
     assert_eq!(greedy.tokens, top1.tokens);
@@ -112,7 +133,11 @@ fn sampling_respects_top_k_and_stop_ids() {
     let stop = generate(
         &model,
         &prompt,
-        &GenerationConfig { max_new_tokens: 5, stop_ids: vec![greedy.tokens[0][0]], ..Default::default() },
+        &GenerationConfig {
+            max_new_tokens: 5,
+            stop_ids: vec![greedy.tokens[0][0]],
+            ..Default::default()
+        },
     )
     .expect("generation runs");
     assert_eq!(stop.tokens[0], vec![greedy.tokens[0][0]]);

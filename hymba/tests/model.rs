@@ -6,7 +6,7 @@ mod common;
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
-use burn::tensor::{Distribution, DType};
+use burn::tensor::{DType, Distribution};
 use common::*;
 use hymba::attention::{KeySpan, hymba_mask};
 use hymba::config::KvRole;
@@ -24,8 +24,15 @@ fn changing_token_t_changes_no_logit_before_t() {
     rows[0][t] = (rows[0][t] % (vocab as u32 - 2)) + 1;
     let after = to_vec(model.forward(to_tensor::<B>(&rows, &device())));
     let cut = t * vocab;
-    assert_eq!(max_abs_diff(&before[..cut], &after[..cut]), 0.0, "a logit before t changed");
-    assert!(max_abs_diff(&before[cut..], &after[cut..]) > 1e-4, "token t changed nothing");
+    assert_eq!(
+        max_abs_diff(&before[..cut], &after[..cut]),
+        0.0,
+        "a logit before t changed"
+    );
+    assert!(
+        max_abs_diff(&before[cut..], &after[cut..]) > 1e-4,
+        "token t changed nothing"
+    );
 }
 
 /// Attention output of layer `layer` at the last position for input `u`.
@@ -33,12 +40,28 @@ fn attention_at_last(model: &Hymba<B>, layer: usize, u: Tensor<B, 3>) -> Vec<f32
     let config = &model.config;
     let [_, n, _] = u.dims();
     let m = config.num_memory_tokens;
-    let span = KeySpan { meta: m, text: m..n };
+    let span = KeySpan {
+        meta: m,
+        text: m..n,
+    };
     let window = (!config.is_global(layer)).then_some(config.sliding_window);
     let mask = hymba_mask::<B>(0..n, &span, window, m, &device());
-    let rope = Rope::new(0, n, config.qk_head_dim(), config.rope_base(), DType::F32, &device());
-    let ctx = AttentionContext { rope: &rope, mask: &mask };
-    let kv = KvInput::Own { past: None, new_span: span };
+    let rope = Rope::new(
+        0,
+        n,
+        config.qk_head_dim(),
+        config.rope_base(),
+        DType::F32,
+        &device(),
+    );
+    let ctx = AttentionContext {
+        rope: &rope,
+        mask: &mask,
+    };
+    let kv = KvInput::Own {
+        past: None,
+        new_span: span,
+    };
     let split = model.layers[layer].mixer.split_and_attend(u, &ctx, kv);
     to_vec(split.attn.narrow(1, n - 1, 1))
 }
@@ -58,22 +81,39 @@ fn swa_hides_far_text_but_not_meta_tokens() {
     let swa = 1;
     assert!(!config.is_global(swa) && config.kv_role(swa) == KvRole::Owner);
     let n = m + 3 * w;
-    let u = Tensor::<B, 3>::random([1, n, config.hidden_size], Distribution::Normal(0.0, 1.0), &device());
+    let u = Tensor::<B, 3>::random(
+        [1, n, config.hidden_size],
+        Distribution::Normal(0.0, 1.0),
+        &device(),
+    );
     let base = attention_at_last(&model, swa, u.clone());
     let far_text = n - 1 - w - 1; // q − k = w + 1 > window
     let edge_text = n - 1 - w; // q − k = w: still visible
     let meta = 2;
     let far = attention_at_last(&model, swa, perturbed(&u, far_text));
-    assert_eq!(max_abs_diff(&base, &far), 0.0, "SWA layer saw a token beyond the window");
+    assert_eq!(
+        max_abs_diff(&base, &far),
+        0.0,
+        "SWA layer saw a token beyond the window"
+    );
     let edge = attention_at_last(&model, swa, perturbed(&u, edge_text));
-    assert!(max_abs_diff(&base, &edge) > 1e-5, "SWA layer missed the window's oldest token");
+    assert!(
+        max_abs_diff(&base, &edge) > 1e-5,
+        "SWA layer missed the window's oldest token"
+    );
     let meta_changed = attention_at_last(&model, swa, perturbed(&u, meta));
-    assert!(max_abs_diff(&base, &meta_changed) > 1e-5, "SWA layer ignored a meta token");
+    assert!(
+        max_abs_diff(&base, &meta_changed) > 1e-5,
+        "SWA layer ignored a meta token"
+    );
     // A global layer does see the far token.
     let global = 0;
     let g_base = attention_at_last(&model, global, u.clone());
     let g_far = attention_at_last(&model, global, perturbed(&u, far_text));
-    assert!(max_abs_diff(&g_base, &g_far) > 1e-5, "global layer missed a far token");
+    assert!(
+        max_abs_diff(&g_base, &g_far) > 1e-5,
+        "global layer missed a far token"
+    );
 }
 
 #[test]
@@ -107,14 +147,22 @@ fn hymba_1_5b_counts_match_the_release() {
     let groups = hymba::config::paired_kv_groups(32, &[0, 15, 31]);
     assert_eq!(groups, config.kv_reuse_group);
     assert_eq!(groups[7], vec![16, 17, 18]);
-    assert!((config.rope_base() - 74_534.83).abs() < 0.01, "{}", config.rope_base());
+    assert!(
+        (config.rope_base() - 74_534.83).abs() < 0.01,
+        "{}",
+        config.rope_base()
+    );
 }
 
 #[test]
 fn analytic_param_count_equals_instantiated_model() {
     // The numbers were computed independently (by hand, in Python) for the chosen 125M/350M
     // configs (spec Tab. 11 widths); instantiating proves the formula and the modules agree.
-    for (name, expected) in [("tiny", 0), ("hymba-125m", 129_944_064), ("hymba-350m", 353_701_888)] {
+    for (name, expected) in [
+        ("tiny", 0),
+        ("hymba-125m", 129_944_064),
+        ("hymba-350m", 353_701_888),
+    ] {
         let config = HymbaConfig::preset(name).expect("preset exists");
         let model = Hymba::<B>::new(&config, &device()).expect("valid");
         assert_eq!(model.num_params(), config.num_params(), "{name}");
@@ -159,9 +207,16 @@ fn every_parameter_gets_a_finite_nonzero_gradient() {
     let loss = model.forward_loss(to_tensor::<AB>(&rows, &device), None);
     let value = to_vec(loss.clone())[0];
     // Random init: the loss is close to ln(V).
-    assert!((value - (config.vocab_size as f32).ln()).abs() < 1.0, "loss {value}");
+    assert!(
+        (value - (config.vocab_size as f32).ln()).abs() < 1.0,
+        "loss {value}"
+    );
     let grads = loss.backward();
-    let mut check = GradCheck::<AB> { grads: &grads, bad: Vec::new(), seen: 0 };
+    let mut check = GradCheck::<AB> {
+        grads: &grads,
+        bad: Vec::new(),
+        seen: 0,
+    };
     model.visit(&mut check);
     assert!(check.seen > 20, "visited only {} parameters", check.seen);
     assert!(check.bad.is_empty(), "{:#?}", check.bad);
@@ -187,5 +242,8 @@ fn loss_mask_ignores_masked_targets() {
     let logits = model.forward(ids_t);
     let logp = burn::tensor::activation::log_softmax(logits.narrow(1, 10, 1), 2);
     let expected = -to_vec(logp)[rows[0][11] as usize];
-    assert!((last_only - expected).abs() < 1e-5, "{last_only} vs {expected}");
+    assert!(
+        (last_only - expected).abs() < 1e-5,
+        "{last_only} vs {expected}"
+    );
 }

@@ -40,9 +40,18 @@ fn host<Bk: Backend, const D: usize>(t: &Tensor<Bk, D>) -> Vec<f64> {
 
 /// The recurrence written out step by step, in f64.
 fn sequential(input: &ScanInput<B64>) -> (Vec<f64>, Vec<f64>) {
-    let (u, dl, a, b, c) = (host(&input.u), host(&input.delta), host(&input.a), host(&input.b), host(&input.c));
+    let (u, dl, a, b, c) = (
+        host(&input.u),
+        host(&input.delta),
+        host(&input.a),
+        host(&input.b),
+        host(&input.c),
+    );
     let (d, z, bias) = (host(&input.d), host(&input.z), host(&input.delta_bias));
-    let mut h = input.initial_state.as_ref().map_or(vec![0.0; BATCH * CH * S], host);
+    let mut h = input
+        .initial_state
+        .as_ref()
+        .map_or(vec![0.0; BATCH * CH * S], host);
     let mut y = vec![0.0; BATCH * CH * T];
     for bi in 0..BATCH {
         for ch in 0..CH {
@@ -143,7 +152,8 @@ fn reference_scan_gradient_matches_finite_differences() {
         initial_state: base.initial_state.as_ref().map(lift),
     };
     let (y, h) = selective_scan(ad.clone());
-    let loss = (y * Tensor::from_inner(wy.clone())).sum() + (h * Tensor::from_inner(wh.clone())).sum();
+    let loss =
+        (y * Tensor::from_inner(wy.clone())).sum() + (h * Tensor::from_inner(wh.clone())).sum();
     let grads = loss.backward();
 
     let eps = 1e-6;
@@ -165,22 +175,132 @@ fn reference_scan_gradient_matches_finite_differences() {
         Tensor::<B64, 1>::from_data(TensorData::new(v, t.dims()), &device)
     };
     let cases: Vec<(&str, Vec<f64>, Perturb)> = vec![
-        ("u", host(&ad.u.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { u: bump3(&base.u, i, e), ..base.clone() })),
-        ("delta", host(&ad.delta.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { delta: bump3(&base.delta, i, e), ..base.clone() })),
-        ("a", host(&ad.a.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { a: bump2(&base.a, i, e), ..base.clone() })),
-        ("b", host(&ad.b.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { b: bump3(&base.b, i, e), ..base.clone() })),
-        ("c", host(&ad.c.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { c: bump3(&base.c, i, e), ..base.clone() })),
-        ("d", host(&ad.d.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { d: bump1(&base.d, i, e), ..base.clone() })),
-        ("z", host(&ad.z.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { z: bump3(&base.z, i, e), ..base.clone() })),
-        ("delta_bias", host(&ad.delta_bias.grad(&grads).unwrap()), Box::new(|i, e| ScanInput { delta_bias: bump1(&base.delta_bias, i, e), ..base.clone() })),
-        ("initial_state", host(&ad.initial_state.as_ref().unwrap().grad(&grads).unwrap()), Box::new(|i, e| ScanInput { initial_state: base.initial_state.as_ref().map(|h| bump3(h, i, e)), ..base.clone() })),
+        (
+            "u",
+            host(&ad.u.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                u: bump3(&base.u, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "delta",
+            host(&ad.delta.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                delta: bump3(&base.delta, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "a",
+            host(&ad.a.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                a: bump2(&base.a, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "b",
+            host(&ad.b.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                b: bump3(&base.b, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "c",
+            host(&ad.c.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                c: bump3(&base.c, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "d",
+            host(&ad.d.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                d: bump1(&base.d, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "z",
+            host(&ad.z.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                z: bump3(&base.z, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "delta_bias",
+            host(&ad.delta_bias.grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                delta_bias: bump1(&base.delta_bias, i, e),
+                ..base.clone()
+            }),
+        ),
+        (
+            "initial_state",
+            host(&ad.initial_state.as_ref().unwrap().grad(&grads).unwrap()),
+            Box::new(|i, e| ScanInput {
+                initial_state: base.initial_state.as_ref().map(|h| bump3(h, i, e)),
+                ..base.clone()
+            }),
+        ),
     ];
     for (name, analytic, perturb) in cases {
         let n = analytic.len();
         for i in [0, n / 3, n / 2, n - 1] {
             let numeric = (loss_of(perturb(i, eps)) - loss_of(perturb(i, -eps))) / (2.0 * eps);
             let err = (analytic[i] - numeric).abs() / (1e-3 + numeric.abs());
-            assert!(err < 1e-5, "d loss / d {name}[{i}]: autodiff {} vs numeric {numeric}", analytic[i]);
+            assert!(
+                err < 1e-5,
+                "d loss / d {name}[{i}]: autodiff {} vs numeric {numeric}",
+                analytic[i]
+            );
+        }
+    }
+}
+
+/// ndarray's host-loop scan (`scan::cpu`) equals the tensor-op reference, forward and
+/// backward, in f32.
+#[test]
+fn cpu_loops_equal_tensor_reference() {
+    use hymba::scan::reference;
+    type B32 = NdArray<f32>;
+    let device = Default::default();
+    for with_state in [false, true] {
+        B32::seed(&device, 29 + with_state as u64);
+        let input = inputs::<B32>(&device, with_state);
+        let (y_ref, h_ref) = reference::selective_scan_reference(input.clone(), 16);
+        let (y, h) = selective_scan(input.clone());
+        assert_close(&host(&y), &host(&y_ref), 1e-5, "y");
+        assert_close(&host(&h), &host(&h_ref), 1e-5, "h");
+        let dy = random::<B32, 3>([BATCH, CH, T], &device);
+        let dh = random::<B32, 3>([BATCH, CH, S], &device);
+        let want = reference::selective_scan_reference_backward(
+            input.clone().into_primitives(),
+            dy.clone().into_primitive().tensor(),
+            Some(dh.clone().into_primitive().tensor()),
+        )
+        .into_tensors();
+        // NdArray<f32>'s ScanBackend is the host loops of `scan::cpu`.
+        let got = hymba::scan::selective_scan_backward(input.clone(), dy, Some(dh));
+        for (name, a, b) in [
+            ("u", host(&got.u), host(&want.u)),
+            ("delta", host(&got.delta), host(&want.delta)),
+            ("b", host(&got.b), host(&want.b)),
+            ("c", host(&got.c), host(&want.c)),
+            ("z", host(&got.z), host(&want.z)),
+            ("a", host(&got.a), host(&want.a)),
+            ("d", host(&got.d), host(&want.d)),
+            ("delta_bias", host(&got.delta_bias), host(&want.delta_bias)),
+        ] {
+            assert_close(&a, &b, 1e-4, name);
+        }
+        if with_state {
+            let (a, b) = (got.initial_state.unwrap(), want.initial_state.unwrap());
+            assert_close(&host(&a), &host(&b), 1e-4, "initial_state");
         }
     }
 }

@@ -14,7 +14,9 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use burn_cubecl::CubeBackend;
-use hymba::scan::reference::{DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward};
+use hymba::scan::reference::{
+    DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
+};
 use hymba::scan::{ScanBackend, ScanInput, selective_scan, selective_scan_backward};
 use hymba::{Hymba, HymbaConfig};
 
@@ -57,7 +59,11 @@ fn to<Bk: Backend, const D: usize>(x: &Tensor<Cpu, D>, device: &Bk::Device) -> T
 
 /// Moves inputs to `Bk`; with `transposed`, delta, B, C and z are `[b, T, x]` buffers seen
 /// as `[b, x, T]` through `swap_dims` (the layout the model passes).
-fn move_to<Bk: Backend>(x: &ScanInput<Cpu>, device: &Bk::Device, transposed: bool) -> ScanInput<Bk> {
+fn move_to<Bk: Backend>(
+    x: &ScanInput<Cpu>,
+    device: &Bk::Device,
+    transposed: bool,
+) -> ScanInput<Bk> {
     let tr = |t: &Tensor<Cpu, 3>| -> Tensor<Bk, 3> {
         if transposed {
             to::<Bk, 3>(&t.clone().swap_dims(1, 2), device).swap_dims(1, 2)
@@ -94,7 +100,13 @@ fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
         }
     }
     let i = worst.1;
-    assert!(worst.0 <= TOL, "{what}[{i}]: {} vs {} (rel. error {})", got[i], want[i], worst.0);
+    assert!(
+        worst.0 <= TOL,
+        "{what}[{i}]: {} vs {} (rel. error {})",
+        got[i],
+        want[i],
+        worst.0
+    );
 }
 
 fn wgpu() -> WgpuDevice {
@@ -131,9 +143,12 @@ fn check_backward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
     let device = wgpu();
     let cpu = Default::default();
     for (k, &shape) in SHAPES.iter().enumerate() {
-        for (with_state, with_d_last, transposed) in
-            [(false, false, false), (true, true, false), (false, true, true), (true, false, true)]
-        {
+        for (with_state, with_d_last, transposed) in [
+            (false, false, false),
+            (true, true, false),
+            (false, true, true),
+            (true, false, true),
+        ] {
             let x = inputs(shape, with_state, 20 + k as u64);
             let (b, d, s, t) = shape;
             let dy = random::<Cpu, 3>([b, d, t], &cpu);
@@ -149,16 +164,30 @@ fn check_backward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
                 to(&dy, &device),
                 dh.as_ref().map(|t| to(t, &device)),
             );
-            let what = format!("{name} {shape:?} state={with_state} d_last={with_d_last} transposed={transposed}");
+            let what = format!(
+                "{name} {shape:?} state={with_state} d_last={with_d_last} transposed={transposed}"
+            );
             assert_close(host(got.u), host(want.u), &format!("{what}: du"));
-            assert_close(host(got.delta), host(want.delta), &format!("{what}: d delta"));
+            assert_close(
+                host(got.delta),
+                host(want.delta),
+                &format!("{what}: d delta"),
+            );
             assert_close(host(got.a), host(want.a), &format!("{what}: dA"));
             assert_close(host(got.b), host(want.b), &format!("{what}: dB"));
             assert_close(host(got.c), host(want.c), &format!("{what}: dC"));
             assert_close(host(got.d), host(want.d), &format!("{what}: dD"));
             assert_close(host(got.z), host(want.z), &format!("{what}: dz"));
-            assert_close(host(got.delta_bias), host(want.delta_bias), &format!("{what}: d delta_bias"));
-            assert_eq!(got.initial_state.is_some(), with_state, "{what}: d initial_state presence");
+            assert_close(
+                host(got.delta_bias),
+                host(want.delta_bias),
+                &format!("{what}: d delta_bias"),
+            );
+            assert_eq!(
+                got.initial_state.is_some(),
+                with_state,
+                "{what}: d initial_state presence"
+            );
             if let (Some(g), Some(w)) = (got.initial_state, want.initial_state) {
                 assert_close(host(g), host(w), &format!("{what}: d initial_state"));
             }
@@ -199,8 +228,16 @@ fn check_steps<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
         ys.push(y);
         h = Some(h_next);
     }
-    assert_close(host(Tensor::cat(ys, 2)), host(want_y), &format!("{name}: stepped y"));
-    assert_close(host(h.expect("state")), host(want_h), &format!("{name}: stepped state"));
+    assert_close(
+        host(Tensor::cat(ys, 2)),
+        host(want_y),
+        &format!("{name}: stepped y"),
+    );
+    assert_close(
+        host(h.expect("state")),
+        host(want_h),
+        &format!("{name}: stepped state"),
+    );
 }
 
 #[test]
@@ -258,7 +295,9 @@ where
 }
 
 fn lift<Bk: Backend, A: AutodiffBackend<InnerBackend = Bk>>(x: &ScanInput<Bk>) -> ScanInput<A> {
-    fn l<Bk: Backend, A: AutodiffBackend<InnerBackend = Bk>, const D: usize>(t: &Tensor<Bk, D>) -> Tensor<A, D> {
+    fn l<Bk: Backend, A: AutodiffBackend<InnerBackend = Bk>, const D: usize>(
+        t: &Tensor<Bk, D>,
+    ) -> Tensor<A, D> {
         Tensor::from_inner(t.clone()).require_grad()
     }
     ScanInput {
@@ -274,7 +313,10 @@ fn lift<Bk: Backend, A: AutodiffBackend<InnerBackend = Bk>>(x: &ScanInput<Bk>) -
     }
 }
 
-fn grads_of<A: AutodiffBackend>(x: &ScanInput<A>, grads: &A::Gradients) -> Vec<(&'static str, Vec<f32>)> {
+fn grads_of<A: AutodiffBackend>(
+    x: &ScanInput<A>,
+    grads: &A::Gradients,
+) -> Vec<(&'static str, Vec<f32>)> {
     fn g<A: AutodiffBackend, const D: usize>(t: &Tensor<A, D>, grads: &A::Gradients) -> Vec<f32> {
         host(t.grad(grads).expect("a gradient"))
     }
@@ -322,11 +364,16 @@ fn model_loss_and_grads<A: AutodiffBackend + ScanBackend>(
     rows: &[Vec<u32>],
     device: &A::Device,
 ) -> (f32, Vec<(Vec<usize>, Vec<f32>)>) {
-    let model = cpu_model.to_backend::<A>(device).expect("same architecture");
+    let model = cpu_model
+        .to_backend::<A>(device)
+        .expect("same architecture");
     let loss = model.forward_loss(common::to_tensor::<A>(rows, device), None);
     let value = host(loss.clone())[0];
     let grads = loss.backward();
-    let mut v = Grads::<A> { grads: &grads, out: Vec::new() };
+    let mut v = Grads::<A> {
+        grads: &grads,
+        out: Vec::new(),
+    };
     model.visit(&mut v);
     (value, v.out)
 }
@@ -336,16 +383,29 @@ fn model_on_autodiff_wgpu_equals_ndarray() {
     let cpu_model = common::tiny_model(21);
     let config = HymbaConfig::tiny();
     let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 5);
-    let (want_loss, want) = model_loss_and_grads::<Autodiff<Cpu>>(&cpu_model, &rows, &Default::default());
+    let (want_loss, want) =
+        model_loss_and_grads::<Autodiff<Cpu>>(&cpu_model, &rows, &Default::default());
     let (loss, got) = model_loss_and_grads::<Autodiff<Fused>>(&cpu_model, &rows, &wgpu());
-    assert!((loss - want_loss).abs() <= TOL * (1.0 + want_loss.abs()), "loss {loss} vs {want_loss}");
+    assert!(
+        (loss - want_loss).abs() <= TOL * (1.0 + want_loss.abs()),
+        "loss {loss} vs {want_loss}"
+    );
     assert_eq!(got.len(), want.len());
     assert!(got.len() > 20);
     for (i, ((shape, g), (_, w))) in got.into_iter().zip(want).enumerate() {
-        assert!(!w.is_empty(), "parameter {i} {shape:?} has no gradient on ndarray");
+        assert!(
+            !w.is_empty(),
+            "parameter {i} {shape:?} has no gradient on ndarray"
+        );
         // Relative to the tensor's largest gradient: sums of many terms in another order.
         let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
-        let diff = g.iter().zip(&w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= TOL * scale.max(1.0), "parameter {i} {shape:?}: max |diff| {diff} (scale {scale})");
+        let diff = g
+            .iter()
+            .zip(&w)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= TOL * scale.max(1.0),
+            "parameter {i} {shape:?}: max |diff| {diff} (scale {scale})"
+        );
     }
 }

@@ -15,7 +15,9 @@ use hymba::{HymbaCache, HymbaConfig};
 fn wgpu_logits_equal_ndarray_logits() {
     let cpu_model = tiny_model(13);
     let device = WgpuDevice::DefaultDevice;
-    let gpu_model = cpu_model.to_backend::<Wgpu<f32, i32>>(&device).expect("same architecture");
+    let gpu_model = cpu_model
+        .to_backend::<Wgpu<f32, i32>>(&device)
+        .expect("same architecture");
     let config = HymbaConfig::tiny();
     let rows = ids(2, 3 * config.sliding_window + 5, config.vocab_size, 2);
     let cpu = to_vec(cpu_model.forward(to_tensor::<B>(&rows, &Default::default())));
@@ -31,7 +33,9 @@ fn wgpu_logits_equal_ndarray_logits() {
     let v = config.vocab_size;
     for t in split..rows[0].len() {
         let step: Vec<Vec<u32>> = rows.iter().map(|r| vec![r[t]]).collect();
-        let logits = to_vec(gpu_model.forward_cached(to_tensor::<Wgpu<f32, i32>>(&step, &device), &mut cache));
+        let logits = to_vec(
+            gpu_model.forward_cached(to_tensor::<Wgpu<f32, i32>>(&step, &device), &mut cache),
+        );
         for (b, row) in logits.chunks(v).enumerate() {
             let off = (b * rows[0].len() + t) * v;
             let d = max_abs_diff(row, &cpu[off..off + v]);

@@ -13,7 +13,8 @@ use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
 
 use super::{ScanBackend, ScanGrads, ScanPrimitives};
 
-type Handles<B> = HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
+type Handles<B> =
+    HandleContainer<<<B as FusionBackend>::FusionRuntime as FusionRuntime>::FusionHandle>;
 
 /// The inputs in a fixed order: u, delta, a, b, c, d, z, delta_bias[, initial_state].
 fn input_list<T>(input: ScanPrimitives<T>) -> Vec<FloatTensor<T>>

@@ -138,7 +138,8 @@ mod cube {
             let mut acc = 0.0f32;
             #[unroll]
             for s in 0..n_state {
-                let hs = f32::exp(dt * av[s]) * h[s] + dtu * f32::cast_from(bm[b0 + s * bs + t * bt]);
+                let hs =
+                    f32::exp(dt * av[s]) * h[s] + dtu * f32::cast_from(bm[b0 + s * bs + t * bt]);
                 h[s] = hs;
                 acc += hs * f32::cast_from(cm[c0 + s * cs + t * ct]);
             }
@@ -524,7 +525,11 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let dz = alloc_like(&z, dtype);
     let d_bc = alloc(&u, &[batch, blocks, len, 2 * states], DType::F32);
     let d_params = alloc(&u, &[batch, channels, 2 * states + 2], DType::F32);
-    let bounds = alloc(&u, &[batch, blocks * BWD_UNITS, n_chunks, states], DType::F32);
+    let bounds = alloc(
+        &u,
+        &[batch, blocks * BWD_UNITS, n_chunks, states],
+        DType::F32,
+    );
     let client = u.client.clone();
     scan_backward_kernel::launch::<R>(
         &client,
@@ -557,22 +562,21 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 
     let [d_delta_t, a_t, b_t, c_t, d_t, z_t, bias_t] = dtypes;
     // [batch, blocks, T, 2S] → Σ over cubes → [batch, T, 2S]; dB | dC → [batch, S, T].
-    let bc = tensor::<R, F, I, BT, 4>(d_bc).sum_dim(1).reshape([batch, len, 2 * states]);
+    let bc = tensor::<R, F, I, BT, 4>(d_bc)
+        .sum_dim(1)
+        .reshape([batch, len, 2 * states]);
     let db = bc.clone().slice(s![.., .., 0..states]).swap_dims(1, 2);
     let dc = bc.slice(s![.., .., states..2 * states]).swap_dims(1, 2);
     // [batch, d, 2S + 2] → Σ over batch, except the initial state's gradient.
     let params = tensor::<R, F, I, BT, 3>(d_params);
-    let sums = params.clone().sum_dim(0).reshape([channels, 2 * states + 2]);
+    let sums = params
+        .clone()
+        .sum_dim(0)
+        .reshape([channels, 2 * states + 2]);
     let da = sums.clone().slice(s![.., 0..states]);
     let dd = sums.clone().slice(s![.., 2 * states]).reshape([channels]);
     let dbias = sums.slice(s![.., 2 * states + 1]).reshape([channels]);
-    let dh0 = h0_dtype.map(|t| {
-        prim(
-            params
-                .slice(s![.., .., states..2 * states])
-                .cast(t),
-        )
-    });
+    let dh0 = h0_dtype.map(|t| prim(params.slice(s![.., .., states..2 * states]).cast(t)));
     ScanPrimitives {
         u: du,
         delta: cast(ddelta, d_delta_t),

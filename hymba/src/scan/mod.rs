@@ -13,12 +13,13 @@
 //!
 //! | backend | forward | backward |
 //! |---|---|---|
-//! | `NdArray` (any other backend) | [`reference`] | reference recomputed under `Autodiff` |
+//! | `NdArray` (any other backend) | [`reference`] | [`reference_vjp`] (hand-derived, tensor ops) |
 //! | `CubeBackend<R, ..>` (CUDA, wgpu) | `kernel` (CubeCL) | `kernel` (chunked recompute) |
 //! | `Fusion<B>` (`burn::backend::{Cuda, Wgpu}`) | custom op → `B`'s | custom op → `B`'s |
 //! | `Autodiff<B, C>` | `B`'s, recorded as one op | [`ScanBackend::selective_scan_backward`] of `B` |
 
 pub mod autodiff;
+pub mod cpu;
 #[cfg(feature = "cube")]
 pub mod fusion;
 #[cfg(feature = "cube")]
@@ -127,8 +128,8 @@ pub trait ScanBackend: Backend {
     /// The scan's vector-Jacobian product: given the inputs and the gradients of the outputs
     /// (`dy [batch, d_inner, T]`, and `d_last_state [batch, d_inner, S]` when the last state
     /// was used), returns the gradients of every input. `Autodiff<Self>` calls it in its
-    /// backward pass. The default body recomputes the reference under `Autodiff<Self>` and
-    /// backpropagates through it.
+    /// backward pass. The default body is the hand-derived tensor-op VJP
+    /// ([`reference::selective_scan_reference_backward`]).
     fn selective_scan_backward(
         input: ScanPrimitives<Self>,
         dy: FloatTensor<Self>,
@@ -166,8 +167,21 @@ pub fn selective_scan_backward<B: ScanBackend>(
     .into_tensors()
 }
 
+/// ndarray f32: the scan as host loops ([`cpu`]).
 #[cfg(feature = "ndarray")]
-impl ScanBackend for burn::backend::NdArray<f32> {}
+impl ScanBackend for burn::backend::NdArray<f32> {
+    fn selective_scan(input: ScanPrimitives<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cpu::selective_scan(input)
+    }
+
+    fn selective_scan_backward(
+        input: ScanPrimitives<Self>,
+        dy: FloatTensor<Self>,
+        d_last_state: Option<FloatTensor<Self>>,
+    ) -> ScanGrads<Self> {
+        cpu::selective_scan_backward(input, dy, d_last_state)
+    }
+}
 
 /// f64 on the CPU: used by the finite-difference gradient checks.
 #[cfg(feature = "ndarray")]

@@ -57,7 +57,9 @@ pub fn linear_scan_states<B: Backend>(
             h = a.clone().narrow(0, i, 1).exp() * h + x.clone().narrow(0, i, 1);
             out.push(h.clone());
         }
-        return Tensor::cat(out, 0).reshape([t, batch, d, s]).permute([1, 2, 3, 0]);
+        return Tensor::cat(out, 0)
+            .reshape([t, batch, d, s])
+            .permute([1, 2, 3, 0]);
     }
     let mut out = Vec::with_capacity(t.div_ceil(chunk));
     for start in (0..t).step_by(chunk) {
@@ -101,8 +103,8 @@ pub fn selective_scan_reference<B: Backend>(
         let x = b * (delta * u.clone()).unsqueeze_dim::<4>(2);
         let hs = linear_scan_states(log_decay, x, h0, chunk);
         let last = hs.clone().narrow(3, len - 1, 1).squeeze_dim::<3>(3);
-        let y = (hs * c).sum_dim(2).squeeze_dim::<3>(2)
-            + u * upcast(input.d).reshape([1, channels, 1]);
+        let y =
+            (hs * c).sum_dim(2).squeeze_dim::<3>(2) + u * upcast(input.d).reshape([1, channels, 1]);
         let y = y * silu(upcast(input.z));
         return (y.cast(dtype), last.cast(dtype));
     }
@@ -149,5 +151,5 @@ pub fn selective_scan_reference_backward<B: Backend>(
 ) -> ScanGrads<B> {
     // Hand-derived, not `backward()` under a nested `Autodiff`: that deadlocks inside an
     // outer backward step in burn 0.21 (tracel-ai/burn#5193).
-    super::reference_vjp::selective_scan_vjp(input, dy, d_last_state, DEFAULT_CHUNK)
+    super::reference_vjp::selective_scan_vjp(input, dy, d_last_state)
 }

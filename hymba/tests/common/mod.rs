@@ -19,7 +19,9 @@ pub fn tiny_model(seed: u64) -> Hymba<B> {
 
 /// Deterministic pseudo-random token ids in `1..vocab`.
 pub fn ids(batch: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..batch)
         .map(|_| {
             (0..len)
@@ -41,10 +43,16 @@ pub fn to_tensor<Bk: Backend>(rows: &[Vec<u32>], device: &Bk::Device) -> Tensor<
 }
 
 pub fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("float data")
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("float data")
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
