@@ -4,5 +4,6 @@
 //! command-line layer over the functions here.
 
 pub mod bench_scan;
+pub mod check;
 pub mod checkpoint;
 pub mod generate;

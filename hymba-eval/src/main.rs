@@ -26,6 +26,8 @@ enum Command {
     Init(InitArgs),
     /// Load a checkpoint directory and print its parameter count.
     Params(ParamsArgs),
+    /// Compare a backend with the CPU: forward logits, and prefill + decode vs forward.
+    Check(CheckArgs),
     /// Benchmarks: `bench scan` times the selective-scan kernels.
     #[command(subcommand)]
     Bench(hymba_eval::bench_scan::BenchCommand),
@@ -41,6 +43,49 @@ struct BackendArgs {
     /// Device index (CUDA).
     #[arg(long, default_value_t = 0)]
     device: usize,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Architecture preset (random weights).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Sequences in the batch.
+    #[arg(long, default_value_t = 3)]
+    batch: usize,
+    /// Tokens per sequence (use ≥ 3× the SWA window to exercise the SWA cache).
+    #[arg(long, default_value_t = 56)]
+    len: usize,
+    /// Seed of weights and tokens.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let config = HymbaConfig::preset(&args.preset)?;
+    if args.batch == 0 || args.len < 2 {
+        bail!("--batch must be positive and --len at least 2");
+    }
+    let kind: BackendKind = args.backend.backend.parse()?;
+    let job = hymba_eval::check::CheckJob {
+        config,
+        batch: args.batch,
+        len: args.len,
+        seed: args.seed,
+    };
+    let r = run_on(kind, args.backend.device, job)??;
+    println!(
+        "{kind} vs ndarray ({}, batch {}, {} tokens): forward max |diff| = {:.3e}; prefill {} + decode vs forward max |diff| = {:.3e}",
+        args.preset,
+        args.batch,
+        args.len,
+        r.forward_vs_cpu,
+        args.len / 2,
+        r.decode_vs_forward
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -289,6 +334,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Init(args) => init(args),
         Command::Params(args) => params(args),
+        Command::Check(args) => check(args),
         Command::Bench(cmd) => hymba_eval::bench_scan::run(cmd)
             .map(drop)
             .map_err(Into::into),
