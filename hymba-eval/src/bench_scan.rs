@@ -10,9 +10,13 @@
 //! - backward adds u, delta, z, dy read + du, d delta, dz written (`7·b·d·T·e`) + B, C read
 //!   + dB, dC written (`4·b·S·T·e`). "fwd+bwd" counts both.
 //!
-//! The reference's backward keeps `O(b·d·S·T·chunk)` intermediates; where that exceeds a
+//! The reference's backward keeps every state (`O(b·d·S·T)` floats); where that exceeds a
 //! memory budget it is timed on a prefix of the sequence and scaled to the full length (it
 //! is linear in T), and the row says so (`ref_fwd_bwd_seq`).
+//!
+//! On wgpu and CUDA both kernel variants are timed by default (`--kernel both`): `tiled`
+//! (the default kernels, inputs staged through shared memory) and `direct` (untiled); see
+//! `hymba::scan::kernel`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -59,6 +63,9 @@ pub struct BenchScanArgs {
     /// nvidia-smi on CUDA, else unknown).
     #[arg(long)]
     pub peak_gbps: Option<f64>,
+    /// Kernel variants on wgpu/cuda: tiled (default kernels), direct (untiled) or both.
+    #[arg(long, default_value = "both")]
+    pub kernel: String,
     /// Skip the tensor-op reference (no speed-ups).
     #[arg(long)]
     pub no_reference: bool,
@@ -132,6 +139,8 @@ pub struct ScanBenchRow {
     pub shape: ScanShape,
     /// Storage dtype of u, delta, z, B, C, y (`f32` or `bf16`); compute is f32.
     pub dtype: String,
+    /// Scan kernel variant on CubeCL backends (`tiled`, `direct`); `-` elsewhere.
+    pub kernel: String,
     /// Forward, median ms.
     pub fwd_ms: f64,
     /// Forward + backward, median ms.
@@ -181,6 +190,8 @@ pub struct ScanBenchJob {
     pub rounds: usize,
     /// Warm-up rounds.
     pub warmup: usize,
+    /// Kernel variants to time (`tiled`, `direct`; `-` = the backend's only path).
+    pub kernels: Vec<String>,
     /// Time the reference too.
     pub reference: bool,
     /// Memory budget of the reference's backward, bytes.
@@ -270,6 +281,20 @@ fn reference_fwd_bwd<B: Backend>(input: ScanInput<B>, dy: Tensor<B, 3>) -> ScanI
     g.into_tensors()
 }
 
+/// Switches the scan kernels (CubeCL backends only; elsewhere there is one path, "-").
+fn select_kernel(name: &str) {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        use hymba::scan::kernel::{ScanKernel, set_scan_kernel};
+        match name {
+            "tiled" => set_scan_kernel(ScanKernel::Tiled),
+            "direct" => set_scan_kernel(ScanKernel::Direct),
+            _ => {}
+        }
+    }
+    let _ = name;
+}
+
 impl BackendRunner for ScanBenchJob {
     type Output = (String, Vec<ScanBenchRow>);
 
@@ -281,28 +306,24 @@ impl BackendRunner for ScanBenchJob {
         }
         let (w, r) = (self.warmup, self.rounds);
         for &shape in &self.shapes {
+            let ScanShape {
+                batch,
+                d_inner,
+                seq,
+                state,
+            } = shape;
             for &dtype in &dtypes {
                 B::seed(&device, 0);
                 let (x, dy) = inputs::<B>(shape, dtype, &device);
-                let fwd_ms = time_ms::<B, _>(&device, w, r, || selective_scan(x.clone()));
-                let fwd_bwd_ms = time_ms::<B, _>(&device, w, r, || {
-                    let out = selective_scan(x.clone());
-                    (out, selective_scan_backward(x.clone(), dy.clone(), None))
-                });
                 let (mut ref_fwd_ms, mut ref_fwd_bwd_ms, mut ref_seq) = (None, None, None);
                 if self.reference {
                     let (rw, rr) = (w.min(1), r.min(3));
                     ref_fwd_ms = Some(time_ms::<B, _>(&device, rw, rr, || {
                         selective_scan_reference(x.clone(), DEFAULT_CHUNK)
                     }));
-                    // ~3 saved tensors of [b, d, S, chunk, chunk] per chunk, f32.
-                    let ScanShape {
-                        batch,
-                        d_inner,
-                        seq,
-                        state,
-                    } = shape;
-                    let per_step = 3.0 * (batch * d_inner * state * DEFAULT_CHUNK * 4) as f64;
+                    // The reference backward keeps every state ([b, d, S] per step, f32) and
+                    // a few temporaries of that size.
+                    let per_step = 4.0 * (batch * d_inner * state * DEFAULT_CHUNK * 4) as f64;
                     let fit = ((self.reference_budget / per_step) as usize / DEFAULT_CHUNK)
                         * DEFAULT_CHUNK;
                     let len = fit.clamp(DEFAULT_CHUNK.min(seq), seq);
@@ -313,32 +334,36 @@ impl BackendRunner for ScanBenchJob {
                     ref_fwd_bwd_ms = Some(ms * seq as f64 / len as f64);
                     ref_seq = Some(len);
                 }
-                let e = dtype.size() as f64;
-                let ScanShape {
-                    batch,
-                    d_inner,
-                    seq,
-                    state,
-                } = shape;
-                let big = (batch * d_inner * seq) as f64 * e;
-                let small = (batch * state * seq) as f64 * e;
-                let fwd_bytes = 4.0 * big + 2.0 * small;
-                let bwd_bytes = 7.0 * big + 4.0 * small;
-                rows.push(ScanBenchRow {
-                    shape,
-                    dtype: if dtype == DType::BF16 { "bf16" } else { "f32" }.to_string(),
-                    fwd_ms,
-                    fwd_bwd_ms,
-                    fwd_gbps: fwd_bytes / (fwd_ms * 1e-3) / 1e9,
-                    fwd_bwd_gbps: (fwd_bytes + bwd_bytes) / (fwd_bwd_ms * 1e-3) / 1e9,
-                    fwd_pct_peak: None,
-                    fwd_bwd_pct_peak: None,
-                    ref_fwd_ms,
-                    ref_fwd_bwd_ms,
-                    ref_fwd_bwd_seq: ref_seq,
-                    speedup_fwd: ref_fwd_ms.map(|r| r / fwd_ms),
-                    speedup_fwd_bwd: ref_fwd_bwd_ms.map(|r| r / fwd_bwd_ms),
-                });
+                for kernel in &self.kernels {
+                    select_kernel(kernel);
+                    let fwd_ms = time_ms::<B, _>(&device, w, r, || selective_scan(x.clone()));
+                    let fwd_bwd_ms = time_ms::<B, _>(&device, w, r, || {
+                        let out = selective_scan(x.clone());
+                        (out, selective_scan_backward(x.clone(), dy.clone(), None))
+                    });
+                    let e = dtype.size() as f64;
+                    let big = (batch * d_inner * seq) as f64 * e;
+                    let small = (batch * state * seq) as f64 * e;
+                    let fwd_bytes = 4.0 * big + 2.0 * small;
+                    let bwd_bytes = 7.0 * big + 4.0 * small;
+                    rows.push(ScanBenchRow {
+                        shape,
+                        dtype: if dtype == DType::BF16 { "bf16" } else { "f32" }.to_string(),
+                        kernel: kernel.clone(),
+                        fwd_ms,
+                        fwd_bwd_ms,
+                        fwd_gbps: fwd_bytes / (fwd_ms * 1e-3) / 1e9,
+                        fwd_bwd_gbps: (fwd_bytes + bwd_bytes) / (fwd_bwd_ms * 1e-3) / 1e9,
+                        fwd_pct_peak: None,
+                        fwd_bwd_pct_peak: None,
+                        ref_fwd_ms,
+                        ref_fwd_bwd_ms,
+                        ref_fwd_bwd_seq: ref_seq,
+                        speedup_fwd: ref_fwd_ms.map(|r| r / fwd_ms),
+                        speedup_fwd_bwd: ref_fwd_bwd_ms.map(|r| r / fwd_bwd_ms),
+                    });
+                }
+                select_kernel("tiled");
             }
         }
         (B::name(&device), rows)
@@ -385,8 +410,19 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
             )));
         }
     };
+    let kernels: Vec<String> = match (kind, args.kernel.as_str()) {
+        (BackendKind::NdArray, _) => vec!["-".into()],
+        (_, "both") => vec!["tiled".into(), "direct".into()],
+        (_, k @ ("tiled" | "direct")) => vec![k.into()],
+        (_, other) => {
+            return Err(BenchError::Arg(format!(
+                "--kernel {other}: expected tiled, direct or both"
+            )));
+        }
+    };
     let job = ScanBenchJob {
         shapes,
+        kernels,
         rounds: args.rounds,
         warmup: args.warmup,
         reference: !args.no_reference,
@@ -418,12 +454,13 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
         report.rounds
     );
     println!(
-        "{:>5} {:>6} {:>6} {:>3} {:>5} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7} {:>7}",
+        "{:>5} {:>6} {:>6} {:>3} {:>5} {:>6} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7} {:>7}",
         "batch",
         "d",
         "seq",
         "S",
         "dtype",
+        "kernel",
         "fwd ms",
         "GB/s",
         "%peak",
@@ -438,12 +475,13 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
     for r in &report.rows {
         let s = r.shape;
         println!(
-            "{:>5} {:>6} {:>6} {:>3} {:>5} | {:>9.3} {:>7.1} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>10} {:>10} {:>7} {:>7}",
+            "{:>5} {:>6} {:>6} {:>3} {:>5} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>10} {:>10} {:>7} {:>7}",
             s.batch,
             s.d_inner,
             s.seq,
             s.state,
             r.dtype,
+            r.kernel,
             r.fwd_ms,
             r.fwd_gbps,
             fmt_opt(r.fwd_pct_peak, 1),

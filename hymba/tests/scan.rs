@@ -1,9 +1,13 @@
 //! The tensor-op selective scan against a plain sequential loop, and its gradient against
-//! finite differences.
+//! finite differences, in f64.
+//!
+//! f64 only: see `common::scan_inputs` for why this binary must not create `NdArray<f32>`
+//! tensors (the f32 host-loop scan is checked in `scan_cpu.rs`).
+
+mod common;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use hymba::scan::reference::selective_scan_reference;
 use hymba::scan::{ScanInput, selective_scan};
 
@@ -15,27 +19,12 @@ const CH: usize = 5;
 const S: usize = 3;
 const T: usize = 37;
 
-fn random<Bk: Backend, const D: usize>(shape: [usize; D], device: &Bk::Device) -> Tensor<Bk, D> {
-    Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
-}
-
-fn inputs<Bk: Backend>(device: &Bk::Device, with_state: bool) -> ScanInput<Bk> {
-    ScanInput {
-        u: random([BATCH, CH, T], device),
-        delta: random([BATCH, CH, T], device),
-        // A = −exp(A_log) < 0.
-        a: random::<Bk, 2>([CH, S], device).exp().neg(),
-        b: random([BATCH, S, T], device),
-        c: random([BATCH, S, T], device),
-        d: random([CH], device),
-        z: random([BATCH, CH, T], device),
-        delta_bias: random([CH], device),
-        initial_state: with_state.then(|| random([BATCH, CH, S], device)),
-    }
+fn inputs(device: &burn::backend::ndarray::NdArrayDevice, with_state: bool) -> ScanInput<B64> {
+    common::scan_inputs((BATCH, CH, S, T), with_state, device)
 }
 
 fn host<Bk: Backend, const D: usize>(t: &Tensor<Bk, D>) -> Vec<f64> {
-    t.to_data().convert::<f64>().to_vec().expect("floats")
+    common::host_f64(t)
 }
 
 /// The recurrence written out step by step, in f64.
@@ -75,20 +64,14 @@ fn sequential(input: &ScanInput<B64>) -> (Vec<f64>, Vec<f64>) {
     (y, h)
 }
 
-fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
-    assert_eq!(a.len(), b.len());
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let err = (x - y).abs() / (1.0 + y.abs());
-        assert!(err <= tol, "{what}[{i}]: {x} vs {y}");
-    }
-}
+use common::assert_close_f64 as assert_close;
 
 #[test]
 fn reference_scan_equals_sequential_loop() {
     let device = Default::default();
     for with_state in [false, true] {
         B64::seed(&device, 17 + with_state as u64);
-        let input = inputs::<B64>(&device, with_state);
+        let input = inputs(&device, with_state);
         let (want_y, want_h) = sequential(&input);
         for chunk in [1, 7, 16, 64] {
             let (y, h) = selective_scan_reference(input.clone(), chunk);
@@ -103,7 +86,7 @@ fn scan_in_pieces_equals_one_scan() {
     // Carrying the last state into the next call is what prefill + decode rely on.
     let device = Default::default();
     B64::seed(&device, 5);
-    let input = inputs::<B64>(&device, true);
+    let input = inputs(&device, true);
     let (y_all, h_all) = selective_scan(input.clone());
     let piece = |start: usize, len: usize, h0| ScanInput {
         u: input.u.clone().narrow(2, start, len),
@@ -127,10 +110,10 @@ fn reference_scan_gradient_matches_finite_differences() {
     type AB = Autodiff<B64>;
     let device = Default::default();
     AB::seed(&device, 3);
-    let base = inputs::<B64>(&device, true);
+    let base = inputs(&device, true);
     // A fixed random projection of both outputs makes a scalar loss.
-    let wy = random::<B64, 3>([BATCH, CH, T], &device);
-    let wh = random::<B64, 3>([BATCH, CH, S], &device);
+    let wy = common::random::<B64, 3>([BATCH, CH, T], &device);
+    let wh = common::random::<B64, 3>([BATCH, CH, S], &device);
     let loss_of = |inp: ScanInput<B64>| -> f64 {
         let (y, h) = selective_scan(inp);
         let l = (y * wy.clone()).sum() + (h * wh.clone()).sum();
@@ -258,49 +241,6 @@ fn reference_scan_gradient_matches_finite_differences() {
                 "d loss / d {name}[{i}]: autodiff {} vs numeric {numeric}",
                 analytic[i]
             );
-        }
-    }
-}
-
-/// ndarray's host-loop scan (`scan::cpu`) equals the tensor-op reference, forward and
-/// backward, in f32.
-#[test]
-fn cpu_loops_equal_tensor_reference() {
-    use hymba::scan::reference;
-    type B32 = NdArray<f32>;
-    let device = Default::default();
-    for with_state in [false, true] {
-        B32::seed(&device, 29 + with_state as u64);
-        let input = inputs::<B32>(&device, with_state);
-        let (y_ref, h_ref) = reference::selective_scan_reference(input.clone(), 16);
-        let (y, h) = selective_scan(input.clone());
-        assert_close(&host(&y), &host(&y_ref), 1e-5, "y");
-        assert_close(&host(&h), &host(&h_ref), 1e-5, "h");
-        let dy = random::<B32, 3>([BATCH, CH, T], &device);
-        let dh = random::<B32, 3>([BATCH, CH, S], &device);
-        let want = reference::selective_scan_reference_backward(
-            input.clone().into_primitives(),
-            dy.clone().into_primitive().tensor(),
-            Some(dh.clone().into_primitive().tensor()),
-        )
-        .into_tensors();
-        // NdArray<f32>'s ScanBackend is the host loops of `scan::cpu`.
-        let got = hymba::scan::selective_scan_backward(input.clone(), dy, Some(dh));
-        for (name, a, b) in [
-            ("u", host(&got.u), host(&want.u)),
-            ("delta", host(&got.delta), host(&want.delta)),
-            ("b", host(&got.b), host(&want.b)),
-            ("c", host(&got.c), host(&want.c)),
-            ("z", host(&got.z), host(&want.z)),
-            ("a", host(&got.a), host(&want.a)),
-            ("d", host(&got.d), host(&want.d)),
-            ("delta_bias", host(&got.delta_bias), host(&want.delta_bias)),
-        ] {
-            assert_close(&a, &b, 1e-4, name);
-        }
-        if with_state {
-            let (a, b) = (got.initial_state.unwrap(), want.initial_state.unwrap());
-            assert_close(&host(&a), &host(&b), 1e-4, "initial_state");
         }
     }
 }

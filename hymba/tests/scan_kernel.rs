@@ -1,19 +1,21 @@
 //! The CubeCL selective-scan kernels (forward, backward, decode step) against the tensor-op
 //! reference, on wgpu — both the default fusion backend `Wgpu` and the bare
-//! `CubeBackend<WgpuRuntime, ..>` — and under `Autodiff<Wgpu>`, down to a whole model.
+//! `CubeBackend<WgpuRuntime, ..>` — and under `Autodiff<Wgpu>`, down to a whole model's
+//! loss and gradients.
 //!
 //! On a machine without a GPU this runs on Mesa's lavapipe (software Vulkan, no plane ops).
-#![cfg(feature = "wgpu")]
+//! Built with the `cuda` feature, the same tests run on CUDA instead (`Cuda` and the bare
+//! `CubeBackend<CudaRuntime, ..>`): that is how the kernels are checked on the GPU machine.
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 mod common;
 
-use burn::backend::wgpu::{WgpuDevice, WgpuRuntime};
-use burn::backend::{Autodiff, NdArray, Wgpu};
+use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
-use burn_cubecl::CubeBackend;
+use hymba::scan::kernel::{ScanKernel, set_scan_kernel};
 use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
 };
@@ -21,10 +23,41 @@ use hymba::scan::{ScanBackend, ScanInput, selective_scan, selective_scan_backwar
 use hymba::{Hymba, HymbaConfig};
 
 type Cpu = NdArray<f32>;
-type Fused = Wgpu<f32, i32>;
-type Bare = CubeBackend<WgpuRuntime, f32, i32, u32>;
+#[cfg(feature = "cuda")]
+mod gpu {
+    pub use burn::backend::Cuda as Fusion;
+    pub use burn::backend::cuda::CudaDevice as Dev;
+    pub type Bare = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    pub const NAME: &str = "Cuda";
+}
+#[cfg(not(feature = "cuda"))]
+mod gpu {
+    pub use burn::backend::Wgpu as Fusion;
+    pub use burn::backend::wgpu::WgpuDevice as Dev;
+    pub type Bare = burn_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+    pub const NAME: &str = "Wgpu";
+}
+use gpu::Dev;
+
+/// The default (fusion) GPU backend under test: `Cuda` with the `cuda` feature, else `Wgpu`.
+type Fused = gpu::Fusion<f32, i32>;
+/// The same runtime without fusion.
+type Bare = gpu::Bare;
 
 const TOL: f32 = 1e-4;
+
+/// The kernel variant is process-wide: tests that pick one hold this lock.
+static VARIANT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `check` with each kernel variant (tiled, then direct).
+fn with_each_kernel(check: impl Fn(&str)) {
+    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
+    for (kernel, name) in [(ScanKernel::Tiled, "tiled"), (ScanKernel::Direct, "direct")] {
+        set_scan_kernel(kernel);
+        check(name);
+    }
+    set_scan_kernel(ScanKernel::Tiled);
+}
 
 /// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64
 /// forward, 32 backward); T is not a multiple of the backward chunk (16 for S = 16, 32 for
@@ -109,12 +142,12 @@ fn assert_close(got: Vec<f32>, want: Vec<f32>, what: &str) {
     );
 }
 
-fn wgpu() -> WgpuDevice {
-    WgpuDevice::DefaultDevice
+fn gpu_device() -> Dev {
+    Dev::default()
 }
 
-fn check_forward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
-    let device = wgpu();
+fn check_forward<Bk: ScanBackend<Device = Dev>>(name: &str) {
+    let device = gpu_device();
     for (k, &shape) in SHAPES.iter().enumerate() {
         for with_state in [false, true] {
             for transposed in [false, true] {
@@ -131,16 +164,16 @@ fn check_forward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
 
 #[test]
 fn kernel_forward_equals_reference_fusion() {
-    check_forward::<Fused>("Wgpu");
+    with_each_kernel(|k| check_forward::<Fused>(&format!("{} [{k}]", gpu::NAME)));
 }
 
 #[test]
 fn kernel_forward_equals_reference_cube() {
-    check_forward::<Bare>("CubeBackend");
+    with_each_kernel(|k| check_forward::<Bare>(&format!("CubeBackend [{k}]")));
 }
 
-fn check_backward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
-    let device = wgpu();
+fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
+    let device = gpu_device();
     let cpu = Default::default();
     for (k, &shape) in SHAPES.iter().enumerate() {
         for (with_state, with_d_last, transposed) in [
@@ -197,17 +230,17 @@ fn check_backward<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
 
 #[test]
 fn kernel_backward_equals_reference_fusion() {
-    check_backward::<Fused>("Wgpu");
+    with_each_kernel(|k| check_backward::<Fused>(&format!("{} [{k}]", gpu::NAME)));
 }
 
 #[test]
 fn kernel_backward_equals_reference_cube() {
-    check_backward::<Bare>("CubeBackend");
+    with_each_kernel(|k| check_backward::<Bare>(&format!("CubeBackend [{k}]")));
 }
 
 /// Decode: T = 1 steps carrying the state equal one scan of the whole sequence.
-fn check_steps<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
-    let device = wgpu();
+fn check_steps<Bk: ScanBackend<Device = Dev>>(name: &str) {
+    let device = gpu_device();
     let shape = (2, 70, 16, 9);
     let x = inputs(shape, true, 31);
     let (want_y, want_h) = selective_scan_reference(x.clone(), DEFAULT_CHUNK);
@@ -242,22 +275,22 @@ fn check_steps<Bk: ScanBackend<Device = WgpuDevice>>(name: &str) {
 
 #[test]
 fn kernel_step_equals_reference_fusion() {
-    check_steps::<Fused>("Wgpu");
+    with_each_kernel(|k| check_steps::<Fused>(&format!("{} [{k}]", gpu::NAME)));
 }
 
 #[test]
 fn kernel_step_equals_reference_cube() {
-    check_steps::<Bare>("CubeBackend");
+    with_each_kernel(|k| check_steps::<Bare>(&format!("CubeBackend [{k}]")));
 }
 
 /// Gradients of `Σ y·wy (+ Σ h·wh)` under `Autodiff<Bk>` (the custom op) equal the
 /// reference's own autodiff gradients on `Autodiff<NdArray<f32>>`.
-fn check_autodiff<Bk: ScanBackend<Device = WgpuDevice>>(name: &str)
+fn check_autodiff<Bk: ScanBackend<Device = Dev>>(name: &str)
 where
     Autodiff<Bk>: ScanBackend,
 {
     type Ref = Autodiff<Cpu>;
-    let device = wgpu();
+    let device = gpu_device();
     let cpu = Default::default();
     for (k, &shape) in SHAPES.iter().take(2).enumerate() {
         for (with_state, use_h) in [(false, false), (true, true), (true, false)] {
@@ -276,7 +309,7 @@ where
             let rg = loss.backward();
             let want = grads_of(&r, &rg);
 
-            // Kernel path: the custom autodiff op over the wgpu kernels.
+            // Kernel path: the custom autodiff op over the GPU kernels.
             let g = lift::<Bk, Autodiff<Bk>>(&move_to::<Bk>(&x, &device, true));
             let (y, h) = selective_scan(g.clone());
             let mut loss = (y * Tensor::from_inner(to::<Bk, 3>(&wy, &device))).sum();
@@ -338,18 +371,21 @@ fn grads_of<A: AutodiffBackend>(
 
 #[test]
 fn autodiff_kernel_gradients_equal_reference_fusion() {
-    check_autodiff::<Fused>("Autodiff<Wgpu>");
+    with_each_kernel(|k| check_autodiff::<Fused>(&format!("Autodiff<{}> [{k}]", gpu::NAME)));
 }
 
 #[test]
 fn autodiff_kernel_gradients_equal_reference_cube() {
-    check_autodiff::<Bare>("Autodiff<CubeBackend>");
+    with_each_kernel(|k| check_autodiff::<Bare>(&format!("Autodiff<CubeBackend> [{k}]")));
 }
+
+/// (shape, gradient values) of every float parameter, in visiting order.
+type ParamGrads = Vec<(Vec<usize>, Vec<f32>)>;
 
 /// Collects every float parameter's gradient, in visiting order.
 struct Grads<'a, A: AutodiffBackend> {
     grads: &'a A::Gradients,
-    out: Vec<(Vec<usize>, Vec<f32>)>,
+    out: ParamGrads,
 }
 
 impl<A: AutodiffBackend> ModuleVisitor<A> for Grads<'_, A> {
@@ -363,7 +399,7 @@ fn model_loss_and_grads<A: AutodiffBackend + ScanBackend>(
     cpu_model: &Hymba<Cpu>,
     rows: &[Vec<u32>],
     device: &A::Device,
-) -> (f32, Vec<(Vec<usize>, Vec<f32>)>) {
+) -> (f32, ParamGrads) {
     let model = cpu_model
         .to_backend::<A>(device)
         .expect("same architecture");
@@ -379,13 +415,15 @@ fn model_loss_and_grads<A: AutodiffBackend + ScanBackend>(
 }
 
 #[test]
-fn model_on_autodiff_wgpu_equals_ndarray() {
+fn model_on_autodiff_gpu_equals_ndarray() {
+    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
+    set_scan_kernel(ScanKernel::Tiled);
     let cpu_model = common::tiny_model(21);
     let config = HymbaConfig::tiny();
     let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 5);
     let (want_loss, want) =
         model_loss_and_grads::<Autodiff<Cpu>>(&cpu_model, &rows, &Default::default());
-    let (loss, got) = model_loss_and_grads::<Autodiff<Fused>>(&cpu_model, &rows, &wgpu());
+    let (loss, got) = model_loss_and_grads::<Autodiff<Fused>>(&cpu_model, &rows, &gpu_device());
     assert!(
         (loss - want_loss).abs() <= TOL * (1.0 + want_loss.abs()),
         "loss {loss} vs {want_loss}"

@@ -56,3 +56,50 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A standard-normal tensor from the backend's (seeded) RNG.
+pub fn random<Bk: Backend, const D: usize>(
+    shape: [usize; D],
+    device: &Bk::Device,
+) -> Tensor<Bk, D> {
+    Tensor::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), device)
+}
+
+/// Random selective-scan inputs of `(batch, d_inner, S, T)`, with `A = −exp(N(0, 1)) < 0`
+/// as the model's `A_log` parametrisation guarantees.
+///
+/// A test binary must use one ndarray float type only: burn 0.21 keeps the default float
+/// dtype per *device type*, so the first of `NdArray<f32>` / `NdArray<f64>` to create a
+/// tensor decides the dtype of `Tensor::random` for the other one too (the f64 checks would
+/// silently run in f32).
+pub fn scan_inputs<Bk: Backend>(
+    (batch, d_inner, states, len): (usize, usize, usize, usize),
+    with_state: bool,
+    device: &Bk::Device,
+) -> hymba::scan::ScanInput<Bk> {
+    hymba::scan::ScanInput {
+        u: random([batch, d_inner, len], device),
+        delta: random([batch, d_inner, len], device),
+        a: random::<Bk, 2>([d_inner, states], device).exp().neg(),
+        b: random([batch, states, len], device),
+        c: random([batch, states, len], device),
+        d: random([d_inner], device),
+        z: random([batch, d_inner, len], device),
+        delta_bias: random([d_inner], device),
+        initial_state: with_state.then(|| random([batch, d_inner, states], device)),
+    }
+}
+
+/// Every element as f64, whatever the tensor's dtype.
+pub fn host_f64<Bk: Backend, const D: usize>(t: &Tensor<Bk, D>) -> Vec<f64> {
+    t.to_data().convert::<f64>().to_vec().expect("float data")
+}
+
+/// Asserts `|a − b| / (1 + |b|) ≤ tol` element-wise, naming the first offender.
+pub fn assert_close_f64(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: length mismatch");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let err = (x - y).abs() / (1.0 + y.abs());
+        assert!(err <= tol, "{what}[{i}]: {x} vs {y}");
+    }
+}
