@@ -27,7 +27,7 @@ use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
 };
 use hymba::scan::{ScanInput, selective_scan, selective_scan_backward};
-use hymba::{BackendKind, BackendRunner, HymbaError, ScanBackend, run_on};
+use hymba::{BackendKind, BackendRunner, HymbaBackend, HymbaError, run_on};
 use serde::Serialize;
 
 /// `hymba-eval bench ...`
@@ -35,6 +35,9 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// Time the selective scan (kernel vs tensor-op reference) at Hymba's shapes.
     Scan(BenchScanArgs),
+    /// Time the model's matmul (cuBLAS on CUDA) against burn's at 8192³ and the presets'
+    /// projection shapes.
+    Matmul(crate::bench_matmul::BenchMatmulArgs),
 }
 
 /// Arguments of `hymba-eval bench scan`.
@@ -200,7 +203,7 @@ pub struct ScanBenchJob {
 
 /// Median wall time (ms) of `f`, synchronising the device after each call; the outputs
 /// stay alive until the device is synchronised.
-fn time_ms<B: Backend, T>(
+pub(crate) fn time_ms<B: Backend, T>(
     device: &B::Device,
     warmup: usize,
     rounds: usize,
@@ -298,7 +301,7 @@ fn select_kernel(name: &str) {
 impl BackendRunner for ScanBenchJob {
     type Output = (String, Vec<ScanBenchRow>);
 
-    fn run<B: ScanBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: HymbaBackend>(self, device: B::Device) -> Self::Output {
         let mut rows = Vec::new();
         let mut dtypes = vec![DType::F32];
         if B::supports_dtype(&device, DType::BF16) {
@@ -397,9 +400,8 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
 }
 
-/// Runs `hymba-eval bench <command>`: prints a table, and writes JSON with `--out`.
-pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
-    let BenchCommand::Scan(args) = command;
+/// Runs `hymba-eval bench scan`: prints a table, and writes JSON with `--out`.
+pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
     let kind: BackendKind = args.backend.parse()?;
     let shapes = match args.shapes.as_str() {
         "full" => FULL_SHAPES.to_vec(),
@@ -505,12 +507,21 @@ pub fn run(command: BenchCommand) -> Result<ScanBenchReport, BenchError> {
         println!("* reference backward timed on a prefix of the sequence and scaled to its length");
     }
     if let Some(path) = &args.out {
-        let json = serde_json::to_string_pretty(&report).expect("serialisable report");
-        std::fs::write(path, json).map_err(|source| BenchError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        println!("wrote {}", path.display());
+        write_json(path, &report)?;
     }
     Ok(report)
+}
+
+/// Writes a report as pretty JSON and says so.
+pub(crate) fn write_json(
+    path: &std::path::Path,
+    report: &impl Serialize,
+) -> Result<(), BenchError> {
+    let json = serde_json::to_string_pretty(report).expect("serialisable report");
+    std::fs::write(path, json).map_err(|source| BenchError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

@@ -47,7 +47,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 impl BackendRunner for CheckJob {
     type Output = Result<CheckReport, HymbaError>;
 
-    fn run<B: hymba::ScanBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: hymba::HymbaBackend>(self, device: B::Device) -> Self::Output {
         type Cpu = NdArray<f32>;
         let cpu_device = Default::default();
         Cpu::seed(&cpu_device, self.seed);

@@ -33,7 +33,7 @@ pub struct InitReport {
 impl BackendRunner for InitJob {
     type Output = Result<InitReport, HymbaError>;
 
-    fn run<B: hymba::ScanBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: hymba::HymbaBackend>(self, device: B::Device) -> Self::Output {
         let start = Instant::now();
         B::seed(&device, self.seed);
         let model = Hymba::<B>::new(&self.config, &device)?;
@@ -70,7 +70,7 @@ pub struct ParamsReport {
 impl BackendRunner for ParamsJob {
     type Output = Result<ParamsReport, HymbaError>;
 
-    fn run<B: hymba::ScanBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: hymba::HymbaBackend>(self, device: B::Device) -> Self::Output {
         let start = Instant::now();
         // Headers first: a wrong checkpoint fails before the model is allocated.
         let (config, specs) = inspect_pretrained(&self.dir)?;

@@ -23,6 +23,19 @@ pub enum Weights {
     Pretrained(PathBuf),
 }
 
+impl Weights {
+    /// Builds the model on `device`: random weights from the seed, or the checkpoint.
+    pub fn load<B: hymba::HymbaBackend>(&self, device: &B::Device) -> Result<Hymba<B>, HymbaError> {
+        match self {
+            Weights::Random { config, seed } => {
+                B::seed(device, *seed);
+                Hymba::<B>::new(config, device)
+            }
+            Weights::Pretrained(dir) => hymba::load_pretrained::<B>(dir, device),
+        }
+    }
+}
+
 /// What to generate from.
 #[derive(Debug, Clone)]
 pub struct GenerateJob {
@@ -52,15 +65,9 @@ pub struct GenerateReport {
 impl BackendRunner for GenerateJob {
     type Output = Result<GenerateReport, HymbaError>;
 
-    fn run<B: hymba::ScanBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: hymba::HymbaBackend>(self, device: B::Device) -> Self::Output {
         let start = Instant::now();
-        let model = match &self.weights {
-            Weights::Random { config, seed } => {
-                B::seed(&device, *seed);
-                Hymba::<B>::new(config, &device)?
-            }
-            Weights::Pretrained(dir) => hymba::load_pretrained::<B>(dir, &device)?,
-        };
+        let model = self.weights.load::<B>(&device)?;
         let load_secs = start.elapsed().as_secs_f64();
         let Some(first) = self.prompts.first() else {
             return Err(HymbaError::Input("no prompt given".into()));

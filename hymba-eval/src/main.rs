@@ -28,7 +28,10 @@ enum Command {
     Params(ParamsArgs),
     /// Compare a backend with the CPU: forward logits, and prefill + decode vs forward.
     Check(CheckArgs),
-    /// Benchmarks: `bench scan` times the selective-scan kernels.
+    /// Zero-shot multiple choice (lm-eval style acc and acc_norm) over JSONL task files.
+    Tasks(TasksArgs),
+    /// Benchmarks: `bench scan` times the selective-scan kernels, `bench matmul` the
+    /// projections' matmul.
     #[command(subcommand)]
     Bench(hymba_eval::bench_scan::BenchCommand),
 }
@@ -328,6 +331,97 @@ fn thousands(n: usize) -> String {
     out
 }
 
+#[derive(Args, Debug)]
+struct TasksArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// A checkpoint directory (config.json + safetensors + tokenizer.json).
+    #[arg(long, value_name = "DIR", required_unless_present = "preset")]
+    model: Option<PathBuf>,
+    /// Random weights of this preset instead (needs --tokenizer); for smoke tests.
+    #[arg(long, conflicts_with = "model", requires = "tokenizer")]
+    preset: Option<String>,
+    /// The tokenizer.json to use instead of the checkpoint's.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// JSONL files in the multiple-choice format (`{"context", "choices", "gold"}`), e.g.
+    /// ../shared/data/eval/*.jsonl.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Score at most this many questions per task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Fail on the first malformed line instead of skipping and reporting it.
+    #[arg(long)]
+    strict: bool,
+    /// Write the scores as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Seed of the random weights (--preset).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn tasks(args: TasksArgs) -> Result<()> {
+    use hymba_eval::tasks;
+    tasks::check_files(&args.files).map_err(anyhow::Error::msg)?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
+    let (weights, tok) = match (&args.model, &args.preset) {
+        (Some(dir), _) => (
+            Weights::Pretrained(dir.clone()),
+            checkpoint_tokenizer(dir, args.tokenizer.as_deref())?,
+        ),
+        (None, Some(preset)) => {
+            let path = args
+                .tokenizer
+                .as_deref()
+                .context("--preset needs --tokenizer")?;
+            let tok = hymba_datasets::Tokenizer::from_file(path)?;
+            let mut config = HymbaConfig::preset(preset)?;
+            config.vocab_size = config.vocab_size.max(tok.vocab_size());
+            let config = Box::new(config);
+            (
+                Weights::Random {
+                    config,
+                    seed: args.seed,
+                },
+                tok,
+            )
+        }
+        (None, None) => bail!("give --model DIR or --preset NAME"),
+    };
+    let mut loaded = Vec::new();
+    for file in &args.files {
+        let task = tasks::load_task(file, &tok, args.limit, args.strict)
+            .with_context(|| format!("task file {}", file.display()))?;
+        for s in &task.skipped {
+            eprintln!("warning: {}: skipped {s}", file.display());
+        }
+        loaded.push(task);
+    }
+    let kind: BackendKind = args.backend.backend.parse()?;
+    let job = tasks::TasksJob {
+        weights,
+        tasks: loaded,
+        batch_size: args.batch_size,
+        pad_id: 0,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let scores = run_on(kind, args.backend.device, job)??;
+    tasks::print_table(&scores);
+    if let Some(path) = &args.out {
+        let json = serde_json::to_string_pretty(&scores)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -335,9 +429,17 @@ fn main() -> ExitCode {
         Command::Init(args) => init(args),
         Command::Params(args) => params(args),
         Command::Check(args) => check(args),
-        Command::Bench(cmd) => hymba_eval::bench_scan::run(cmd)
-            .map(drop)
-            .map_err(Into::into),
+        Command::Tasks(args) => tasks(args),
+        Command::Bench(hymba_eval::bench_scan::BenchCommand::Scan(args)) => {
+            hymba_eval::bench_scan::run(args)
+                .map(drop)
+                .map_err(Into::into)
+        }
+        Command::Bench(hymba_eval::bench_scan::BenchCommand::Matmul(args)) => {
+            hymba_eval::bench_matmul::run(args)
+                .map(drop)
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
-use hymba::{Hymba, ScanBackend};
+use hymba::{Hymba, HymbaBackend};
 
 /// A batch of token windows (`seq_len + 1` tokens each: inputs and shifted targets).
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct LanguageModel<B: Backend> {
     pub hymba: Hymba<B>,
 }
 
-impl<B: ScanBackend> LanguageModel<B> {
+impl<B: HymbaBackend> LanguageModel<B> {
     /// Mean loss of a batch (scaled by `batch.scale`) and its host value.
     pub fn loss(&self, batch: LmBatch<B>) -> (Tensor<B, 1>, LmStats) {
         let [b, t] = batch.ids.dims();
@@ -71,7 +71,7 @@ impl<B: ScanBackend> LanguageModel<B> {
     }
 }
 
-impl<B: AutodiffBackend + ScanBackend> TrainStep for LanguageModel<B> {
+impl<B: AutodiffBackend + HymbaBackend> TrainStep for LanguageModel<B> {
     type Input = LmBatch<B>;
     type Output = LmStats;
 
@@ -81,7 +81,7 @@ impl<B: AutodiffBackend + ScanBackend> TrainStep for LanguageModel<B> {
     }
 }
 
-impl<B: ScanBackend> InferenceStep for LanguageModel<B> {
+impl<B: HymbaBackend> InferenceStep for LanguageModel<B> {
     type Input = LmBatch<B>;
     type Output = LmStats;
 

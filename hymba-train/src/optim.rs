@@ -124,9 +124,9 @@ where
     }
 }
 
-impl<B: AutodiffBackend + hymba::ScanBackend> Optimizer<LanguageModel<B>, B> for LmOptimizer<B>
+impl<B: AutodiffBackend + hymba::HymbaBackend> Optimizer<LanguageModel<B>, B> for LmOptimizer<B>
 where
-    B::InnerBackend: hymba::ScanBackend,
+    B::InnerBackend: hymba::HymbaBackend,
 {
     type Record = LmOptimizerRecord<B>;
 

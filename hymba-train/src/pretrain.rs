@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use burn::backend::Autodiff;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
-use hymba::{BackendKind, BackendRunner, GenerationConfig, Hymba, HymbaConfig, ScanBackend};
+use hymba::{BackendKind, BackendRunner, GenerationConfig, Hymba, HymbaBackend, HymbaConfig};
 use hymba_datasets::{
     InputSource, Manifest, PrepareConfig, Split, TokenStream, Tokenizer, WindowDataset,
     WindowSampler,
@@ -154,7 +154,7 @@ fn prepare_out_dir(run: &RunConfig, resume: bool) -> Result<(), TrainError> {
     std::fs::create_dir_all(&run.out_dir).map_err(|e| TrainError::io(&run.out_dir, e))
 }
 
-fn samples<B: ScanBackend>(
+fn samples<B: HymbaBackend>(
     model: &Hymba<B>,
     tok: &Tokenizer,
     run: &RunConfig,
@@ -180,15 +180,15 @@ fn samples<B: ScanBackend>(
 impl BackendRunner for PretrainJob {
     type Output = Result<PretrainReport, TrainError>;
 
-    fn run<B: ScanBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: HymbaBackend>(self, device: B::Device) -> Self::Output {
         train::<Autodiff<B>>(self, device)
     }
 }
 
 fn train<B>(job: PretrainJob, device: B::Device) -> Result<PretrainReport, TrainError>
 where
-    B: burn::tensor::backend::AutodiffBackend + ScanBackend,
-    B::InnerBackend: ScanBackend,
+    B: burn::tensor::backend::AutodiffBackend + HymbaBackend,
+    B::InnerBackend: HymbaBackend,
 {
     let run = job.config;
     prepare_out_dir(&run, job.resume)?;
@@ -322,7 +322,7 @@ where
 /// Writes the trained model in the HF layout (`config.json`, `model.safetensors`,
 /// `tokenizer.json`), loadable by `hymba-eval generate --model DIR` and by the reference
 /// Python code.
-fn save_model<B: ScanBackend>(
+fn save_model<B: HymbaBackend>(
     model: &Hymba<B>,
     tok: &Tokenizer,
     dir: &Path,

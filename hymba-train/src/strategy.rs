@@ -21,7 +21,7 @@ use burn::train::{
     SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
     TrainingItem, TrainingModel, ValidLoader,
 };
-use hymba::ScanBackend;
+use hymba::HymbaBackend;
 use hymba_datasets::{WindowDataset, WindowSampler};
 
 use crate::checkpoint::{self, TrainState};
@@ -72,9 +72,9 @@ pub struct LmStrategy<B: AutodiffBackend> {
     pub log: Arc<Mutex<RunLog>>,
 }
 
-impl<B: AutodiffBackend + ScanBackend> LmStrategy<B>
+impl<B: AutodiffBackend + HymbaBackend> LmStrategy<B>
 where
-    B::InnerBackend: ScanBackend,
+    B::InnerBackend: HymbaBackend,
 {
     fn csv(&self) -> PathBuf {
         self.config.out_dir.join("loss.csv")
@@ -177,9 +177,9 @@ where
     }
 }
 
-impl<B: AutodiffBackend + ScanBackend> SupervisedLearningStrategy<Components<B>> for LmStrategy<B>
+impl<B: AutodiffBackend + HymbaBackend> SupervisedLearningStrategy<Components<B>> for LmStrategy<B>
 where
-    B::InnerBackend: ScanBackend,
+    B::InnerBackend: HymbaBackend,
 {
     fn fit(
         &self,

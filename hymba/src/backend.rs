@@ -5,8 +5,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::HymbaBackend;
 use crate::error::{HymbaError, Result};
-use crate::scan::ScanBackend;
 
 /// The backends a binary may be built with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub trait BackendRunner {
     /// What the work returns.
     type Output;
     /// Runs on backend `B`, device `device`.
-    fn run<B: ScanBackend>(self, device: B::Device) -> Self::Output;
+    fn run<B: HymbaBackend>(self, device: B::Device) -> Self::Output;
 }
 
 /// Runs `runner` on backend `kind` (device index `device` for CUDA; wgpu takes its default
@@ -81,7 +81,7 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
     }
 }
 
-// `ScanBackend` for the backends above: `NdArray` in `scan/mod.rs` (the tensor-op reference);
+// `HymbaBackend` for the backends above: `NdArray` in `scan/mod.rs` (the tensor-op reference);
 // `burn::backend::{Wgpu, Cuda}` (= `Fusion<CubeBackend<R, ..>>`, any element types) through
 // the generic impls in `scan/kernel.rs` (CubeCL kernels) and `scan/fusion.rs` (custom fusion
 // op); `Autodiff<B, C>` over any of them in `scan/autodiff.rs`.

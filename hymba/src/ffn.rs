@@ -1,6 +1,7 @@
 //! The SwiGLU feed-forward network of every layer (HF `moe.experts.0`; with one expert the
 //! "MoE" is a plain FFN and has no router).
 
+use crate::matmul::MatmulBackend;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
@@ -18,7 +19,7 @@ pub struct SwiGluFfn<B: Backend> {
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> SwiGluFfn<B> {
+impl<B: MatmulBackend> SwiGluFfn<B> {
     /// A freshly initialised FFN.
     pub fn new(config: &HymbaConfig, device: &B::Device) -> Self {
         let (d, f, std) = (

@@ -12,10 +12,10 @@ use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::HymbaBackend;
 use crate::cache::HymbaCache;
 use crate::error::{HymbaError, Result};
 use crate::model::Hymba;
-use crate::scan::ScanBackend;
 
 /// How to pick tokens.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +125,7 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, rng: &mut impl Rng) -> 
 }
 
 /// Generates continuations of a batch of prompts (token ids, BOS included if wanted).
-pub fn generate<B: ScanBackend>(
+pub fn generate<B: HymbaBackend>(
     model: &Hymba<B>,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,

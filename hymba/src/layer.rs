@@ -3,11 +3,11 @@
 
 use burn::prelude::*;
 
+use crate::HymbaBackend;
 use crate::config::HymbaConfig;
 use crate::ffn::SwiGluFfn;
 use crate::mixer::{AttentionContext, HybridHead, KeyValues, KvInput};
 use crate::norm::RmsNorm;
-use crate::scan::ScanBackend;
 use crate::ssm::SsmState;
 
 /// `h = x + HybridHead(norm(x)); y = h + FFN(norm(h))`.
@@ -23,7 +23,7 @@ pub struct HymbaLayer<B: Backend> {
     pub ffn: SwiGluFfn<B>,
 }
 
-impl<B: ScanBackend> HymbaLayer<B> {
+impl<B: HymbaBackend> HymbaLayer<B> {
     /// Layer `layer` of `config`.
     pub fn new(config: &HymbaConfig, layer: usize, device: &B::Device) -> Self {
         let eps = config.rms_norm_eps;

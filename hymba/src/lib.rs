@@ -20,8 +20,10 @@
 //! | backend flag | [`backend`] |
 //! | HF checkpoints: `config.json` + safetensors in and out | [`weights`] |
 //!
-//! The model is generic over `B: ScanBackend` (a burn `Backend` with the selective-scan
-//! extension) and is written once for CPU, wgpu and CUDA.
+//! The model is generic over `B: HymbaBackend` — a burn `Backend` with two extensions, the
+//! selective scan ([`scan::ScanBackend`]: CubeCL kernels on GPU backends) and the matmul of
+//! every projection ([`matmul::MatmulBackend`]: cuBLAS on CUDA) — and is written once for
+//! CPU, wgpu and CUDA.
 
 pub mod attention;
 pub mod backend;
@@ -41,6 +43,7 @@ pub mod params;
 pub mod precision;
 pub mod rope;
 pub mod scan;
+pub mod score;
 pub mod ssm;
 pub mod weights;
 
@@ -49,6 +52,14 @@ pub use cache::HymbaCache;
 pub use config::HymbaConfig;
 pub use error::{HymbaError, Result};
 pub use generate::{GenerationConfig, generate};
+pub use matmul::MatmulBackend;
 pub use model::Hymba;
 pub use scan::ScanBackend;
+
+/// What the model needs from a burn backend: the scan and matmul extensions. Implemented
+/// for every backend that has both (ndarray f32/f64, wgpu, CUDA, their `Fusion` and
+/// `Autodiff` wrappers).
+pub trait HymbaBackend: ScanBackend + MatmulBackend {}
+
+impl<B: ScanBackend + MatmulBackend> HymbaBackend for B {}
 pub use weights::{SaveDtype, SaveOptions, hf_tensor_specs, load_pretrained, save_pretrained};

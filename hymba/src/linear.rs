@@ -9,7 +9,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::matmul::matmul;
+use crate::matmul::{MatmulBackend, matmul};
 
 /// A bias-free linear map `y = x · Wᵀ` with `W: [out, in]`.
 #[derive(Module, Debug)]
@@ -31,7 +31,9 @@ impl<B: Backend> Linear<B> {
     pub fn d_out(&self) -> usize {
         self.weight.dims()[0]
     }
+}
 
+impl<B: MatmulBackend> Linear<B> {
     /// Applies the map to the last dim.
     ///
     /// # Shapes

@@ -5,12 +5,12 @@
 
 use burn::prelude::*;
 
+use crate::HymbaBackend;
 use crate::attention::{KeySpan, Mask, repeat_kv, scaled_dot_product};
 use crate::config::{HymbaConfig, KvRole};
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
-use crate::scan::ScanBackend;
 use crate::ssm::{SsmHeads, SsmState};
 
 /// Keys and values as the attention heads read them: un-repeated (G heads), post-RoPE, for
@@ -60,7 +60,7 @@ pub struct HybridHead<B: Backend> {
     pub owns_kv: bool,
 }
 
-impl<B: ScanBackend> HybridHead<B> {
+impl<B: HymbaBackend> HybridHead<B> {
     /// The hybrid head of layer `layer` (its KV role decides the `in_proj` row count).
     pub fn new(config: &HymbaConfig, layer: usize, device: &B::Device) -> Self {
         let (d, di) = (config.hidden_size, config.d_inner());

@@ -7,6 +7,7 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::embedding;
 
+use crate::HymbaBackend;
 use crate::attention::{KeySpan, Mask, hymba_mask};
 use crate::cache::HymbaCache;
 use crate::config::{HymbaConfig, KvRole};
@@ -19,7 +20,6 @@ use crate::norm::RmsNorm;
 use crate::params;
 use crate::precision::upcast;
 use crate::rope::Rope;
-use crate::scan::ScanBackend;
 
 /// The Hymba language model.
 #[derive(Module, Debug)]
@@ -64,7 +64,7 @@ impl<B: Backend> MaskCache<B> {
     }
 }
 
-impl<B: ScanBackend> Hymba<B> {
+impl<B: HymbaBackend> Hymba<B> {
     /// A randomly initialised model (spec §1.3 initialisation); validates the config first.
     pub fn new(config: &HymbaConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
@@ -258,7 +258,7 @@ impl<B: ScanBackend> Hymba<B> {
 
     /// The same model (same weights) on another backend; e.g. to check that wgpu computes
     /// what ndarray computes.
-    pub fn to_backend<B2: ScanBackend>(&self, device: &B2::Device) -> Result<Hymba<B2>> {
+    pub fn to_backend<B2: HymbaBackend>(&self, device: &B2::Device) -> Result<Hymba<B2>> {
         let values = params::collect(self);
         let target = Hymba::<B2>::new(&self.config, device)?;
         let mut loader = params::ParamLoader::new(values, device);

@@ -7,10 +7,11 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::silu;
 
+use crate::HymbaBackend;
 use crate::config::HymbaConfig;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
-use crate::scan::{ScanBackend, ScanInput, selective_scan};
+use crate::scan::{ScanInput, selective_scan};
 
 /// Recurrent state of one layer's SSM heads between calls (the cache's SSM part).
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ pub struct SsmHeads<B: Backend> {
     pub d_state: usize,
 }
 
-impl<B: ScanBackend> SsmHeads<B> {
+impl<B: HymbaBackend> SsmHeads<B> {
     /// Fresh heads with the reference initialisation (spec §1.3): N(0, σ²) weights, zero
     /// biases (including dt_proj's), A_log = log(1..=S) per channel, D = 1.
     pub fn new(config: &HymbaConfig, device: &B::Device) -> Self {

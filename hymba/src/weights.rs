@@ -39,10 +39,10 @@ use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, TensorView, View};
 use serde::{Deserialize, Serialize};
 
+use crate::HymbaBackend;
 use crate::config::{HymbaConfig, KvRole};
 use crate::error::{HymbaError, Result};
 use crate::model::Hymba;
-use crate::scan::ScanBackend;
 
 /// The architecture file.
 pub const CONFIG_FILE: &str = "config.json";
@@ -535,7 +535,7 @@ fn check_views(config: &HymbaConfig, tensors: &BTreeMap<String, TensorView<'_>>)
 
 /// Replaces every weight of `model` by the checkpoint tensor of its module path. The tensor
 /// list must already have passed [`check_tensors`] against `model.config`.
-fn fill<B: ScanBackend>(
+fn fill<B: HymbaBackend>(
     model: Hymba<B>,
     tensors: &BTreeMap<String, TensorView<'_>>,
 ) -> Result<Hymba<B>> {
@@ -580,7 +580,7 @@ fn checkpoint_dir(dir: &Path) -> Result<&Path> {
 /// Errors: [`HymbaError::Io`] / [`HymbaError::ConfigParse`] / [`HymbaError::Config`] for the
 /// config, [`HymbaError::Checkpoint`] for an unreadable weight file, and
 /// [`HymbaError::Weights`] listing every missing, unexpected or mis-shaped tensor.
-pub fn load_pretrained<B: ScanBackend>(
+pub fn load_pretrained<B: HymbaBackend>(
     dir: impl AsRef<Path>,
     device: &B::Device,
 ) -> Result<Hymba<B>> {
@@ -595,7 +595,7 @@ pub fn load_pretrained<B: ScanBackend>(
 
 /// Loads one safetensors file with HF names into an existing model (whose config decides
 /// the expected shapes), replacing all its weights.
-pub fn load_safetensors_into<B: ScanBackend>(
+pub fn load_safetensors_into<B: HymbaBackend>(
     model: Hymba<B>,
     path: impl AsRef<Path>,
 ) -> Result<Hymba<B>> {

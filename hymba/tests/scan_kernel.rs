@@ -15,6 +15,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
+use hymba::HymbaBackend;
 use hymba::scan::kernel::{ScanKernel, set_scan_kernel};
 use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
@@ -395,7 +396,7 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Grads<'_, A> {
     }
 }
 
-fn model_loss_and_grads<A: AutodiffBackend + ScanBackend>(
+fn model_loss_and_grads<A: AutodiffBackend + HymbaBackend>(
     cpu_model: &Hymba<Cpu>,
     rows: &[Vec<u32>],
     device: &A::Device,

@@ -1,0 +1,71 @@
+//! The one matmul every projection of the model goes through, as a backend extension.
+//!
+//! burn 0.21's CUDA matmul reaches ≈ 87 TFLOP/s in bf16 on an H100, ≈ 11 % of the card
+//! (cubek has no Hopper `wgmma` path; `reference/gpu_matmul_notes.md`). In Hymba nearly all
+//! training FLOPs are these products (the fused input projection, out_proj, the SwiGLU FFN,
+//! the tied LM head), so on CUDA they run on cuBLAS instead; every other backend keeps
+//! burn's own kernel.
+//!
+//! | backend | [`MatmulBackend::fast_matmul`] |
+//! |---|---|
+//! | `NdArray`, wgpu (`CubeBackend<WgpuRuntime>` and its `Fusion`) | burn's `float_matmul` |
+//! | `CubeBackend<CudaRuntime>` | cuBLAS `GemmEx` (`cublas`), f32 accumulation |
+//! | `Fusion<CubeBackend<CudaRuntime>>` (`burn::backend::Cuda`) | a custom fusion op → the above |
+//! | `Autodiff<B>` | one node whose backward runs `dX = dY·Wᵀ`, `dW = Xᵀ·dY` through `B` |
+//!
+//! [`matmul`] is the only entry point the model uses.
+
+pub mod autodiff;
+#[cfg(feature = "cube")]
+mod cube;
+#[cfg(feature = "cuda")]
+pub mod cublas;
+#[cfg(feature = "cube")]
+mod fusion;
+
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::FloatTensor;
+
+/// A burn backend with the model's matmul. The default body is burn's own `float_matmul`.
+pub trait MatmulBackend: Backend {
+    /// Whether [`fast_matmul`](Self::fast_matmul) runs something other than burn's
+    /// `float_matmul` on this backend. Wrappers (`Fusion`, `Autodiff`) keep burn's own op —
+    /// and with it burn's matmul fusion and backward — when it does not.
+    fn has_fast_matmul() -> bool {
+        false
+    }
+
+    /// `lhs · rhs` over the last two dims, broadcasting leading dims (as `float_matmul`).
+    fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+}
+
+/// Batched matrix product `lhs · rhs` over the last two dims, broadcasting leading dims;
+/// runs [`MatmulBackend::fast_matmul`].
+///
+/// # Shapes
+/// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` → `[..., m, n]`
+pub fn matmul<B: MatmulBackend, const D: usize>(
+    lhs: Tensor<B, D>,
+    rhs: Tensor<B, D>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::fast_matmul(
+        lhs.into_primitive().tensor(),
+        rhs.into_primitive().tensor(),
+    )))
+}
+
+#[cfg(feature = "ndarray")]
+impl MatmulBackend for burn::backend::NdArray<f32> {}
+
+/// f64 on the CPU (the precision-check backend) reports a "fast" matmul that is burn's own
+/// kernel, so that `Autodiff<NdArray<f64>>` runs this module's backward node
+/// ([`autodiff`]): the CPU tests check it against burn's differentiable matmul in f64.
+#[cfg(feature = "ndarray")]
+impl MatmulBackend for burn::backend::NdArray<f64> {
+    fn has_fast_matmul() -> bool {
+        true
+    }
+}

@@ -1,0 +1,102 @@
+//! The model's matmul (`hymba::matmul::matmul`) against burn's `Tensor::matmul`, forward and
+//! gradients, in f64 on the CPU: `NdArray<f64>` routes through the crate's own autodiff node
+//! (broadcast weights folded into one product, transposed views, batched and broadcast
+//! operands). The CUDA (cuBLAS) path is checked by `matmul_gpu.rs`.
+
+mod common;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::prelude::*;
+use hymba::matmul::matmul;
+
+type B64 = NdArray<f64>;
+type AB = Autodiff<B64>;
+
+/// (lhs shape, rhs shape, lhs given transposed, rhs given transposed)
+const CASES: [([usize; 4], [usize; 4], bool, bool); 6] = [
+    // A projection: activations [b, t, in] · Wᵀ broadcast over the batch.
+    ([1, 3, 5, 7], [1, 1, 7, 4], false, true),
+    ([2, 3, 5, 7], [1, 1, 7, 4], false, false),
+    // Batched, equal batch dims (attention-like).
+    ([2, 3, 5, 7], [2, 3, 7, 4], false, false),
+    ([2, 3, 5, 7], [2, 3, 7, 4], true, true),
+    // The activations broadcast instead.
+    ([1, 1, 5, 7], [2, 3, 7, 4], true, false),
+    // Odd sizes, single matrix.
+    ([1, 1, 13, 1], [1, 1, 1, 11], false, false),
+];
+
+/// A `[.., r, c]` tensor, optionally built as the transpose of a `[.., c, r]` one (a view
+/// with swapped strides, as `Linear` passes `Wᵀ`).
+fn operand(
+    shape: [usize; 4],
+    transposed: bool,
+    device: &burn::backend::ndarray::NdArrayDevice,
+) -> Tensor<B64, 4> {
+    if transposed {
+        let [a, b, r, c] = shape;
+        common::random::<B64, 4>([a, b, c, r], device).swap_dims(2, 3)
+    } else {
+        common::random(shape, device)
+    }
+}
+
+#[test]
+fn matmul_and_its_gradients_equal_burns() {
+    let device = Default::default();
+    B64::seed(&device, 41);
+    for (ls, rs, lt, rt) in CASES {
+        let what = format!(
+            "{ls:?}{} · {rs:?}{}",
+            if lt { "ᵀ" } else { "" },
+            if rt { "ᵀ" } else { "" }
+        );
+        let (lhs, rhs) = (operand(ls, lt, &device), operand(rs, rt, &device));
+        let out_dims = [ls[0].max(rs[0]), ls[1].max(rs[1]), ls[2], rs[3]];
+        let weight = common::random::<B64, 4>(out_dims, &device);
+
+        let grads_of = |ours: bool| {
+            let l = Tensor::<AB, 4>::from_inner(lhs.clone()).require_grad();
+            let r = Tensor::<AB, 4>::from_inner(rhs.clone()).require_grad();
+            let out = if ours {
+                matmul(l.clone(), r.clone())
+            } else {
+                l.clone().matmul(r.clone())
+            };
+            assert_eq!(out.dims(), out_dims, "{what}: output shape");
+            let value = common::host_f64(&out.clone().inner());
+            let g = (out * Tensor::from_inner(weight.clone())).sum().backward();
+            let dl = l.grad(&g).expect("lhs gradient");
+            let dr = r.grad(&g).expect("rhs gradient");
+            assert_eq!(dl.dims(), ls, "{what}: lhs gradient shape");
+            assert_eq!(dr.dims(), rs, "{what}: rhs gradient shape");
+            (value, common::host_f64(&dl), common::host_f64(&dr))
+        };
+        let (out, dl, dr) = grads_of(true);
+        let (want_out, want_dl, want_dr) = grads_of(false);
+        common::assert_close_f64(&out, &want_out, 1e-12, &format!("{what}: out"));
+        common::assert_close_f64(&dl, &want_dl, 1e-12, &format!("{what}: d lhs"));
+        common::assert_close_f64(&dr, &want_dr, 1e-12, &format!("{what}: d rhs"));
+    }
+}
+
+#[test]
+fn untracked_weight_gets_no_gradient_and_tracked_input_does() {
+    // A frozen weight (e.g. the DPO reference model) must not be needed for dX, and vice versa.
+    let device = Default::default();
+    B64::seed(&device, 43);
+    let x = Tensor::<AB, 3>::from_inner(common::random([2, 5, 7], &device)).require_grad();
+    let w = Tensor::<AB, 3>::from_inner(common::random([1, 7, 3], &device));
+    let g = matmul(x.clone(), w.clone()).sum().backward();
+    assert!(w.grad(&g).is_none());
+    let dx = common::host_f64(&x.grad(&g).expect("x gradient"));
+    // d/dx sum(x·w) = 1·wᵀ: every row of dx is the row sums of w.
+    let w_rows: Vec<f64> = common::host_f64(&w.inner().sum_dim(2));
+    for (i, v) in dx.iter().enumerate() {
+        assert!(
+            (v - w_rows[i % 7]).abs() < 1e-12,
+            "dx[{i}] = {v}, want {}",
+            w_rows[i % 7]
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The CUDA matmul (cuBLAS, `hymba::matmul::cublas`) against the CPU, forward and gradients,
+//! on odd shapes (no multiple of 8/16/128), transposed views, batched and broadcast
+//! operands, in f32 (exact) and bf16 (f32 accumulation), on `Cuda` (fusion: the custom op),
+//! the bare `CubeBackend<CudaRuntime>` and under `Autodiff<Cuda>`. Needs the `cuda` feature
+//! and a GPU: it is run on the GPU machine.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use burn::backend::cuda::CudaDevice;
+use burn::backend::{Autodiff, Cuda, NdArray};
+use burn::prelude::*;
+use burn::tensor::DType;
+use hymba::MatmulBackend;
+use hymba::matmul::matmul;
+
+type Cpu = NdArray<f32>;
+type Bare = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// (lhs shape, rhs shape, lhs given transposed, rhs given transposed)
+const CASES: [([usize; 4], [usize; 4], bool, bool); 5] = [
+    ([1, 3, 131, 257], [1, 1, 257, 129], false, true),
+    ([2, 3, 131, 257], [1, 1, 257, 129], false, false),
+    ([2, 3, 131, 257], [2, 3, 257, 129], false, false),
+    ([2, 3, 131, 257], [2, 3, 257, 129], true, true),
+    ([1, 1, 131, 257], [2, 3, 257, 129], true, false),
+];
+
+fn operand<Bk: Backend>(
+    x: &Tensor<Cpu, 4>,
+    transposed: bool,
+    device: &Bk::Device,
+    dtype: DType,
+) -> Tensor<Bk, 4> {
+    // `x` is the [.., r, c] value; a transposed operand is stored as [.., c, r].
+    let stored = if transposed {
+        x.clone().swap_dims(2, 3)
+    } else {
+        x.clone()
+    };
+    let t = Tensor::<Bk, 4>::from_data(stored.to_data(), device).cast(dtype);
+    if transposed { t.swap_dims(2, 3) } else { t }
+}
+
+/// max |got − want| / max |want|.
+fn rel_max_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-6);
+    common::max_abs_diff(got, want) / scale
+}
+
+fn values<Bk: Backend>(t: Tensor<Bk, 4>) -> Vec<f32> {
+    common::to_vec(t.cast(DType::F32))
+}
+
+fn check_forward<Bk: MatmulBackend<Device = CudaDevice>>(name: &str) {
+    assert!(
+        Bk::has_fast_matmul(),
+        "{name}: cuBLAS did not load (HYMBA_MATMUL=burn?)"
+    );
+    let cpu = Default::default();
+    let device = CudaDevice::default();
+    Cpu::seed(&cpu, 7);
+    for (ls, rs, lt, rt) in CASES {
+        let (l, r) = (
+            common::random::<Cpu, 4>(ls, &cpu),
+            common::random::<Cpu, 4>(rs, &cpu),
+        );
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+            // The CPU reference sees the same (rounded) inputs.
+            let round = |x: &Tensor<Cpu, 4>| {
+                let data = x.to_data();
+                let data = if dtype == DType::BF16 {
+                    data.convert::<half::bf16>().convert::<f32>()
+                } else {
+                    data
+                };
+                Tensor::<Cpu, 4>::from_data(data, &cpu)
+            };
+            let want = values(round(&l).matmul(round(&r)));
+            let got = values(matmul(
+                operand::<Bk>(&l, lt, &device, dtype),
+                operand::<Bk>(&r, rt, &device, dtype),
+            ));
+            let err = rel_max_err(&got, &want);
+            println!(
+                "{name} {dtype:?} {ls:?}{} · {rs:?}{}: rel. max error {err:.2e}",
+                if lt { "ᵀ" } else { "" },
+                if rt { "ᵀ" } else { "" }
+            );
+            assert!(
+                err <= tol,
+                "{name} {dtype:?} {ls:?} · {rs:?}: rel. max error {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cublas_matmul_equals_cpu_on_cuda_fusion() {
+    check_forward::<Cuda<f32, i32>>("Cuda");
+}
+
+#[test]
+fn cublas_matmul_equals_cpu_on_bare_cube_backend() {
+    check_forward::<Bare>("CubeBackend<Cuda>");
+}
+
+#[test]
+fn cublas_matmul_gradients_equal_cpu() {
+    type Gpu = Autodiff<Cuda<f32, i32>>;
+    assert!(Gpu::has_fast_matmul());
+    let cpu = Default::default();
+    let device = CudaDevice::default();
+    Cpu::seed(&cpu, 9);
+    for (ls, rs, lt, rt) in CASES {
+        let (l, r) = (
+            common::random::<Cpu, 4>(ls, &cpu),
+            common::random::<Cpu, 4>(rs, &cpu),
+        );
+        let out_dims = [ls[0].max(rs[0]), ls[1].max(rs[1]), ls[2], rs[3]];
+        let w = common::random::<Cpu, 4>(out_dims, &cpu);
+        let cpu_grads = {
+            let (a, b) = (
+                Tensor::<Autodiff<Cpu>, 4>::from_inner(l.clone()).require_grad(),
+                Tensor::<Autodiff<Cpu>, 4>::from_inner(r.clone()).require_grad(),
+            );
+            let g = (a.clone().matmul(b.clone()) * Tensor::from_inner(w.clone()))
+                .sum()
+                .backward();
+            (
+                common::to_vec(a.grad(&g).expect("lhs grad")),
+                common::to_vec(b.grad(&g).expect("rhs grad")),
+            )
+        };
+        let gpu_grads = {
+            let a = operand::<Cuda<f32, i32>>(&l, lt, &device, DType::F32);
+            let b = operand::<Cuda<f32, i32>>(&r, rt, &device, DType::F32);
+            let (a, b) = (
+                Tensor::<Gpu, 4>::from_inner(a).require_grad(),
+                Tensor::<Gpu, 4>::from_inner(b).require_grad(),
+            );
+            let wg = Tensor::<Gpu, 4>::from_data(w.to_data(), &device);
+            let g = (matmul(a.clone(), b.clone()) * wg).sum().backward();
+            (
+                common::to_vec(a.grad(&g).expect("lhs grad")),
+                common::to_vec(b.grad(&g).expect("rhs grad")),
+            )
+        };
+        for (what, got, want) in [
+            ("d lhs", &gpu_grads.0, &cpu_grads.0),
+            ("d rhs", &gpu_grads.1, &cpu_grads.1),
+        ] {
+            let err = rel_max_err(got, want);
+            println!("Autodiff<Cuda> {ls:?} · {rs:?} {what}: rel. max error {err:.2e}");
+            assert!(err <= 1e-5, "{ls:?} · {rs:?} {what}: rel. max error {err}");
+        }
+    }
+}
