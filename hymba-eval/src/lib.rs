@@ -8,4 +8,5 @@ pub mod bench_scan;
 pub mod check;
 pub mod checkpoint;
 pub mod generate;
+pub mod ppl;
 pub mod tasks;

@@ -30,6 +30,8 @@ enum Command {
     Check(CheckArgs),
     /// Zero-shot multiple choice (lm-eval style acc and acc_norm) over JSONL task files.
     Tasks(TasksArgs),
+    /// Token-weighted perplexity on held-out shards, with sliding windows.
+    Ppl(PplArgs),
     /// Benchmarks: `bench scan` times the selective-scan kernels, `bench matmul` the
     /// projections' matmul.
     #[command(subcommand)]
@@ -422,6 +424,87 @@ fn tasks(args: TasksArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+struct PplArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// A checkpoint directory (config.json + safetensors).
+    #[arg(long, value_name = "DIR", required_unless_present = "preset")]
+    model: Option<PathBuf>,
+    /// Random weights of this preset instead; for smoke tests.
+    #[arg(long, conflicts_with = "model")]
+    preset: Option<String>,
+    /// A shard folder written by `hymba-datasets prepare` (or by `hymba-train`'s default
+    /// corpus, `<out_dir>/data`).
+    #[arg(long, value_name = "DIR")]
+    shards: PathBuf,
+    /// Which split: val (held-out) or train.
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// Window length, tokens.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Window step (default: half the window, so every token past the first window has at
+    /// least seq_len/2 tokens of context).
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Score at most this many tokens.
+    #[arg(long)]
+    max_tokens: Option<u64>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Write the result as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Seed of the random weights (--preset).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn ppl(args: PplArgs) -> Result<()> {
+    let split = match args.split.as_str() {
+        "val" => hymba_datasets::Split::Val,
+        "train" => hymba_datasets::Split::Train,
+        other => bail!("--split {other}: expected val or train"),
+    };
+    let stride = args.stride.unwrap_or(args.seq_len / 2).max(1);
+    if args.seq_len < 2 || stride > args.seq_len || args.batch_size == 0 {
+        bail!("need --seq-len ≥ 2, 1 ≤ --stride ≤ --seq-len and --batch-size ≥ 1");
+    }
+    let weights = match (&args.model, &args.preset) {
+        (Some(dir), _) => Weights::Pretrained(dir.clone()),
+        (None, Some(preset)) => Weights::Random {
+            config: Box::new(HymbaConfig::preset(preset)?),
+            seed: args.seed,
+        },
+        (None, None) => bail!("give --model DIR or --preset NAME"),
+    };
+    let stream = hymba_datasets::TokenStream::open(&args.shards, split)
+        .with_context(|| format!("shards in {}", args.shards.display()))?;
+    let kind: BackendKind = args.backend.backend.parse()?;
+    let job = hymba_eval::ppl::PplJob {
+        weights,
+        stream,
+        seq_len: args.seq_len,
+        stride,
+        max_tokens: args.max_tokens,
+        batch_size: args.batch_size,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let r = run_on(kind, args.backend.device, job)??;
+    println!(
+        "{} tokens ({}, seq_len {}, stride {}): nll {:.4} nats/token, perplexity {:.3}",
+        r.tokens, args.split, r.seq_len, r.stride, r.nll, r.perplexity
+    );
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -430,6 +513,7 @@ fn main() -> ExitCode {
         Command::Params(args) => params(args),
         Command::Check(args) => check(args),
         Command::Tasks(args) => tasks(args),
+        Command::Ppl(args) => ppl(args),
         Command::Bench(hymba_eval::bench_scan::BenchCommand::Scan(args)) => {
             hymba_eval::bench_scan::run(args)
                 .map(drop)

@@ -152,18 +152,7 @@ impl BackendRunner for TasksJob {
             .flat_map(|t| &t.items)
             .map(|i| i.choices.len())
             .sum();
-        let bar = if self.progress {
-            indicatif::ProgressBar::new(total as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:>20} [{bar:40}] {pos}/{len} choices, {per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        let bar = progress_bar(total as u64, self.progress, "choices");
         let mut out = Vec::new();
         for task in &self.tasks {
             bar.set_message(task.name.clone());
@@ -210,6 +199,24 @@ impl BackendRunner for TasksJob {
         bar.finish_and_clear();
         Ok(out)
     }
+}
+
+/// A progress bar on stderr counting `unit` (hidden when `show` is false, e.g. when stderr
+/// is not a terminal).
+pub fn progress_bar(len: u64, show: bool, unit: &str) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let template =
+        format!("{{msg:>20}} [{{bar:40}}] {{pos}}/{{len}} {unit}, {{per_sec}}, eta {{eta}}");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
 }
 
 /// Prints the per-task table and the average.
