@@ -18,24 +18,21 @@ use burn::tensor::DType;
 use hymba::{BackendKind, BackendRunner, HymbaBackend, HymbaConfig, run_on};
 use serde::Serialize;
 
-use crate::bench_scan::{BenchError, time_ms, write_json};
+use crate::bench_scan::{BenchError, BenchTarget, time_ms, write_json};
 
 /// Arguments of `hymba-eval bench matmul`.
 #[derive(clap::Args, Debug)]
 pub struct BenchMatmulArgs {
-    /// Backend: ndarray (CPU), wgpu or cuda (the binary needs the feature of that name).
-    #[arg(long, default_value = "ndarray")]
-    pub backend: String,
-    /// Device index (CUDA).
-    #[arg(long, default_value_t = 0)]
-    pub device: usize,
-    /// Write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
+    /// Backend, device and output file.
+    #[command(flatten)]
+    pub target: BenchTarget,
     /// `full`: 8192³ and the projections of hymba-125m, hymba-350m and hymba-1.5b.
     /// `quick`: 512³ and the tiny preset (seconds on a CPU).
     #[arg(long, default_value = "full")]
     pub shapes: String,
+    /// With `--shapes full`: which presets' projections, comma separated.
+    #[arg(long, default_value = "hymba-125m,hymba-350m,hymba-1.5b")]
+    pub presets: String,
     /// Storage dtypes, comma separated: bf16, f16, f32.
     #[arg(long, default_value = "bf16")]
     pub dtypes: String,
@@ -115,10 +112,11 @@ fn projection(name: &str, tokens: usize, d_in: usize, d_out: usize) -> [MatmulSh
     ]
 }
 
-/// 8192³ (or 512³) and every projection of the presets.
-pub fn shapes(which: &str, tokens: usize) -> Result<Vec<MatmulShape>, BenchError> {
+/// 8192³ (or 512³) and every projection of the presets (`full`) or of `tiny` (`quick`).
+pub fn shapes(which: &str, presets: &str, tokens: usize) -> Result<Vec<MatmulShape>, BenchError> {
+    let full: Vec<&str> = presets.split(',').map(str::trim).collect();
     let (square, presets): (usize, &[&str]) = match which {
-        "full" => (8192, &["hymba-125m", "hymba-350m", "hymba-1.5b"]),
+        "full" => (8192, &full),
         "quick" => (512, &["tiny"]),
         other => {
             return Err(BenchError::Arg(format!(
@@ -184,6 +182,9 @@ fn parse_dtype(s: &str) -> Result<DType, BenchError> {
 
 /// The benchmark as a job for [`run_on`].
 struct MatmulBenchJob {
+    /// Rewritten after every row, so that a run cut short still leaves its figures.
+    partial_out: Option<PathBuf>,
+    backend: String,
     shapes: Vec<MatmulShape>,
     dtypes: Vec<DType>,
     rounds: usize,
@@ -248,6 +249,19 @@ impl BackendRunner for MatmulBenchJob {
                     row.burn_tflops
                 );
                 rows.push(row);
+                if let Some(path) = &self.partial_out {
+                    let partial = MatmulReport {
+                        backend: self.backend.clone(),
+                        device: format!("{device:?}"),
+                        rounds: r,
+                        rows: rows.clone(),
+                    };
+                    // Best effort: the final write reports errors.
+                    let _ = std::fs::write(
+                        path,
+                        serde_json::to_string_pretty(&partial).unwrap_or_default(),
+                    );
+                }
             }
         }
         (format!("{device:?}"), rows)
@@ -256,7 +270,7 @@ impl BackendRunner for MatmulBenchJob {
 
 /// Runs `hymba-eval bench matmul`: prints a line per product, writes JSON with `--out`.
 pub fn run(args: BenchMatmulArgs) -> Result<MatmulReport, BenchError> {
-    let kind: BackendKind = args.backend.parse()?;
+    let kind: BackendKind = args.target.backend.parse()?;
     let dtypes = args
         .dtypes
         .split(',')
@@ -266,7 +280,9 @@ pub fn run(args: BenchMatmulArgs) -> Result<MatmulReport, BenchError> {
         return Err(BenchError::Arg("--tokens must be positive".into()));
     }
     let job = MatmulBenchJob {
-        shapes: shapes(&args.shapes, args.tokens)?,
+        partial_out: args.target.out.clone(),
+        backend: kind.to_string(),
+        shapes: shapes(&args.shapes, &args.presets, args.tokens)?,
         dtypes,
         rounds: args.rounds,
         warmup: args.warmup,
@@ -275,14 +291,14 @@ pub fn run(args: BenchMatmulArgs) -> Result<MatmulReport, BenchError> {
         "matmul on {kind}: model's matmul (ours) vs burn's Tensor::matmul, median of {} rounds",
         args.rounds
     );
-    let (device, rows) = run_on(kind, args.device, job)?;
+    let (device, rows) = run_on(kind, args.target.device, job)?;
     let report = MatmulReport {
         backend: kind.to_string(),
         device,
         rounds: args.rounds,
         rows,
     };
-    if let Some(path) = &args.out {
+    if let Some(path) = &args.target.out {
         write_json(path, &report)?;
     }
     Ok(report)

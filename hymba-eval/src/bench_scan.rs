@@ -38,12 +38,16 @@ pub enum BenchCommand {
     /// Time the model's matmul (cuBLAS on CUDA) against burn's at 8192³ and the presets'
     /// projection shapes.
     Matmul(crate::bench_matmul::BenchMatmulArgs),
+    /// Cache bytes by layer kind at a context length (analytic, and measured after a
+    /// prefill), next to Transformer baselines.
+    Cache(crate::bench_cache::BenchCacheArgs),
 }
 
-/// Arguments of `hymba-eval bench scan`.
+/// Where a benchmark runs and where it writes its figures (shared by every `bench`).
 #[derive(clap::Args, Debug)]
-pub struct BenchScanArgs {
-    /// Backend: ndarray (CPU), wgpu or cuda (the binary needs the feature of that name).
+pub struct BenchTarget {
+    /// Backend: ndarray (CPU), wgpu, cuda or cuda-raw (the binary needs the feature of that
+    /// name).
     #[arg(long, default_value = "ndarray")]
     pub backend: String,
     /// Device index (CUDA).
@@ -52,6 +56,14 @@ pub struct BenchScanArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+/// Arguments of `hymba-eval bench scan`.
+#[derive(clap::Args, Debug)]
+pub struct BenchScanArgs {
+    /// Backend, device and output file.
+    #[command(flatten)]
+    pub target: BenchTarget,
     /// `full`: Hymba's shapes (batch 8 × seq 2048 × d_inner 3200 and 1024, batch 4 × seq 8192
     /// × d_inner 3200; state 16). `quick`: small shapes that run on a CPU in seconds.
     #[arg(long, default_value = "full")]
@@ -402,7 +414,7 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 /// Runs `hymba-eval bench scan`: prints a table, and writes JSON with `--out`.
 pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
-    let kind: BackendKind = args.backend.parse()?;
+    let kind: BackendKind = args.target.backend.parse()?;
     let shapes = match args.shapes.as_str() {
         "full" => FULL_SHAPES.to_vec(),
         "quick" => QUICK_SHAPES.to_vec(),
@@ -430,10 +442,10 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
         reference: !args.no_reference,
         reference_budget: args.reference_budget_gb * 1e9,
     };
-    let (device, mut rows) = run_on(kind, args.device, job)?;
+    let (device, mut rows) = run_on(kind, args.target.device, job)?;
     let peak = args.peak_gbps.or_else(|| {
-        (kind == BackendKind::Cuda)
-            .then(|| detect_peak_gbps(args.device))
+        matches!(kind, BackendKind::Cuda | BackendKind::CudaRaw)
+            .then(|| detect_peak_gbps(args.target.device))
             .flatten()
     });
     for row in &mut rows {
@@ -506,7 +518,7 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
     {
         println!("* reference backward timed on a prefix of the sequence and scaled to its length");
     }
-    if let Some(path) = &args.out {
+    if let Some(path) = &args.target.out {
         write_json(path, &report)?;
     }
     Ok(report)

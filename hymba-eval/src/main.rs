@@ -33,7 +33,7 @@ enum Command {
     /// Token-weighted perplexity on held-out shards, with sliding windows.
     Ppl(PplArgs),
     /// Benchmarks: `bench scan` times the selective-scan kernels, `bench matmul` the
-    /// projections' matmul.
+    /// projections' matmul, `bench cache` sizes the generation cache.
     #[command(subcommand)]
     Bench(hymba_eval::bench_scan::BenchCommand),
 }
@@ -521,6 +521,11 @@ fn main() -> ExitCode {
         }
         Command::Bench(hymba_eval::bench_scan::BenchCommand::Matmul(args)) => {
             hymba_eval::bench_matmul::run(args)
+                .map(drop)
+                .map_err(Into::into)
+        }
+        Command::Bench(hymba_eval::bench_scan::BenchCommand::Cache(args)) => {
+            hymba_eval::bench_cache::run(args)
                 .map(drop)
                 .map_err(Into::into)
         }

@@ -35,10 +35,16 @@ fn sliding_windows_score_every_token_once_with_enough_context() {
             }
         }
         assert_eq!(scored[0], 0, "the first token has no context");
-        assert!(scored.iter().all(|&c| c <= 1), "a token scored twice: {scored:?}");
+        assert!(
+            scored.iter().all(|&c| c <= 1),
+            "a token scored twice: {scored:?}"
+        );
         let unscored = scored[1..].iter().filter(|&&c| c == 0).count();
         if stride < seq {
-            assert_eq!(unscored, 0, "len {len} seq {seq} stride {stride}: {scored:?}");
+            assert_eq!(
+                unscored, 0,
+                "len {len} seq {seq} stride {stride}: {scored:?}"
+            );
         } else {
             // Plain chunking skips (at most) each window's first token.
             assert!(unscored < plan.len(), "{scored:?}");

@@ -266,7 +266,7 @@ where
     );
     let peak_tflops = match (run.peak_tflops, job.backend) {
         (p, _) if p > 0.0 => p,
-        (_, BackendKind::Cuda) => 989.0,
+        (_, BackendKind::Cuda | BackendKind::CudaRaw) => 989.0,
         _ => 0.0,
     };
     let strategy = LmStrategy::<B> {

@@ -1,4 +1,4 @@
-//! The backend-swap flag: `--backend ndarray|wgpu|cuda` picks, at run time, which
+//! The backend-swap flag: `--backend ndarray|wgpu|cuda|cuda-raw` picks, at run time, which
 //! monomorphised copy of the generic code runs. Each backend is a cargo feature, because
 //! every backend compiled in re-monomorphises the model and trainer.
 
@@ -18,6 +18,10 @@ pub enum BackendKind {
     Wgpu,
     /// burn's CUDA backend (feature `cuda`).
     Cuda,
+    /// CUDA without burn's fusion layer (`CubeBackend<CudaRuntime>`, feature `cuda`): every
+    /// op is its own kernel. A fallback for burn-fusion 0.21 failures, and a baseline to
+    /// measure what fusion buys.
+    CudaRaw,
 }
 
 impl FromStr for BackendKind {
@@ -28,6 +32,7 @@ impl FromStr for BackendKind {
             "ndarray" | "cpu" => Ok(Self::NdArray),
             "wgpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
+            "cuda-raw" => Ok(Self::CudaRaw),
             other => Err(HymbaError::UnknownBackend(other.to_string())),
         }
     }
@@ -39,6 +44,7 @@ impl fmt::Display for BackendKind {
             Self::NdArray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
+            Self::CudaRaw => "cuda-raw",
         })
     }
 }
@@ -65,17 +71,25 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => Ok(runner
             .run::<burn::backend::Cuda<f32, i32>>(burn::backend::cuda::CudaDevice::new(device))),
+        #[cfg(feature = "cuda")]
+        BackendKind::CudaRaw => Ok(runner.run::<burn_cubecl::CubeBackend<
+            cubecl::cuda::CudaRuntime,
+            f32,
+            i32,
+            u8,
+        >>(burn::backend::cuda::CudaDevice::new(device))),
         #[allow(unreachable_patterns)]
         other => Err(HymbaError::BackendNotCompiled {
             backend: match other {
                 BackendKind::NdArray => "ndarray",
                 BackendKind::Wgpu => "wgpu",
                 BackendKind::Cuda => "cuda",
+                BackendKind::CudaRaw => "cuda-raw",
             },
             feature: match other {
                 BackendKind::NdArray => "ndarray",
                 BackendKind::Wgpu => "wgpu",
-                BackendKind::Cuda => "cuda",
+                BackendKind::Cuda | BackendKind::CudaRaw => "cuda",
             },
         }),
     }

@@ -42,7 +42,7 @@ pub enum HymbaError {
         feature: &'static str,
     },
     /// A backend name that does not exist.
-    #[error("unknown backend `{0}` (expected ndarray, wgpu or cuda)")]
+    #[error("unknown backend `{0}` (expected ndarray, wgpu, cuda or cuda-raw)")]
     UnknownBackend(String),
     /// A checkpoint file cannot be used as a whole: not valid safetensors (e.g. truncated),
     /// a malformed `model.safetensors.index.json`, no weight file in the directory.
