@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod flops;
 pub mod metrics;

@@ -51,10 +51,25 @@ pub fn matmul<B: MatmulBackend, const D: usize>(
     lhs: Tensor<B, D>,
     rhs: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(B::fast_matmul(
-        lhs.into_primitive().tensor(),
-        rhs.into_primitive().tensor(),
-    )))
+    let op = |l: Tensor<B, D>, r: Tensor<B, D>| -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(B::fast_matmul(
+            l.into_primitive().tensor(),
+            r.into_primitive().tensor(),
+        )))
+    };
+    // A batch of single rows against a weight broadcast over that batch (every decode step:
+    // `[b, 1, k] · [1, k, n]`) is one `[1, b, k] · [1, k, n]` product, as `Tensor::matmul`
+    // does it. Besides being faster, this matters: burn 0.21's raw `float_matmul` on wgpu
+    // gets the batched vector × broadcast matrix case wrong (max |diff| 0.69 on the tiny
+    // model's decode logits, `tests/wgpu.rs`).
+    if D >= 3 {
+        let (batch, rows) = (D - 3, D - 2);
+        let (l, r) = (lhs.dims(), rhs.dims());
+        if l[rows] == 1 && l[batch] > 1 && r[batch] == 1 {
+            return op(lhs.swap_dims(batch, rows), rhs).swap_dims(batch, rows);
+        }
+    }
+    op(lhs, rhs)
 }
 
 #[cfg(feature = "ndarray")]
