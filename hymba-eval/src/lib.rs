@@ -10,4 +10,5 @@ pub mod check;
 pub mod checkpoint;
 pub mod generate;
 pub mod ppl;
+pub mod recall;
 pub mod tasks;

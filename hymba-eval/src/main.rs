@@ -32,6 +32,9 @@ enum Command {
     Tasks(TasksArgs),
     /// Token-weighted perplexity on held-out shards, with sliding windows.
     Ppl(PplArgs),
+    /// In-context recall: synthetic phone-book lookup at given distances, or extractive QA
+    /// (exact match / F1) on a recall JSONL file.
+    Recall(RecallArgs),
     /// Benchmarks: `bench scan` times the selective-scan kernels, `bench matmul` the
     /// projections' matmul, `bench cache` sizes the generation cache.
     #[command(subcommand)]
@@ -337,15 +340,8 @@ fn thousands(n: usize) -> String {
 struct TasksArgs {
     #[command(flatten)]
     backend: BackendArgs,
-    /// A checkpoint directory (config.json + safetensors + tokenizer.json).
-    #[arg(long, value_name = "DIR", required_unless_present = "preset")]
-    model: Option<PathBuf>,
-    /// Random weights of this preset instead (needs --tokenizer); for smoke tests.
-    #[arg(long, conflicts_with = "model", requires = "tokenizer")]
-    preset: Option<String>,
-    /// The tokenizer.json to use instead of the checkpoint's.
-    #[arg(long, value_name = "FILE")]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    weights: EvalModelArgs,
     /// JSONL files in the multiple-choice format (`{"context", "choices", "gold"}`), e.g.
     /// ../shared/data/eval/*.jsonl.
     #[arg(required = true, value_name = "FILE")]
@@ -362,9 +358,54 @@ struct TasksArgs {
     /// Write the scores as JSON to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Seed of the random weights (--preset).
+}
+
+/// Which model an evaluation runs, and its tokenizer.
+#[derive(Args, Debug)]
+struct EvalModelArgs {
+    /// A checkpoint directory (config.json + safetensors + tokenizer.json).
+    #[arg(long, value_name = "DIR", required_unless_present = "preset")]
+    model: Option<PathBuf>,
+    /// Random weights of this preset instead (needs --tokenizer); for smoke tests.
+    #[arg(long, conflicts_with = "model", requires = "tokenizer")]
+    preset: Option<String>,
+    /// The tokenizer.json to use instead of the checkpoint's.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Seed of the random weights (--preset), and of synthetic data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl EvalModelArgs {
+    /// The model and tokenizer of `--model DIR` (its tokenizer.json unless `--tokenizer`),
+    /// or random weights of `--preset` with `--tokenizer` (the vocabulary grown to fit it).
+    fn load(&self) -> Result<(Weights, hymba_datasets::Tokenizer)> {
+        Ok(match (&self.model, &self.preset) {
+            (Some(dir), _) => (
+                Weights::Pretrained(dir.clone()),
+                checkpoint_tokenizer(dir, self.tokenizer.as_deref())?,
+            ),
+            (None, Some(preset)) => {
+                let path = self
+                    .tokenizer
+                    .as_deref()
+                    .context("--preset needs --tokenizer")?;
+                let tok = hymba_datasets::Tokenizer::from_file(path)?;
+                let mut config = HymbaConfig::preset(preset)?;
+                config.vocab_size = config.vocab_size.max(tok.vocab_size());
+                let config = Box::new(config);
+                (
+                    Weights::Random {
+                        config,
+                        seed: self.seed,
+                    },
+                    tok,
+                )
+            }
+            (None, None) => bail!("give --model DIR or --preset NAME"),
+        })
+    }
 }
 
 fn tasks(args: TasksArgs) -> Result<()> {
@@ -373,30 +414,7 @@ fn tasks(args: TasksArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let (weights, tok) = match (&args.model, &args.preset) {
-        (Some(dir), _) => (
-            Weights::Pretrained(dir.clone()),
-            checkpoint_tokenizer(dir, args.tokenizer.as_deref())?,
-        ),
-        (None, Some(preset)) => {
-            let path = args
-                .tokenizer
-                .as_deref()
-                .context("--preset needs --tokenizer")?;
-            let tok = hymba_datasets::Tokenizer::from_file(path)?;
-            let mut config = HymbaConfig::preset(preset)?;
-            config.vocab_size = config.vocab_size.max(tok.vocab_size());
-            let config = Box::new(config);
-            (
-                Weights::Random {
-                    config,
-                    seed: args.seed,
-                },
-                tok,
-            )
-        }
-        (None, None) => bail!("give --model DIR or --preset NAME"),
-    };
+    let (weights, tok) = args.weights.load()?;
     let mut loaded = Vec::new();
     for file in &args.files {
         let task = tasks::load_task(file, &tok, args.limit, args.strict)
@@ -505,6 +523,125 @@ fn ppl(args: PplArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("mode").required(true).args(["file", "phonebook"])))]
+struct RecallArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    weights: EvalModelArgs,
+    /// Extractive QA on this JSONL (`{"context", "question", "answers"}`).
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Synthetic phone-book lookup instead.
+    #[arg(long)]
+    phonebook: bool,
+    /// Phone-book entries per prompt (at most 24).
+    #[arg(long, default_value_t = 20)]
+    entries: usize,
+    /// Distances (lines between the queried entry and the question), comma separated.
+    #[arg(long, default_value = "1,5,10,20")]
+    distances: String,
+    /// Phone-book queries per distance, or QA questions at most.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Tokens to generate per answer.
+    #[arg(long, default_value_t = 16)]
+    max_new_tokens: usize,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Write the scores as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+fn recall(args: RecallArgs) -> Result<()> {
+    use hymba_eval::recall::{self as rc, PhonebookRow};
+    if args.batch_size == 0 || args.limit == 0 {
+        bail!("--batch-size and --limit must be positive");
+    }
+    let (weights, tok) = args.weights.load()?;
+    let kind: BackendKind = args.backend.backend.parse()?;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let generate = |prompts: &[String]| -> Result<Vec<String>> {
+        let ids = prompts
+            .iter()
+            .map(|p| tok.encode(p, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let job = rc::RecallJob {
+            weights: weights.clone(),
+            prompts: ids,
+            max_new_tokens: args.max_new_tokens,
+            stop_ids: vec![tok.eos_id()],
+            batch_size: args.batch_size,
+            progress,
+        };
+        let out = run_on(kind, args.backend.device, job)??;
+        out.iter()
+            .map(|t| Ok(rc::first_line(&tok.decode(t)?)))
+            .collect()
+    };
+    let json = if let Some(file) = &args.file {
+        let records = hymba_datasets::read_jsonl::<hymba_datasets::RecallExample>(file, false)
+            .with_context(|| format!("recall file {}", file.display()))?;
+        for s in &records.skipped {
+            eprintln!("warning: {}: skipped {s}", file.display());
+        }
+        let examples: Vec<_> = records.records.into_iter().take(args.limit).collect();
+        if examples.is_empty() {
+            bail!("{}: no usable questions", file.display());
+        }
+        let prompts: Vec<String> = examples.iter().map(|e| e.prompt()).collect();
+        let predictions = generate(&prompts)?;
+        let (em, f1) = rc::qa_scores(&examples, &predictions);
+        println!(
+            "{} questions: exact match {em:.4}, F1 {f1:.4}",
+            examples.len()
+        );
+        serde_json::json!({"file": file, "n": examples.len(), "exact_match": em, "f1": f1})
+    } else {
+        let distances = args
+            .distances
+            .split(',')
+            .map(|d| d.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("--distances")?;
+        let mut rows = Vec::new();
+        for &distance in &distances {
+            let items = (0..args.limit as u64)
+                .map(|q| rc::phonebook(args.entries, distance, args.weights.seed * 1_000_003 + q))
+                .collect::<Option<Vec<_>>>()
+                .with_context(|| {
+                    format!("distance {distance} needs 1 ≤ distance ≤ --entries ≤ 24")
+                })?;
+            let prompts: Vec<String> = items.iter().map(|i| i.prompt.clone()).collect();
+            let predictions = generate(&prompts)?;
+            let right = items
+                .iter()
+                .zip(&predictions)
+                .filter(|(i, p)| i.answer.trim() == p.as_str())
+                .count();
+            rows.push(PhonebookRow {
+                distance,
+                n: items.len(),
+                accuracy: right as f64 / items.len() as f64,
+            });
+        }
+        println!("{:>9} {:>5} {:>9}", "distance", "n", "accuracy");
+        for r in &rows {
+            println!("{:>9} {:>5} {:>9.3}", r.distance, r.n, r.accuracy);
+        }
+        serde_json::json!({"entries": args.entries, "rows": rows})
+    };
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -514,6 +651,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Tasks(args) => tasks(args),
         Command::Ppl(args) => ppl(args),
+        Command::Recall(args) => recall(args),
         Command::Bench(hymba_eval::bench_scan::BenchCommand::Scan(args)) => {
             hymba_eval::bench_scan::run(args)
                 .map(drop)
