@@ -47,6 +47,15 @@ type Bare = gpu::Bare;
 
 const TOL: f32 = 1e-4;
 
+/// The whole-model gradient check's tolerance. On CUDA, burn's f32 matmul (which the small
+/// products of the tiny model use, below the cuBLAS threshold) runs in TF32 (10-bit
+/// mantissa): on an H100 the worst gradient differed from ndarray's by 1.1e-4 at scale
+/// 0.098. The scan kernels themselves are held to `TOL` by the tests above.
+#[cfg(feature = "cuda")]
+const MODEL_GRAD_TOL: f32 = 5e-3;
+#[cfg(not(feature = "cuda"))]
+const MODEL_GRAD_TOL: f32 = TOL;
+
 /// The kernel variant is process-wide: tests that pick one hold this lock.
 static VARIANT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -443,7 +452,7 @@ fn model_on_autodiff_gpu_equals_ndarray() {
             .zip(&w)
             .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(
-            diff <= TOL * scale.max(1.0),
+            diff <= MODEL_GRAD_TOL * scale.max(1.0),
             "parameter {i} {shape:?}: max |diff| {diff} (scale {scale})"
         );
     }
