@@ -224,6 +224,12 @@ pub fn run(args: BenchCacheArgs) -> Result<Vec<CacheRow>, BenchError> {
             "--context and --bytes must be positive".into(),
         ));
     }
+    // The measurement prefills `context − 1` tokens and decodes the last one.
+    if args.measure_preset.is_some() && contexts.contains(&1) {
+        return Err(BenchError::Arg(
+            "--measure-preset needs every --context to be at least 2".into(),
+        ));
+    }
     let measured = match &args.measure_preset {
         None => None,
         Some(preset) => {

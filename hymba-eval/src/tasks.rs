@@ -47,23 +47,31 @@ pub fn load_task(
     strict: bool,
 ) -> Result<McTask, DataError> {
     let records = read_jsonl::<McExample>(path, strict)?;
+    let lines = record_lines(path, &records.skipped)?;
     let mut skipped = records.skipped;
     let mut items = Vec::new();
     for (i, ex) in records.records.into_iter().enumerate() {
         if limit.is_some_and(|n| items.len() >= n) {
             break;
         }
+        // The two passes over the file agree; fall back to the record number if they do not.
+        let line = lines.get(i).copied().unwrap_or(i + 1);
         match tokenize(&ex, tok) {
             Ok(choices) => items.push(McItem {
                 choices,
                 gold: ex.gold,
             }),
-            // Record numbers, not line numbers, past the parser: say which record.
             Err(e) if !strict => skipped.push(SkippedLine {
-                line: i + 1,
-                reason: format!("record {}: {e}", i + 1),
+                line,
+                reason: e.to_string(),
             }),
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(DataError::Invalid(format!(
+                    "{}:{}: {e}",
+                    path.display(),
+                    line
+                )));
+            }
         }
     }
     let name = path
@@ -75,6 +83,19 @@ pub fn load_task(
         items,
         skipped,
     })
+}
+
+/// The 1-based line of every parsed record: the non-blank lines that were not skipped.
+fn record_lines(path: &Path, skipped: &[SkippedLine]) -> Result<Vec<usize>, DataError> {
+    use std::io::BufRead;
+    let mut out = Vec::new();
+    for (i, line) in hymba_datasets::input::open_text(path)?.lines().enumerate() {
+        let blank = line.is_ok_and(|l| l.trim().is_empty());
+        if !blank && !skipped.iter().any(|s| s.line == i + 1) {
+            out.push(i + 1);
+        }
+    }
+    Ok(out)
 }
 
 fn tokenize(ex: &McExample, tok: &Tokenizer) -> Result<Vec<(ScoredSequence, usize)>, DataError> {
