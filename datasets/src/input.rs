@@ -264,7 +264,7 @@ pub fn for_each_document(
                 &name,
                 opts.strict,
                 skipped,
-                |line| match text_field(line, &opts.text_field) {
+                |_, line| match text_field(line, &opts.text_field) {
                     Ok(text) => emit(text).map(Ok),
                     Err(reason) => Ok(Err(reason)),
                 },

@@ -41,6 +41,8 @@ pub struct JsonlRecords<T> {
     pub records: Vec<T>,
     /// Lines that were skipped (always empty in strict mode).
     pub skipped: Vec<SkippedLine>,
+    /// 1-based line number of each record, so later stages can report problems by line.
+    pub lines: Vec<usize>,
 }
 
 /// Reads and validates every record of a `.jsonl` (or `.jsonl.gz`) file.
@@ -65,17 +67,21 @@ pub fn parse_jsonl<T: DeserializeOwned + Validate>(
     let mut out = JsonlRecords {
         records: Vec::new(),
         skipped: Vec::new(),
+        lines: Vec::new(),
     };
-    for_each_jsonl_line(reader, source_name, strict, &mut out.skipped, |line| {
+    for_each_jsonl_line(reader, source_name, strict, &mut out.skipped, |no, line| {
         let parsed = serde_json::from_str::<T>(line)
             .map_err(json_message)
             .and_then(|record| record.validate().map(|()| record));
-        Ok(parsed.map(|record| out.records.push(record)))
+        Ok(parsed.map(|record| {
+            out.records.push(record);
+            out.lines.push(no);
+        }))
     })?;
     Ok(out)
 }
 
-/// Calls `f` on every non-blank line. A line `f` rejects with `Ok(Err(reason))` (or one
+/// Calls `f(line_number, text)` on every non-blank line. A line `f` rejects with `Ok(Err(reason))` (or one
 /// that is not UTF-8) is pushed to `skipped`, or returned as an error in strict mode. I/O
 /// errors and `f`'s own `Err` always fail.
 pub(crate) fn for_each_jsonl_line(
@@ -83,7 +89,7 @@ pub(crate) fn for_each_jsonl_line(
     source_name: &str,
     strict: bool,
     skipped: &mut Vec<SkippedLine>,
-    mut f: impl FnMut(&str) -> Result<std::result::Result<(), String>>,
+    mut f: impl FnMut(usize, &str) -> Result<std::result::Result<(), String>>,
 ) -> Result<()> {
     let mut buf = Vec::new();
     let mut line_no = 0usize;
@@ -98,7 +104,7 @@ pub(crate) fn for_each_jsonl_line(
         line_no += 1;
         let result = match std::str::from_utf8(&buf) {
             Ok(line) if line.trim().is_empty() => continue,
-            Ok(line) => f(line.trim_end_matches(['\n', '\r']))?,
+            Ok(line) => f(line_no, line.trim_end_matches(['\n', '\r']))?,
             Err(e) => Err(format!("not valid UTF-8 ({e})")),
         };
         if let Err(reason) = result {
@@ -151,6 +157,7 @@ mod tests {
     fn lenient_mode_skips_and_reports_line_numbers() {
         let r: JsonlRecords<Rec> = parse_jsonl(DATA.as_bytes(), "mem", false).unwrap();
         assert_eq!(r.records, vec![Rec { x: 1 }, Rec { x: 3 }]);
+        assert_eq!(r.lines, vec![1, 5]);
         assert_eq!(r.skipped.len(), 2);
         assert_eq!(r.skipped[0].line, 3);
         assert!(r.skipped[0].reason.contains("column"), "{}", r.skipped[0]);

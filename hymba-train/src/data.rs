@@ -1,6 +1,8 @@
-//! Token windows from memory-mapped shards, as next-token batches for the trainer.
+//! Training items as next-token batches for the trainer: token windows from memory-mapped
+//! shards (pretraining), packed chat sequences with a loss mask (SFT), and preference pairs
+//! with their reference log-probs (DPO).
 //!
-//! Training draws windows from a resumable [`WindowSampler`] held by the strategy (its
+//! Training draws items from a resumable [`WindowSampler`] held by the strategy (its
 //! position is part of every checkpoint); validation iterates a fixed list through a burn
 //! `DataLoader`, which is also what the dashboard's progress bar counts.
 
@@ -8,43 +10,147 @@ use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::prelude::*;
-use hymba_datasets::{DataError, WindowDataset};
+use hymba_datasets::{DpoPair, MaskedTokens, WindowDataset};
 
-use crate::model::LmBatch;
+use crate::error::TrainError;
+use crate::model::{LmBatch, Preference};
 
-/// Reads windows `indices` into one batch `[indices.len(), seq_len + 1]`.
-pub fn make_batch<B: Backend>(
-    dataset: &WindowDataset,
-    indices: &[usize],
-    scale: f32,
-    device: &B::Device,
-) -> Result<LmBatch<B>, DataError> {
-    let width = dataset.seq_len() + 1;
-    let mut buf = vec![0u32; width];
-    let mut ids = Vec::with_capacity(indices.len() * width);
-    for &i in indices {
-        dataset.window_into(i, &mut buf)?;
-        ids.extend(buf.iter().map(|&t| t as i64));
-    }
-    Ok(LmBatch {
-        ids: Tensor::from_data(TensorData::new(ids, [indices.len(), width]), device),
-        loss_mask: None,
-        scale,
-    })
+/// A preference pair and the frozen reference model's summed response log-probs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredPair {
+    /// Both tokenized sides.
+    pub pair: DpoPair,
+    /// `log π_ref(chosen response | prompt)`.
+    pub reference_chosen: f64,
+    /// `log π_ref(rejected response | prompt)`.
+    pub reference_rejected: f64,
 }
 
-/// A burn `DataLoader` over a fixed list of windows.
-pub struct WindowLoader<B: Backend> {
-    dataset: Arc<WindowDataset>,
+/// What a run trains on; every variant is a list of items addressed by index.
+#[derive(Debug)]
+pub enum TrainData {
+    /// Pretraining: `seq_len + 1`-token windows, loss on every target.
+    Windows(WindowDataset),
+    /// SFT: packed sequences of `seq_len + 1` tokens with the assistant-only loss mask.
+    Packed(Vec<MaskedTokens>),
+    /// DPO: preference pairs, one item per pair.
+    Pairs {
+        /// The pairs.
+        pairs: Vec<ScoredPair>,
+        /// DPO's β.
+        beta: f64,
+    },
+}
+
+impl TrainData {
+    /// Number of items (windows, packed sequences or pairs).
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Windows(w) => w.len(),
+            Self::Packed(p) => p.len(),
+            Self::Pairs { pairs, .. } => pairs.len(),
+        }
+    }
+
+    /// Whether there is no item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Items `indices` as one batch whose loss is multiplied by `scale`.
+    ///
+    /// A batch of pairs has `2·P` rows, the chosen sides first, right-padded to the longest
+    /// (causal attention never sees the padding, and the mask gives it no weight).
+    pub fn batch<B: Backend>(
+        &self,
+        indices: &[usize],
+        scale: f32,
+        device: &B::Device,
+    ) -> Result<LmBatch<B>, TrainError> {
+        let rows: Vec<MaskedTokens> = match self {
+            Self::Windows(w) => {
+                let mut rows = Vec::with_capacity(indices.len());
+                for &i in indices {
+                    let ids = w.window(i)?;
+                    rows.push(MaskedTokens {
+                        mask: vec![1; ids.len()],
+                        ids,
+                    });
+                }
+                let mut batch = rows_to_batch::<B>(&rows, 0, device);
+                batch.loss_mask = None;
+                batch.scale = scale;
+                return Ok(batch);
+            }
+            Self::Packed(p) => indices.iter().map(|&i| p[i].clone()).collect(),
+            Self::Pairs { pairs, beta } => {
+                let chosen = indices.iter().map(|&i| pairs[i].pair.chosen.clone());
+                let rejected = indices.iter().map(|&i| pairs[i].pair.rejected.clone());
+                let rows: Vec<MaskedTokens> = chosen.chain(rejected).collect();
+                let reference: Vec<f32> = indices
+                    .iter()
+                    .map(|&i| pairs[i].reference_chosen as f32)
+                    .chain(indices.iter().map(|&i| pairs[i].reference_rejected as f32))
+                    .collect();
+                let n = reference.len();
+                let mut batch = rows_to_batch::<B>(&rows, 0, device);
+                batch.preference = Some(Preference {
+                    reference: Tensor::from_data(TensorData::new(reference, [n]), device),
+                    beta: *beta,
+                });
+                batch.scale = scale;
+                return Ok(batch);
+            }
+        };
+        let mut batch = rows_to_batch::<B>(&rows, 0, device);
+        batch.scale = scale;
+        Ok(batch)
+    }
+}
+
+/// Rows of tokens as a batch: right-padded with `pad_id` to the longest row, the targets'
+/// weights `mask[1..]` as the loss mask.
+pub fn rows_to_batch<B: Backend>(
+    rows: &[MaskedTokens],
+    pad_id: u32,
+    device: &B::Device,
+) -> LmBatch<B> {
+    let width = rows.iter().map(MaskedTokens::len).max().unwrap_or(2).max(2);
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * (width - 1));
+    let mut targets = 0;
+    for r in rows {
+        ids.extend(r.ids.iter().map(|&t| i64::from(t)));
+        ids.extend(std::iter::repeat_n(i64::from(pad_id), width - r.len()));
+        let m = r.mask.iter().skip(1).map(|&m| f32::from(m));
+        mask.extend(m.chain(std::iter::repeat(0.0)).take(width - 1));
+        targets += r.mask.iter().skip(1).filter(|&&m| m != 0).count();
+    }
+    let n = rows.len();
+    LmBatch {
+        ids: Tensor::from_data(TensorData::new(ids, [n, width]), device),
+        loss_mask: Some(Tensor::from_data(
+            TensorData::new(mask, [n, width - 1]),
+            device,
+        )),
+        targets,
+        preference: None,
+        scale: 1.0,
+    }
+}
+
+/// A burn `DataLoader` over a fixed list of items.
+pub struct BatchLoader<B: Backend> {
+    dataset: Arc<TrainData>,
     indices: Arc<Vec<usize>>,
     batch_size: usize,
     device: B::Device,
 }
 
-impl<B: Backend> WindowLoader<B> {
-    /// Serves windows `indices` in order, `batch_size` at a time.
+impl<B: Backend> BatchLoader<B> {
+    /// Serves items `indices` in order, `batch_size` at a time.
     pub fn new(
-        dataset: Arc<WindowDataset>,
+        dataset: Arc<TrainData>,
         indices: Vec<usize>,
         batch_size: usize,
         device: B::Device,
@@ -58,12 +164,12 @@ impl<B: Backend> WindowLoader<B> {
     }
 }
 
-struct WindowIter<'a, B: Backend> {
-    loader: &'a WindowLoader<B>,
+struct BatchIter<'a, B: Backend> {
+    loader: &'a BatchLoader<B>,
     next: usize,
 }
 
-impl<B: Backend> Iterator for WindowIter<'_, B> {
+impl<B: Backend> Iterator for BatchIter<'_, B> {
     type Item = LmBatch<B>;
 
     fn next(&mut self) -> Option<LmBatch<B>> {
@@ -72,7 +178,7 @@ impl<B: Backend> Iterator for WindowIter<'_, B> {
             return None;
         }
         let end = (self.next + l.batch_size).min(l.indices.len());
-        let batch = make_batch(&l.dataset, &l.indices[self.next..end], 1.0, &l.device);
+        let batch = l.dataset.batch(&l.indices[self.next..end], 1.0, &l.device);
         self.next = end;
         // Shards are checked when opened; a read failing now means the files changed under
         // us, which ends the pass rather than panicking.
@@ -80,7 +186,7 @@ impl<B: Backend> Iterator for WindowIter<'_, B> {
     }
 }
 
-impl<B: Backend> DataLoaderIterator<LmBatch<B>> for WindowIter<'_, B> {
+impl<B: Backend> DataLoaderIterator<LmBatch<B>> for BatchIter<'_, B> {
     fn progress(&self) -> Progress {
         Progress {
             items_processed: self.next,
@@ -89,9 +195,9 @@ impl<B: Backend> DataLoaderIterator<LmBatch<B>> for WindowIter<'_, B> {
     }
 }
 
-impl<B: Backend> DataLoader<B, LmBatch<B>> for WindowLoader<B> {
+impl<B: Backend> DataLoader<B, LmBatch<B>> for BatchLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
-        Box::new(WindowIter {
+        Box::new(BatchIter {
             loader: self,
             next: 0,
         })

@@ -1,7 +1,7 @@
 //! # hymba-train
 //!
-//! Pretraining (and, later, SFT and DPO) of Hymba models on burn-train's `Learner`, with a
-//! custom LM training strategy: optimizer-step checkpoints with exact resume, averaged
+//! Pretraining, SFT and DPO of Hymba models on burn-train's `Learner`, with one custom LM
+//! training strategy for all three: optimizer-step checkpoints with exact resume, averaged
 //! gradient accumulation, global-norm clipping, WSD/cosine schedules, tokens/s and MFU.
 
 pub mod checkpoint;
@@ -9,15 +9,16 @@ pub mod data;
 pub mod dpo;
 pub mod error;
 pub mod flops;
+pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod optim;
-pub mod pretrain;
+pub mod posttrain;
 pub mod renderer;
 pub mod run_config;
 pub mod schedule;
 pub mod strategy;
 
 pub use error::TrainError;
-pub use pretrain::{PretrainJob, PretrainReport};
-pub use run_config::RunConfig;
+pub use job::{TrainJob, TrainReport};
+pub use run_config::{RunConfig, Stage};

@@ -1,14 +1,15 @@
-//! `hymba-train`: pretraining of Hymba models (SFT and DPO to come).
+//! `hymba-train`: pretraining, SFT and DPO of Hymba models.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use hymba::{BackendKind, run_on};
-use hymba_train::{PretrainJob, RunConfig};
+use hymba_train::{RunConfig, Stage, TrainJob};
 
-/// Train Hymba models on CPU (ndarray), wgpu or CUDA with burn-train's dashboard.
+/// Train Hymba models on CPU (ndarray), wgpu or CUDA with burn-train's dashboard: pretrain,
+/// then SFT, then DPO, each stage starting from the previous stage's output.
 #[derive(Parser, Debug)]
 #[command(name = "hymba-train", version, about, long_about = None)]
 struct Cli {
@@ -16,57 +17,87 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// What every stage takes.
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// TOML run config; every field has a default (see `RunConfig`), chosen per stage.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Backend: ndarray (CPU), wgpu, cuda or cuda-raw (the GPU ones need the cargo feature).
+    #[arg(long, default_value = "ndarray")]
+    backend: String,
+    /// Device index.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Continue from the newest checkpoint in the run's out_dir.
+    #[arg(long)]
+    resume: bool,
+    /// `key=value` overrides of the run config, e.g. `steps=100 optimizer.lr=1e-3`.
+    overrides: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Pretrain on token shards. With no arguments: a small Hymba on the embedded corpus, on
     /// the CPU, for a few minutes, ending with a saved model and generated samples.
     Pretrain {
-        /// TOML run config; every field has a default (see `RunConfig`).
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Supervised fine-tuning on chat JSONL (`data.jsonl=FILE`): Hymba's chat template, loss
+    /// on assistant tokens only, packed sequences, cosine schedule (lr 5e-5, one epoch).
+    Sft {
+        /// The model to start from: a model directory (config.json + safetensors, ours or
+        /// Hugging Face's) or a step checkpoint (`RUN/checkpoints/step-N`).
         #[arg(long)]
-        config: Option<PathBuf>,
-        /// Backend: ndarray (CPU), wgpu or cuda (the last two need the cargo feature).
-        #[arg(long, default_value = "ndarray")]
-        backend: String,
-        /// Device index.
-        #[arg(long, default_value_t = 0)]
-        device: usize,
-        /// Continue from the newest checkpoint in the run's out_dir.
+        init: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Direct preference optimisation on `{"prompt","chosen","rejected"}` JSONL
+    /// (`data.jsonl=FILE`): a reference pass of the `--init` model first (stored in
+    /// `OUT/data/`), then the DPO loss (β = 0.1, lr 3e-6, one epoch); reports held-out reward
+    /// accuracy.
+    Dpo {
+        /// The SFT model to start from (and the frozen reference).
         #[arg(long)]
-        resume: bool,
-        /// `key=value` overrides of the run config, e.g. `steps=100 optimizer.lr=1e-3`.
-        overrides: Vec<String>,
+        init: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunArgs,
     },
 }
 
-fn pretrain(
-    config: Option<PathBuf>,
-    backend: &str,
-    device: usize,
-    resume: bool,
-    overrides: &[String],
-) -> Result<()> {
-    let kind: BackendKind = backend.parse()?;
-    let config = RunConfig::load(config.as_deref(), overrides)?;
-    let job = PretrainJob {
+fn train(stage: Stage, args: RunArgs, init: Option<PathBuf>) -> Result<()> {
+    let kind: BackendKind = args.backend.parse()?;
+    let config = RunConfig::load(stage, args.config.as_deref(), &args.overrides)?;
+    let job = TrainJob {
+        stage,
         config,
-        resume,
+        resume: args.resume,
         backend: kind,
+        init,
     };
-    let report = run_on(kind, device, job)??;
+    let report = run_on(kind, args.device, job)??;
     println!("steps run:            {}", report.steps_run);
-    println!(
-        "final train loss:     {:.4} nats/token",
-        report.final_train_loss
-    );
-    println!(
-        "final valid loss:     {:.4} nats/token",
-        report.final_valid_loss
-    );
-    println!(
-        "unigram entropy:      {:.4} nats/token (validation tokens)",
-        report.unigram_entropy
-    );
+    println!("final train loss:     {:.4}", report.final_train_loss);
+    println!("final valid loss:     {:.4}", report.final_valid_loss);
+    if let Some(h) = report.unigram_entropy {
+        println!("unigram entropy:      {h:.4} nats/token (validation tokens)");
+    }
+    if let Some(a) = report.reference_accuracy {
+        println!(
+            "held-out preference:  {:.1} % of pairs where the reference (--init) model gives chosen the higher log-prob",
+            100.0 * a
+        );
+    }
+    if let Some(a) = report.valid_reward_accuracy {
+        println!(
+            "held-out reward acc.: {:.1} % after training (0 % at the start: every reward is 0)",
+            100.0 * a
+        );
+    }
     println!("median tokens/s:      {:.0}", report.tokens_per_sec);
+    println!("median step time:     {:.3} s", report.step_secs);
     println!("model saved to:       {}", report.model_dir.display());
     for (i, s) in report.samples.iter().enumerate() {
         println!("sample {i}: {s}");
@@ -77,20 +108,26 @@ fn pretrain(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => pretrain(None, "ndarray", 0, false, &[]),
-        Some(Command::Pretrain {
-            config,
-            backend,
-            device,
-            resume,
-            overrides,
-        }) => pretrain(config, &backend, device, resume, &overrides),
+        None => train(Stage::Pretrain, RunArgs::default_main(), None),
+        Some(Command::Pretrain { run }) => train(Stage::Pretrain, run, None),
+        Some(Command::Sft { init, run }) => train(Stage::Sft, run, init),
+        Some(Command::Dpo { init, run }) => train(Stage::Dpo, run, init),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl RunArgs {
+    /// The main job: all defaults on the CPU.
+    fn default_main() -> Self {
+        Self {
+            backend: "ndarray".into(),
+            ..Default::default()
         }
     }
 }

@@ -60,6 +60,22 @@ impl StatMetric {
     pub fn mfu() -> Self {
         Self::new("MFU", Some("%"), 2, true, |s| s.mfu_pct)
     }
+    /// DPO: share of pairs whose chosen reward beats the rejected one.
+    pub fn reward_accuracy() -> Self {
+        Self::new("Reward accuracy", None, 3, true, |s| s.dpo.reward_accuracy)
+    }
+    /// DPO: mean chosen − rejected reward.
+    pub fn reward_margin() -> Self {
+        Self::new("Reward margin", None, 4, true, |s| s.dpo.margin)
+    }
+    /// DPO: mean `β·(log π − log π_ref)` of the chosen responses.
+    pub fn chosen_reward() -> Self {
+        Self::new("Chosen reward", None, 4, true, |s| s.dpo.chosen_reward)
+    }
+    /// DPO: mean `β·(log π − log π_ref)` of the rejected responses.
+    pub fn rejected_reward() -> Self {
+        Self::new("Rejected reward", None, 4, false, |s| s.dpo.rejected_reward)
+    }
 }
 
 impl Metric for StatMetric {

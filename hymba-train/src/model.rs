@@ -1,6 +1,6 @@
 //! The bridge between a Hymba model and burn-train: a `LanguageModel` wrapper implementing
-//! `TrainStep`/`InferenceStep` on next-token batches, and the per-step statistics the
-//! dashboard shows.
+//! `TrainStep`/`InferenceStep` on next-token batches (pretraining, SFT) and preference
+//! batches (DPO), and the per-step statistics the dashboard shows.
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -8,25 +8,45 @@ use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 use hymba::{Hymba, HymbaBackend};
 
-/// A batch of token windows (`seq_len + 1` tokens each: inputs and shifted targets).
+use crate::dpo::{DpoStats, dpo_loss, response_logprobs};
+
+/// A batch of token rows (`T` tokens each: inputs `[.., ..T-1]`, targets `[.., 1..]`).
 #[derive(Debug, Clone)]
 pub struct LmBatch<B: Backend> {
-    /// `[batch, seq_len + 1]`
+    /// `[batch, T]`
     pub ids: Tensor<B, 2, Int>,
-    /// Weights of the targets `ids[:, 1..]` (`None` = all 1), `[batch, seq_len]`.
+    /// Weights of the targets `ids[:, 1..]` (`None` = all 1), `[batch, T - 1]`.
     pub loss_mask: Option<Tensor<B, 2>>,
+    /// Targets with non-zero weight (the token count of the loss).
+    pub targets: usize,
+    /// DPO: the rows are `P` chosen then `P` rejected sequences, the mask marks response
+    /// tokens, and the loss is DPO's instead of the next-token loss.
+    pub preference: Option<Preference<B>>,
     /// The loss is multiplied by this before backward: `1 / grad_accum`, so that summed
     /// micro-batch gradients are their average.
     pub scale: f32,
 }
 
+/// The DPO half of a preference batch.
+#[derive(Debug, Clone)]
+pub struct Preference<B: Backend> {
+    /// The reference model's summed response log-probs, in row order, `[2P]`.
+    pub reference: Tensor<B, 1>,
+    /// DPO's β.
+    pub beta: f64,
+}
+
 /// What one step reports (already on the host, so metrics never touch the device).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LmStats {
-    /// Mean next-token loss (nats).
+    /// Mean next-token loss (nats), or the DPO loss.
     pub loss: f64,
-    /// Target tokens in the batch.
+    /// Target tokens in the batch (DPO: pairs), the weight of this batch in averages.
     pub tokens: usize,
+    /// Input tokens processed (rows × (T − 1)); what tokens/s counts.
+    pub seq_tokens: usize,
+    /// DPO only: the batch's reward accuracy, margin and rewards.
+    pub dpo: DpoStats,
     /// Global gradient norm before clipping (training only).
     pub grad_norm: f64,
     /// Text tokens per second of the optimizer step (training only).
@@ -57,14 +77,41 @@ pub struct LanguageModel<B: Backend> {
 }
 
 impl<B: HymbaBackend> LanguageModel<B> {
-    /// Mean loss of a batch (scaled by `batch.scale`) and its host value.
+    /// Loss of a batch (scaled by `batch.scale`) and its host figures: the mean next-token
+    /// loss over weighted targets, or for a preference batch the DPO loss over its pairs.
     pub fn loss(&self, batch: LmBatch<B>) -> (Tensor<B, 1>, LmStats) {
-        let [b, t] = batch.ids.dims();
+        let [rows, t] = batch.ids.dims();
+        let seq_tokens = rows * (t - 1);
+        if let Some(pref) = batch.preference {
+            let pairs = rows / 2;
+            let mask = match batch.loss_mask {
+                Some(m) => m,
+                None => Tensor::ones([rows, t - 1], &batch.ids.device()),
+            };
+            let policy = response_logprobs(&self.hymba, batch.ids, mask);
+            let reference = pref.reference.cast(policy.dtype());
+            let (loss, dpo) = dpo_loss(
+                policy.clone().narrow(0, 0, pairs),
+                policy.narrow(0, pairs, pairs),
+                reference.clone().narrow(0, 0, pairs),
+                reference.narrow(0, pairs, pairs),
+                pref.beta,
+            );
+            let stats = LmStats {
+                loss: dpo.loss,
+                tokens: pairs,
+                seq_tokens,
+                dpo,
+                ..Default::default()
+            };
+            return (loss.mul_scalar(batch.scale), stats);
+        }
         let loss = self.hymba.forward_loss(batch.ids, batch.loss_mask);
         let value: f64 = loss.clone().into_scalar().elem();
         let stats = LmStats {
             loss: value,
-            tokens: b * (t - 1),
+            tokens: batch.targets,
+            seq_tokens,
             ..Default::default()
         };
         (loss.mul_scalar(batch.scale), stats)

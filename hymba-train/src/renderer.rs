@@ -11,6 +11,8 @@ use burn::train::renderer::{
 /// Prints `step N/T | metric value | …` lines.
 pub struct LineRenderer {
     every: usize,
+    /// Metric id → display name, from `register_metric`.
+    names: Vec<(String, String)>,
     train: Vec<(String, String)>,
     valid: Vec<(String, String)>,
 }
@@ -20,6 +22,7 @@ impl LineRenderer {
     pub fn new(every: usize) -> Self {
         Self {
             every: every.max(1),
+            names: Vec::new(),
             train: Vec::new(),
             valid: Vec::new(),
         }
@@ -38,10 +41,26 @@ fn record(into: &mut Vec<(String, String)>, state: MetricState) {
     }
 }
 
-fn line(metrics: &[(String, String)]) -> String {
+/// burn formats a value as `epoch <running mean> - batch <latest>`: a training line shows
+/// the latest step, a validation line the mean over the validation pass.
+fn pick(formatted: &str, running: bool) -> &str {
+    match formatted.split_once(" - batch ") {
+        Some((epoch, _)) if running => epoch.trim_start_matches("epoch ").trim(),
+        Some((_, batch)) => batch.trim(),
+        None => formatted,
+    }
+}
+
+fn line(names: &[(String, String)], metrics: &[(String, String)], running: bool) -> String {
     metrics
         .iter()
-        .map(|(_, v)| v.as_str())
+        .map(|(id, v)| {
+            let v = pick(v, running);
+            match names.iter().find(|(k, _)| k == id) {
+                Some((_, name)) => format!("{name} {v}"),
+                None => v.to_string(),
+            }
+        })
         .collect::<Vec<_>>()
         .join(" | ")
 }
@@ -63,7 +82,7 @@ impl MetricsRendererTraining for LineRenderer {
                 "step {}/{} | {}",
                 p.items_processed,
                 p.items_total,
-                line(&self.train)
+                line(&self.names, &self.train, false)
             );
         }
     }
@@ -75,7 +94,7 @@ impl MetricsRendererTraining for LineRenderer {
             println!(
                 "valid @ step {} | {}",
                 item.global_progress.items_processed,
-                line(&self.valid)
+                line(&self.names, &self.valid, true)
             );
         }
     }
@@ -90,5 +109,10 @@ impl MetricsRendererEvaluation for LineRenderer {
 impl MetricsRenderer for LineRenderer {
     fn manual_close(&mut self) {}
 
-    fn register_metric(&mut self, _: MetricDefinition) {}
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        let id = format!("{:?}", definition.metric_id);
+        if !self.names.iter().any(|(k, _)| *k == id) {
+            self.names.push((id, definition.name));
+        }
+    }
 }

@@ -1,6 +1,8 @@
-//! The TOML run config of `hymba-train pretrain`: every field documented and defaulted, so
-//! `hymba-train pretrain` with no config at all is the README's main job (a small Hymba on
-//! the embedded corpus, on the CPU, for a few minutes).
+//! The TOML run config of `hymba-train pretrain`, `sft` and `dpo`: every field documented
+//! and defaulted, so `hymba-train pretrain` with no config at all is the README's main job
+//! (a small Hymba on the embedded corpus, on the CPU, for a few minutes). The defaults
+//! depend on the [`Stage`]: SFT and DPO start from the paper's post-training settings
+//! (spec §7: cosine schedule, lr 5e-5 and 3e-6, one epoch).
 //!
 //! Unknown keys are errors (a typo must not silently train with a default), and
 //! `key=value` overrides from the command line address fields by dotted path
@@ -39,10 +41,21 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// A shard directory written by `hymba-datasets prepare`, or `"default"`: the embedded
-    /// corpus, tokenized into `<out_dir>/data` on first use.
+    /// Pretraining: a shard directory written by `hymba-datasets prepare`, or `"default"`:
+    /// the embedded corpus, tokenized into `<out_dir>/data` on first use.
     pub shards: String,
-    /// Tokens per training sequence (meta tokens come on top).
+    /// SFT and DPO: JSONL files, chat records (`{"messages": [{"role", "content"}…]}`) for
+    /// SFT and preference pairs (`{"prompt", "chosen", "rejected"}`) for DPO.
+    pub jsonl: Vec<PathBuf>,
+    /// SFT and DPO: fraction of the records held out for validation (every k-th record,
+    /// so the split does not depend on the seed).
+    pub val_fraction: f64,
+    /// SFT and DPO: read at most this many records (0 = all).
+    pub max_records: usize,
+    /// SFT and DPO: a `tokenizer.json`; by default the one beside the `--init` model.
+    pub tokenizer: Option<PathBuf>,
+    /// Tokens per training sequence (meta tokens come on top). SFT packs examples into
+    /// sequences of this length; DPO drops pairs longer than it (counted in the log).
     pub seq_len: usize,
 }
 
@@ -50,7 +63,62 @@ impl Default for DataSection {
     fn default() -> Self {
         Self {
             shards: "default".into(),
+            jsonl: Vec::new(),
+            val_fraction: 0.05,
+            max_records: 0,
+            tokenizer: None,
             seq_len: 64,
+        }
+    }
+}
+
+/// How a DPO prompt and response are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptStyle {
+    /// Hymba's chat template (a user turn, then the response as the assistant's turn).
+    Chat,
+    /// `prompt + "\n" + response`, for models without SFT.
+    Plain,
+}
+
+/// DPO settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpoSection {
+    /// β: the strength of the implicit KL penalty (rewards are `β·(log π − log π_ref)`).
+    pub beta: f64,
+    /// How prompt and response are joined.
+    pub prompt_format: PromptStyle,
+}
+
+impl Default for DpoSection {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            prompt_format: PromptStyle::Chat,
+        }
+    }
+}
+
+/// The training stage a run config is for; it picks the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Next-token pretraining on token shards.
+    Pretrain,
+    /// Supervised fine-tuning on chat JSONL, loss on assistant tokens only, packed.
+    Sft,
+    /// Direct preference optimisation on preference pairs.
+    Dpo,
+}
+
+impl Stage {
+    /// The subcommand's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pretrain => "pretrain",
+            Self::Sft => "sft",
+            Self::Dpo => "dpo",
         }
     }
 }
@@ -147,7 +215,8 @@ pub struct RunConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step (gradients are averaged).
     pub grad_accum: usize,
-    /// Optimizer steps to train for.
+    /// Optimizer steps to train for. SFT and DPO: 0 = one epoch over the training records
+    /// (the paper's setting).
     pub steps: usize,
     /// Optimizer settings.
     pub optimizer: OptimizerSection,
@@ -175,6 +244,8 @@ pub struct RunConfig {
     /// Print a log line every this many steps when stdout is not a terminal (a terminal
     /// gets burn's live dashboard instead).
     pub log_every: usize,
+    /// DPO settings (ignored by the other stages).
+    pub dpo: DpoSection,
 }
 
 impl Default for RunConfig {
@@ -198,34 +269,72 @@ impl Default for RunConfig {
             samples: 3,
             sample_tokens: 48,
             log_every: 10,
+            dpo: DpoSection::default(),
         }
     }
 }
 
 impl RunConfig {
-    /// Reads `path` (or the defaults when `None`), applies `key=value` overrides, validates.
-    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
-        let mut value = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
-                toml::from_str::<toml::Value>(&text)
-                    .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?
+    /// The defaults of `stage`: pretraining as [`Default`]; SFT and DPO as the paper's
+    /// post-training (cosine schedule, lr 5e-5 and 3e-6, one epoch, spec §7), with a
+    /// longer sequence for chat records and no weight decay.
+    pub fn defaults(stage: Stage) -> Self {
+        let mut c = Self::default();
+        if stage == Stage::Pretrain {
+            return c;
+        }
+        c.steps = 0;
+        c.data.seq_len = 256;
+        c.optimizer.weight_decay = 0.0;
+        c.optimizer.min_lr = 0.0;
+        c.schedule.kind = ScheduleKind::Cosine;
+        c.schedule.warmup_frac = 0.03;
+        c.valid_every = 0;
+        c.valid_batches = 0;
+        c.samples = 0;
+        match stage {
+            Stage::Sft => {
+                c.out_dir = PathBuf::from("runs/sft");
+                c.optimizer.lr = 5e-5;
             }
-            None => toml::Value::Table(Default::default()),
-        };
+            _ => {
+                c.out_dir = PathBuf::from("runs/dpo");
+                c.optimizer.lr = 3e-6;
+                c.batch_size = 4;
+                c.data.val_fraction = 0.2;
+                c.schedule.warmup_frac = 0.1;
+            }
+        }
+        c
+    }
+
+    /// Reads `path` over the defaults of `stage`, applies `key=value` overrides, validates.
+    pub fn load(
+        stage: Stage,
+        path: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self, TrainError> {
+        let mut value = toml::Value::try_from(Self::defaults(stage))
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
+            let file = toml::from_str::<toml::Value>(&text)
+                .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
+            merge(&mut value, file);
+        }
         for o in overrides {
             apply_override(&mut value, o)?;
         }
         let config: RunConfig = value
             .try_into()
             .map_err(|e: toml::de::Error| TrainError::Config(e.message().to_string()))?;
-        config.validate()?;
+        config.validate(stage)?;
         Ok(config)
     }
 
     /// Rejects settings that cannot train.
-    pub fn validate(&self) -> Result<(), TrainError> {
+    pub fn validate(&self, stage: Stage) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
         if self.batch_size == 0 {
             return bad("batch_size must be positive");
@@ -233,8 +342,20 @@ impl RunConfig {
         if self.grad_accum == 0 {
             return bad("grad_accum must be positive");
         }
-        if self.steps == 0 {
+        if self.steps == 0 && stage == Stage::Pretrain {
             return bad("steps must be positive");
+        }
+        if stage != Stage::Pretrain && self.data.jsonl.is_empty() {
+            return bad(&format!(
+                "{}: data.jsonl is empty; name the JSONL file(s) to train on",
+                stage.name()
+            ));
+        }
+        if !(0.0..1.0).contains(&self.data.val_fraction) {
+            return bad("data.val_fraction must be in [0, 1)");
+        }
+        if self.dpo.beta.is_nan() || self.dpo.beta <= 0.0 {
+            return bad("dpo.beta must be positive");
         }
         if self.data.seq_len < 2 {
             return bad("data.seq_len must be at least 2");
@@ -258,6 +379,23 @@ impl RunConfig {
     /// The resolved config as TOML (saved beside the checkpoints).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Lays the tables of `over` onto `base`, key by key (a file only names what it changes).
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
     }
 }
 

@@ -22,10 +22,11 @@ use burn::train::{
     TrainingItem, TrainingModel, ValidLoader,
 };
 use hymba::HymbaBackend;
-use hymba_datasets::{WindowDataset, WindowSampler};
+use hymba_datasets::WindowSampler;
 
 use crate::checkpoint::{self, TrainState};
-use crate::data::make_batch;
+use crate::data::TrainData;
+use crate::dpo::DpoStats;
 use crate::error::TrainError;
 use crate::model::{LanguageModel, LmStats};
 use crate::optim::{LmOptimizer, SnapshotHandle, clip_global_norm};
@@ -42,8 +43,12 @@ pub struct RunLog {
     pub train_loss: Vec<(usize, f64)>,
     /// `(step, validation loss)` per validation run.
     pub valid_loss: Vec<(usize, f64)>,
-    /// Mean text tokens/s over the run's steps.
+    /// DPO: `(step, held-out reward accuracy)` per validation run.
+    pub valid_reward_accuracy: Vec<(usize, f64)>,
+    /// Text tokens/s of each optimizer step.
     pub tokens_per_sec: Vec<f64>,
+    /// Wall seconds of each optimizer step.
+    pub step_secs: Vec<f64>,
     /// The newest checkpoint written or resumed from.
     pub last_checkpoint: Option<PathBuf>,
     /// Why the run stopped early, if it did.
@@ -52,9 +57,9 @@ pub struct RunLog {
 
 /// The strategy; see the module docs.
 pub struct LmStrategy<B: AutodiffBackend> {
-    /// Training windows.
-    pub train: Arc<WindowDataset>,
-    /// Draws training windows; resumed from the checkpoint.
+    /// Training items.
+    pub train: Arc<TrainData>,
+    /// Draws training items; resumed from the checkpoint.
     pub sampler: Mutex<WindowSampler>,
     /// Optimizer steps already done (resumed runs start after them).
     pub start_step: usize,
@@ -70,6 +75,8 @@ pub struct LmStrategy<B: AutodiffBackend> {
     pub device: B::Device,
     /// Results for the caller.
     pub log: Arc<Mutex<RunLog>>,
+    /// Whether there is a validation set to evaluate.
+    pub validate: bool,
 }
 
 impl<B: AutodiffBackend + HymbaBackend> LmStrategy<B>
@@ -126,25 +133,34 @@ where
         processor: &mut SupervisedTrainingEventProcessor<Components<B>>,
         step: usize,
         run: usize,
-    ) -> f64 {
+    ) -> LmStats {
         let model = learner.model().valid();
         let global = Progress {
             items_processed: step,
             items_total: self.config.steps,
         };
         let mut iter = valid.iter();
-        let (mut sum, mut tokens) = (0.0, 0usize);
+        let (mut sum, mut accuracy, mut tokens) = (0.0, 0.0, 0usize);
         let mut i = 0;
         while let Some(batch) = iter.next() {
             i += 1;
             let stats = InferenceStep::step(&model, batch);
             sum += stats.loss * stats.tokens as f64;
+            accuracy += stats.dpo.reward_accuracy * stats.tokens as f64;
             tokens += stats.tokens;
             let item = TrainingItem::new(stats, iter.progress(), global.clone(), Some(i), None);
             processor.process_valid(LearnerEvent::ProcessedItem(item));
         }
         processor.process_valid(LearnerEvent::EndEpoch(run));
-        sum / tokens.max(1) as f64
+        let n = tokens.max(1) as f64;
+        let mut mean = LmStats {
+            loss: sum / n,
+            tokens,
+            ..Default::default()
+        };
+        mean.dpo.loss = mean.loss;
+        mean.dpo.reward_accuracy = accuracy / n;
+        mean
     }
 
     fn save_checkpoint(&self, learner: &Learner<Components<B>>, step: usize) {
@@ -206,28 +222,35 @@ where
         for step in self.start_step + 1..=total {
             let started = Instant::now();
             let mut accumulator = GradientsAccumulator::<LanguageModel<B>>::new();
-            let (mut loss, mut tokens) = (0.0, 0usize);
+            let (mut loss, mut tokens, mut seq_tokens) = (0.0, 0usize, 0usize);
+            let mut dpo = DpoStats::default();
             for _ in 0..accum {
                 let indices = match self.sampler.lock() {
                     Ok(mut s) => s.next_batch(cfg.batch_size),
                     Err(_) => return (learner.model(), processor),
                 };
-                let batch = match make_batch::<B>(
-                    &self.train,
-                    &indices,
-                    1.0 / accum as f32,
-                    &self.device,
-                ) {
+                let batch = match self
+                    .train
+                    .batch::<B>(&indices, 1.0 / accum as f32, &self.device)
+                {
                     Ok(b) => b,
                     Err(e) => {
-                        self.fail(e.into());
+                        self.fail(e);
                         return (learner.model(), processor);
                     }
                 };
                 let out = learner.train_step(batch);
                 accumulator.accumulate(&learner.model(), out.grads);
-                loss += out.item.loss / accum as f64;
+                let share = 1.0 / accum as f64;
+                loss += out.item.loss * share;
                 tokens += out.item.tokens;
+                seq_tokens += out.item.seq_tokens;
+                let d = out.item.dpo;
+                dpo.loss += d.loss * share;
+                dpo.reward_accuracy += d.reward_accuracy * share;
+                dpo.margin += d.margin * share;
+                dpo.chosen_reward += d.chosen_reward * share;
+                dpo.rejected_reward += d.rejected_reward * share;
             }
             let mut grads = accumulator.grads();
             learner.lr_step();
@@ -258,7 +281,7 @@ where
             learner.optimizer_step(grads);
             let lr = learner.lr_current();
             let secs = started.elapsed().as_secs_f64();
-            let tokens_per_sec = tokens as f64 / secs.max(1e-9);
+            let tokens_per_sec = seq_tokens as f64 / secs.max(1e-9);
             let mfu_pct = if self.peak_flops > 0.0 {
                 100.0 * tokens_per_sec * self.flops_per_token / self.peak_flops
             } else {
@@ -267,6 +290,8 @@ where
             let stats = LmStats {
                 loss,
                 tokens,
+                seq_tokens,
+                dpo,
                 grad_norm,
                 tokens_per_sec,
                 mfu_pct,
@@ -283,13 +308,18 @@ where
             if let Ok(mut log) = self.log.lock() {
                 log.train_loss.push((step, loss));
                 log.tokens_per_sec.push(tokens_per_sec);
+                log.step_secs.push(secs);
             }
-            if (cfg.valid_every > 0 && step % cfg.valid_every == 0) || step == total {
+            let validate_now =
+                (cfg.valid_every > 0 && step % cfg.valid_every == 0) || step == total;
+            if self.validate && validate_now {
                 valid_runs += 1;
-                let vloss = self.validate(&learner, &valid, &mut processor, step, valid_runs);
-                self.append_csv(format!("{step},valid,{vloss},,,"));
+                let v = self.validate(&learner, &valid, &mut processor, step, valid_runs);
+                self.append_csv(format!("{step},valid,{},,,", v.loss));
                 if let Ok(mut log) = self.log.lock() {
-                    log.valid_loss.push((step, vloss));
+                    log.valid_loss.push((step, v.loss));
+                    log.valid_reward_accuracy
+                        .push((step, v.dpo.reward_accuracy));
                 }
             }
             if checkpoint_now {
