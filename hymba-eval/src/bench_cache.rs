@@ -72,15 +72,17 @@ pub fn hymba_cache_bytes(config: &HymbaConfig, context: usize, bytes: usize) -> 
     let meta = config.num_memory_tokens;
     let mut out = CacheBytes::default();
     for layer in 0..config.num_hidden_layers {
-        if config.kv_role(layer) == KvRole::Owner {
+        if config.caches_kv(layer) {
             if config.is_global(layer) {
                 out.global_kv += (meta + context) * per_pos * bytes;
             } else {
                 out.swa_kv += (meta + context.min(config.sliding_window + 1)) * per_pos * bytes;
             }
         }
-        out.ssm += config.d_inner() * config.mamba_d_state * bytes;
-        out.conv += config.d_inner() * (config.mamba_d_conv - 1) * bytes;
+        if config.mixer_kind(layer).has_ssm() {
+            out.ssm += config.d_inner() * config.mamba_d_state * bytes;
+            out.conv += config.d_inner() * (config.mamba_d_conv - 1) * bytes;
+        }
     }
     out
 }

@@ -41,6 +41,9 @@ pub enum BenchCommand {
     /// Cache bytes by layer kind at a context length (analytic, and measured after a
     /// prefill), next to Transformer baselines.
     Cache(crate::bench_cache::BenchCacheArgs),
+    /// Prefill and decode tokens/s and cache size of a Hymba config against a
+    /// pure-attention model of equal parameter count built from the same code.
+    Generate(crate::bench_generate::BenchGenerateArgs),
 }
 
 /// Where a benchmark runs and where it writes its figures (shared by every `bench`).
@@ -385,9 +388,8 @@ impl BackendRunner for ScanBenchJob {
     }
 }
 
-/// The peak bandwidth of CUDA device `index` from its name (nvidia-smi): H100 3350 GB/s
-/// (SXM; PCIe 2000), H200 4800 GB/s; anything else unknown.
-fn detect_peak_gbps(index: usize) -> Option<f64> {
+/// The name nvidia-smi gives CUDA device `index` (e.g. "NVIDIA H100 80GB HBM3").
+pub(crate) fn gpu_name(index: usize) -> Option<String> {
     let out = std::process::Command::new("nvidia-smi")
         .args([
             "--query-gpu=name",
@@ -396,7 +398,14 @@ fn detect_peak_gbps(index: usize) -> Option<f64> {
         ])
         .output()
         .ok()?;
-    let name = String::from_utf8_lossy(&out.stdout).to_uppercase();
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !name.is_empty()).then_some(name)
+}
+
+/// The peak bandwidth of CUDA device `index` from its name (nvidia-smi): H100 3350 GB/s
+/// (SXM; PCIe 2000), H200 4800 GB/s; anything else unknown.
+fn detect_peak_gbps(index: usize) -> Option<f64> {
+    let name = gpu_name(index)?.to_uppercase();
     if name.contains("H200") {
         Some(4800.0)
     } else if name.contains("H100") && name.contains("PCIE") {

@@ -3,7 +3,9 @@
 //! Evaluation, benchmarks and generation for Hymba models. The `hymba-eval` binary is a thin
 //! command-line layer over the functions here.
 
+pub mod ablate;
 pub mod bench_cache;
+pub mod bench_generate;
 pub mod bench_matmul;
 pub mod bench_scan;
 pub mod check;

@@ -36,9 +36,14 @@ enum Command {
     /// (exact match / F1) on a recall JSONL file.
     Recall(RecallArgs),
     /// Benchmarks: `bench scan` times the selective-scan kernels, `bench matmul` the
-    /// projections' matmul, `bench cache` sizes the generation cache.
+    /// projections' matmul, `bench cache` sizes the generation cache, `bench generate`
+    /// compares prefill/decode speed and cache with an equal-size attention-only model.
     #[command(subcommand)]
     Bench(hymba_eval::bench_scan::BenchCommand),
+    /// The paper's design roadmap (Tab. 1) at tiny scale: attention-only, SSM-only,
+    /// sequential and parallel hybrids, + SWA, + KV sharing, + meta tokens, trained on the
+    /// same data and budget; plus attention-share and meta-token sweeps. Prints one table.
+    Ablate(hymba_eval::ablate::AblateArgs),
 }
 
 /// Where the model runs.
@@ -652,6 +657,7 @@ fn main() -> ExitCode {
         Command::Tasks(args) => tasks(args),
         Command::Ppl(args) => ppl(args),
         Command::Recall(args) => recall(args),
+        Command::Ablate(args) => hymba_eval::ablate::run(args).map(drop),
         Command::Bench(hymba_eval::bench_scan::BenchCommand::Scan(args)) => {
             hymba_eval::bench_scan::run(args)
                 .map(drop)
@@ -664,6 +670,11 @@ fn main() -> ExitCode {
         }
         Command::Bench(hymba_eval::bench_scan::BenchCommand::Cache(args)) => {
             hymba_eval::bench_cache::run(args)
+                .map(drop)
+                .map_err(Into::into)
+        }
+        Command::Bench(hymba_eval::bench_scan::BenchCommand::Generate(args)) => {
+            hymba_eval::bench_generate::run(args)
                 .map(drop)
                 .map_err(Into::into)
         }

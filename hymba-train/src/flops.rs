@@ -18,6 +18,7 @@ pub fn train_flops_per_token(config: &HymbaConfig, seq_len: usize) -> f64 {
         * config.num_attention_heads as f64
         * (config.qk_head_dim() + config.v_head_dim()) as f64;
     let attention: f64 = (0..config.num_hidden_layers)
+        .filter(|&i| config.mixer_kind(i).has_attention())
         .map(|i| {
             let keys = if config.is_global(i) {
                 (n + 1.0) / 2.0

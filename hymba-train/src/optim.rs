@@ -38,9 +38,13 @@ fn no_decay_params<B: Backend>(model: &LanguageModel<B>) -> Vec<(ParamId, usize)
     model.visit(&mut ranks);
     let hymba = &model.hymba;
     ranks.0.push((hymba.meta_tokens.tokens.id, 2));
-    ranks
-        .0
-        .extend(hymba.layers.iter().map(|l| (l.mixer.ssm.a_log.id, 2)));
+    ranks.0.extend(
+        hymba
+            .layers
+            .iter()
+            .filter_map(|l| l.mixer.ssm.as_ref())
+            .map(|s| (s.a_log.id, 2)),
+    );
     ranks.0
 }
 

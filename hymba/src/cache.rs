@@ -8,7 +8,7 @@
 use burn::prelude::*;
 
 use crate::attention::KeySpan;
-use crate::config::{HymbaConfig, KvRole};
+use crate::config::HymbaConfig;
 use crate::mixer::KeyValues;
 use crate::ssm::SsmState;
 
@@ -41,7 +41,7 @@ impl<B: Backend> HymbaCache<B> {
             .map(|i| LayerCache {
                 kv: None,
                 ssm: None,
-                owns_kv: config.kv_role(i) == KvRole::Owner,
+                owns_kv: config.caches_kv(i),
                 window: (!config.is_global(i)).then_some(config.sliding_window),
             })
             .collect();

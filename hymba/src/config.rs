@@ -60,6 +60,43 @@ pub enum KvRole {
     },
 }
 
+/// What a layer's mixer runs: Hymba's hybrid head, or one of its two branches alone.
+///
+/// Written as the HF config's `layer_type` list (`"h"`, `"a"`, `"m"`; the released Hymba
+/// has only `"h"`). The single-branch kinds exist for the paper's design roadmap (Tab. 1):
+/// a Llama-style attention-only model, a Mamba-style SSM-only model and a sequential hybrid
+/// (alternating single-branch layers) are built from the same code as Hymba.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MixerKind {
+    /// Attention heads and SSM heads in parallel, β-averaged (`"h"`).
+    Hybrid,
+    /// Attention heads only (`"a"`): `in_proj` has no x/z rows, no SSM parameters.
+    Attention,
+    /// SSM heads only (`"m"`): `in_proj` has no Q/K/V rows, no KV cache.
+    Ssm,
+}
+
+impl MixerKind {
+    /// The `layer_type` letter.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Self::Hybrid => "h",
+            Self::Attention => "a",
+            Self::Ssm => "m",
+        }
+    }
+
+    /// Whether the layer has attention heads.
+    pub fn has_attention(self) -> bool {
+        self != Self::Ssm
+    }
+
+    /// Whether the layer has SSM heads.
+    pub fn has_ssm(self) -> bool {
+        self != Self::Attention
+    }
+}
+
 /// Hymba hyper-parameters, read from and written to HF `config.json` key names (spec §1.1).
 ///
 /// Keys the model does not use (`auto_map`, `torch_dtype`, …) are kept in `extra` so a
@@ -446,13 +483,52 @@ impl HymbaConfig {
         self.num_key_value_heads * self.v_head_dim()
     }
 
-    /// Output rows of layer `i`'s `in_proj`: Q (+ K + V if it owns its KV) + x + z.
+    /// Output rows of layer `i`'s `in_proj`: Q (+ K + V if it owns its KV) + x + z, without
+    /// the branch a single-branch layer lacks.
     pub fn in_proj_rows(&self, layer: usize) -> usize {
+        let kind = self.mixer_kind(layer);
         let kv = match self.kv_role(layer) {
             KvRole::Owner => self.k_width() + self.v_width(),
             KvRole::Consumer { .. } => 0,
         };
-        self.q_width() + kv + 2 * self.d_inner()
+        let attn = if kind.has_attention() {
+            self.q_width() + kv
+        } else {
+            0
+        };
+        let ssm = if kind.has_ssm() {
+            2 * self.d_inner()
+        } else {
+            0
+        };
+        attn + ssm
+    }
+
+    /// The mixer of layer `i`, from `layer_type` (hybrid when absent).
+    pub fn mixer_kind(&self, layer: usize) -> MixerKind {
+        let letter = self
+            .extra
+            .get("layer_type")
+            .and_then(|v| v.as_array())
+            .and_then(|a| a.get(layer))
+            .and_then(|v| v.as_str());
+        match letter {
+            Some("a") => MixerKind::Attention,
+            Some("m") => MixerKind::Ssm,
+            _ => MixerKind::Hybrid,
+        }
+    }
+
+    /// Sets every layer's mixer (writes `layer_type`).
+    pub fn set_mixer_kinds(&mut self, kinds: &[MixerKind]) {
+        let letters: Vec<&str> = kinds.iter().map(|k| k.letter()).collect();
+        self.extra
+            .insert("layer_type".into(), serde_json::json!(letters));
+    }
+
+    /// Whether layer `i` owns a KV cache: a KV owner with attention heads.
+    pub fn caches_kv(&self, layer: usize) -> bool {
+        self.kv_role(layer) == KvRole::Owner && self.mixer_kind(layer).has_attention()
     }
 
     /// Whether layer `i` uses full attention (else sliding-window attention).
@@ -475,7 +551,7 @@ impl HymbaConfig {
     /// Number of layers that own a KV cache (17 for Hymba-1.5B).
     pub fn num_kv_owning_layers(&self) -> usize {
         (0..self.num_hidden_layers)
-            .filter(|&i| self.kv_role(i) == KvRole::Owner)
+            .filter(|&i| self.caches_kv(i))
             .count()
     }
 
@@ -501,13 +577,17 @@ impl HymbaConfig {
             self.dt_rank(),
         );
         let conv_bias = if self.mamba_conv_bias { di } else { 0 };
-        let mixer = d * self.in_proj_rows(layer)          // in_proj
-            + di * self.mamba_d_conv + conv_bias          // conv1d
+        let kind = self.mixer_kind(layer);
+        let ssm = di * self.mamba_d_conv + conv_bias      // conv1d
             + (r + 2 * s) * di                            // x_proj
             + r * di + di                                 // dt_proj (+ bias)
             + di * s + di                                 // A_log, D
             + r + 2 * s                                   // dt/B/C norms
-            + 2 * di                                      // β1, β2 (pre-average norms)
+            + di; // β2 (pre-average norm)
+        let attention = di; // β1 (pre-average norm)
+        let mixer = d * self.in_proj_rows(layer)          // in_proj
+            + if kind.has_ssm() { ssm } else { 0 }
+            + if kind.has_attention() { attention } else { 0 }
             + di * d; // out_proj
         let ffn = 3 * d * self.intermediate_size;
         2 * d + mixer + ffn // input + pre-FFN norms
@@ -658,6 +738,22 @@ impl HymbaConfig {
                 return err("global_attn_idx", format!("layer {i} listed twice"));
             }
         }
+        if let Some(types) = self.extra.get("layer_type") {
+            let letters: Option<Vec<&str>> = types
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_str()).collect());
+            match letters {
+                Some(l) if l.len() == n && l.iter().all(|x| ["h", "a", "m"].contains(x)) => {}
+                _ => {
+                    return err(
+                        "layer_type",
+                        format!(
+                            "must list {n} of \"h\" (hybrid), \"a\" (attention) or \"m\" (SSM)"
+                        ),
+                    );
+                }
+            }
+        }
         let mut grouped = BTreeSet::new();
         for group in &self.kv_reuse_group {
             let Some(&producer) = group.first() else {
@@ -672,6 +768,12 @@ impl HymbaConfig {
                 }
                 if !grouped.insert(i) {
                     return err("kv_reuse_group", format!("layer {i} is in two groups"));
+                }
+                if !self.mixer_kind(i).has_attention() {
+                    return err(
+                        "kv_reuse_group",
+                        format!("layer {i} has no attention heads to share K/V with"),
+                    );
                 }
                 if pos > 0 {
                     if self.is_global(i) {

@@ -43,7 +43,7 @@ impl<B: HymbaBackend> HymbaLayer<B> {
         ctx: &AttentionContext<'_, B>,
         kv: KvInput<B>,
         ssm_state: Option<SsmState<B>>,
-    ) -> (Tensor<B, 3>, KeyValues<B>, SsmState<B>) {
+    ) -> (Tensor<B, 3>, Option<KeyValues<B>>, Option<SsmState<B>>) {
         let (mixed, kv, state) =
             self.mixer
                 .forward(self.input_norm.forward(x.clone()), ctx, kv, ssm_state);

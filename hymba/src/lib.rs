@@ -41,6 +41,7 @@ pub mod model;
 pub mod norm;
 pub mod params;
 pub mod precision;
+pub mod roadmap;
 pub mod rope;
 pub mod scan;
 pub mod score;
@@ -49,7 +50,7 @@ pub mod weights;
 
 pub use backend::{BackendKind, BackendRunner, run_on};
 pub use cache::HymbaCache;
-pub use config::HymbaConfig;
+pub use config::{HymbaConfig, MixerKind};
 pub use error::{HymbaError, Result};
 pub use generate::{GenerationConfig, generate};
 pub use matmul::MatmulBackend;

@@ -2,12 +2,16 @@
 //! projection feeds attention heads and SSM heads *in parallel*; each branch output is
 //! RMS-normalised and scaled (β1, β2), the two are averaged, and `out_proj` maps back to D
 //! (Hymba eq. (3), spec §2.3).
+//!
+//! For the design-roadmap ablation a layer may also run one branch alone
+//! ([`MixerKind`]): its `in_proj` then has only that branch's rows, and its output is that
+//! branch's normalised output.
 
 use burn::prelude::*;
 
 use crate::HymbaBackend;
 use crate::attention::{KeySpan, Mask, repeat_kv, scaled_dot_product};
-use crate::config::{HymbaConfig, KvRole};
+use crate::config::{HymbaConfig, KvRole, MixerKind};
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
@@ -40,12 +44,14 @@ pub struct AttentionContext<'a, B: Backend> {
 pub struct HybridHead<B: Backend> {
     /// D → Q ‖ K ‖ V ‖ x ‖ z (a KV consumer has no K and V rows), spec §2.3 split order.
     pub in_proj: Linear<B>,
-    /// The SSM heads.
-    pub ssm: SsmHeads<B>,
-    /// β1: RMSNorm weight on the attention output (`pre_avg_layernorm1`).
-    pub attn_norm: RmsNorm<B>,
-    /// β2: RMSNorm weight on the SSM output (`pre_avg_layernorm2`).
-    pub ssm_norm: RmsNorm<B>,
+    /// The SSM heads (absent in an attention-only layer).
+    pub ssm: Option<SsmHeads<B>>,
+    /// β1: RMSNorm weight on the attention output (`pre_avg_layernorm1`; absent in an
+    /// SSM-only layer).
+    pub attn_norm: Option<RmsNorm<B>>,
+    /// β2: RMSNorm weight on the SSM output (`pre_avg_layernorm2`; absent in an
+    /// attention-only layer).
+    pub ssm_norm: Option<RmsNorm<B>>,
     /// d_inner → D.
     pub out_proj: Linear<B>,
     /// Query heads H.
@@ -58,6 +64,10 @@ pub struct HybridHead<B: Backend> {
     pub v_head_dim: usize,
     /// Whether this layer projects its own K/V (else it reuses a producer's).
     pub owns_kv: bool,
+    /// Whether this layer has attention heads.
+    pub has_attention: bool,
+    /// d_inner: width of each branch's output.
+    pub d_inner: usize,
 }
 
 impl<B: HymbaBackend> HybridHead<B> {
@@ -65,17 +75,21 @@ impl<B: HymbaBackend> HybridHead<B> {
     pub fn new(config: &HymbaConfig, layer: usize, device: &B::Device) -> Self {
         let (d, di) = (config.hidden_size, config.d_inner());
         let std = config.initializer_range;
+        let kind: MixerKind = config.mixer_kind(layer);
+        let norm = || RmsNorm::new(di, config.rms_norm_eps, device);
         Self {
             in_proj: Linear::new(d, config.in_proj_rows(layer), std, device),
-            ssm: SsmHeads::new(config, device),
-            attn_norm: RmsNorm::new(di, config.rms_norm_eps, device),
-            ssm_norm: RmsNorm::new(di, config.rms_norm_eps, device),
+            ssm: kind.has_ssm().then(|| SsmHeads::new(config, device)),
+            attn_norm: kind.has_attention().then(norm),
+            ssm_norm: kind.has_ssm().then(norm),
             out_proj: Linear::new(di, d, std, device),
             num_heads: config.num_attention_heads,
             num_kv_heads: config.num_key_value_heads,
             qk_head_dim: config.qk_head_dim(),
             v_head_dim: config.v_head_dim(),
             owns_kv: config.kv_role(layer) == KvRole::Owner,
+            has_attention: kind.has_attention(),
+            d_inner: di,
         }
     }
 
@@ -91,7 +105,8 @@ impl<B: HymbaBackend> HybridHead<B> {
     ///   on the first call) and the positions of this call's tokens; for a consumer, the
     ///   producer's K/V of this call.
     /// - returns the output, the K/V the attention read (an owner's own, to be cached and
-    ///   shared), and the new SSM state.
+    ///   shared; `None` without attention heads), and the new SSM state (`None` without
+    ///   SSM heads).
     ///
     /// # Shapes
     /// - `u`: `[batch, T, D]` (already `input_layernorm`ed) → `[batch, T, D]`
@@ -101,11 +116,25 @@ impl<B: HymbaBackend> HybridHead<B> {
         ctx: &AttentionContext<'_, B>,
         kv: KvInput<B>,
         ssm_state: Option<SsmState<B>>,
-    ) -> (Tensor<B, 3>, KeyValues<B>, SsmState<B>) {
+    ) -> (Tensor<B, 3>, Option<KeyValues<B>>, Option<SsmState<B>>) {
         let split = self.split_and_attend(u, ctx, kv);
-        let (ssm, state) = self.ssm.forward(split.x, split.z, ssm_state);
-        // Hymba eq. (3): β-scaled, normalised branch outputs, averaged.
-        let mix = (self.attn_norm.forward(split.attn) + self.ssm_norm.forward(ssm)).div_scalar(2.0);
+        let attn = match (split.attn, &self.attn_norm) {
+            (Some(a), Some(norm)) => Some(norm.forward(a)),
+            _ => None,
+        };
+        let (ssm, state) = match (split.xz, &self.ssm, &self.ssm_norm) {
+            (Some((x, z)), Some(heads), Some(norm)) => {
+                let (y, state) = heads.forward(x, z, ssm_state);
+                (Some(norm.forward(y)), Some(state))
+            }
+            _ => (None, None),
+        };
+        let mix = match (attn, ssm) {
+            // Hymba eq. (3): β-scaled, normalised branch outputs, averaged.
+            (Some(a), Some(s)) => (a + s).div_scalar(2.0),
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => unreachable!("a mixer has at least one branch"),
+        };
         (self.out_proj.forward(mix), split.kv, state)
     }
 
@@ -122,8 +151,17 @@ impl<B: HymbaBackend> HybridHead<B> {
         kv: KvInput<B>,
     ) -> SplitHeads<B> {
         let [batch, t, _] = u.dims();
-        let di = self.ssm.a_log.dims()[0];
+        let di = self.d_inner;
         let p = self.in_proj.forward(u);
+        if !self.has_attention {
+            let x = p.clone().narrow(2, 0, di);
+            let z = p.narrow(2, di, di);
+            return SplitHeads {
+                attn: None,
+                kv: None,
+                xz: Some((x, z)),
+            };
+        }
         let qw = self.num_heads * self.qk_head_dim;
         let q = ctx
             .rope
@@ -154,8 +192,11 @@ impl<B: HymbaBackend> HybridHead<B> {
             }
             KvInput::Shared(kv) => (kv, qw),
         };
-        let x = p.clone().narrow(2, xz_start, di);
-        let z = p.narrow(2, xz_start + di, di);
+        let xz = self.ssm.is_some().then(|| {
+            let x = p.clone().narrow(2, xz_start, di);
+            let z = p.narrow(2, xz_start + di, di);
+            (x, z)
+        });
         let attn = scaled_dot_product(
             q,
             repeat_kv(kv.k.clone(), self.num_heads),
@@ -163,7 +204,11 @@ impl<B: HymbaBackend> HybridHead<B> {
             ctx.mask,
         ); // [b, H, T, d_v]
         let attn = attn.swap_dims(1, 2).reshape([batch, t, di]);
-        SplitHeads { attn, kv, x, z }
+        SplitHeads {
+            attn: Some(attn),
+            kv: Some(kv),
+            xz,
+        }
     }
 }
 
@@ -171,16 +216,14 @@ impl<B: HymbaBackend> HybridHead<B> {
 /// β-average still need.
 #[derive(Debug)]
 pub struct SplitHeads<B: Backend> {
-    /// Attention heads' output, `[batch, T, H·d_v = d_inner]`.
-    pub attn: Tensor<B, 3>,
+    /// Attention heads' output, `[batch, T, H·d_v = d_inner]` (`None` in an SSM-only layer).
+    pub attn: Option<Tensor<B, 3>>,
     /// The K/V the attention read.
-    pub kv: KeyValues<B>,
-    /// SSM input x, `[batch, T, d_inner]`.
-    pub x: Tensor<B, 3>,
-    /// SSM gate z, `[batch, T, d_inner]`.
-    pub z: Tensor<B, 3>,
+    pub kv: Option<KeyValues<B>>,
+    /// SSM input x and gate z, `[batch, T, d_inner]` each (`None` in an attention-only
+    /// layer).
+    pub xz: Option<(Tensor<B, 3>, Tensor<B, 3>)>,
 }
-
 /// Where a layer's keys and values come from (cross-layer KV sharing).
 #[derive(Debug)]
 pub enum KvInput<B: Backend> {

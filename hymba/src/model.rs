@@ -170,7 +170,12 @@ impl<B: HymbaBackend> Hymba<B> {
                     (KvInput::Shared(kv), keys)
                 }
             };
-            let mask = masks.get(queries.clone(), &keys, window, num_meta, &device);
+            // An SSM-only layer reads no mask.
+            let mask = if layer.mixer.has_attention {
+                masks.get(queries.clone(), &keys, window, num_meta, &device)
+            } else {
+                Mask::None
+            };
             let ctx = AttentionContext {
                 rope: &rope,
                 mask: &mask,
@@ -178,12 +183,12 @@ impl<B: HymbaBackend> Hymba<B> {
             let (y, kv, state) = layer.forward(x, &ctx, kv_in, ssm_state);
             x = y;
             if let Some(lc) = cache.as_deref_mut().map(|c| &mut c.layers[i]) {
-                lc.ssm = Some(state);
+                lc.ssm = state;
                 if lc.owns_kv {
-                    lc.kv = Some(kv.clone());
+                    lc.kv = kv.clone();
                 }
             }
-            produced[i] = Some(kv);
+            produced[i] = kv;
         }
         if let Some(cache) = cache {
             cache.seen = start + n;

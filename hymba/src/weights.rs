@@ -86,53 +86,61 @@ pub const LAYER_TENSORS: [(&str, &str, ShapeFn); 19] = [
     ("mixer.in_proj.weight", "mamba.in_proj.weight", |c, i| {
         Some(vec![c.in_proj_rows(i), c.hidden_size])
     }),
-    ("mixer.ssm.conv_weight", "mamba.conv1d.weight", |c, _| {
-        Some(vec![c.d_inner(), 1, c.mamba_d_conv])
+    ("mixer.ssm.conv_weight", "mamba.conv1d.weight", |c, i| {
+        ssm(c, i, Some(vec![c.d_inner(), 1, c.mamba_d_conv]))
     }),
-    ("mixer.ssm.conv_bias", "mamba.conv1d.bias", |c, _| {
-        c.mamba_conv_bias.then(|| vec![c.d_inner()])
+    ("mixer.ssm.conv_bias", "mamba.conv1d.bias", |c, i| {
+        ssm(c, i, c.mamba_conv_bias.then(|| vec![c.d_inner()]))
     }),
     (
         "mixer.ssm.x_proj.weight",
         "mamba.x_proj.0.weight",
-        |c, _| Some(vec![c.dt_rank() + 2 * c.mamba_d_state, c.d_inner()]),
+        |c, i| {
+            ssm(
+                c,
+                i,
+                Some(vec![c.dt_rank() + 2 * c.mamba_d_state, c.d_inner()]),
+            )
+        },
     ),
     (
         "mixer.ssm.dt_proj.weight",
         "mamba.dt_proj.0.weight",
-        |c, _| Some(vec![c.d_inner(), c.dt_rank()]),
+        |c, i| ssm(c, i, Some(vec![c.d_inner(), c.dt_rank()])),
     ),
-    ("mixer.ssm.dt_bias", "mamba.dt_proj.0.bias", |c, _| {
-        Some(vec![c.d_inner()])
+    ("mixer.ssm.dt_bias", "mamba.dt_proj.0.bias", |c, i| {
+        ssm(c, i, Some(vec![c.d_inner()]))
     }),
-    ("mixer.ssm.a_log", "mamba.A_log.0", |c, _| {
-        Some(vec![c.d_inner(), c.mamba_d_state])
+    ("mixer.ssm.a_log", "mamba.A_log.0", |c, i| {
+        ssm(c, i, Some(vec![c.d_inner(), c.mamba_d_state]))
     }),
-    ("mixer.ssm.d", "mamba.D.0", |c, _| Some(vec![c.d_inner()])),
+    ("mixer.ssm.d", "mamba.D.0", |c, i| {
+        ssm(c, i, Some(vec![c.d_inner()]))
+    }),
     (
         "mixer.ssm.dt_norm.weight",
         "mamba.dt_layernorm.weight",
-        |c, _| Some(vec![c.dt_rank()]),
+        |c, i| ssm(c, i, Some(vec![c.dt_rank()])),
     ),
     (
         "mixer.ssm.b_norm.weight",
         "mamba.B_layernorm.weight",
-        |c, _| Some(vec![c.mamba_d_state]),
+        |c, i| ssm(c, i, Some(vec![c.mamba_d_state])),
     ),
     (
         "mixer.ssm.c_norm.weight",
         "mamba.C_layernorm.weight",
-        |c, _| Some(vec![c.mamba_d_state]),
+        |c, i| ssm(c, i, Some(vec![c.mamba_d_state])),
     ),
     (
         "mixer.attn_norm.weight",
         "mamba.pre_avg_layernorm1.weight",
-        |c, _| Some(vec![c.d_inner()]),
+        |c, i| c.mixer_kind(i).has_attention().then(|| vec![c.d_inner()]),
     ),
     (
         "mixer.ssm_norm.weight",
         "mamba.pre_avg_layernorm2.weight",
-        |c, _| Some(vec![c.d_inner()]),
+        |c, i| ssm(c, i, Some(vec![c.d_inner()])),
     ),
     ("mixer.out_proj.weight", "mamba.out_proj.weight", |c, _| {
         Some(vec![c.hidden_size, c.d_inner()])
@@ -156,6 +164,11 @@ pub const LAYER_TENSORS: [(&str, &str, ShapeFn); 19] = [
         |c, _| Some(vec![c.hidden_size, c.intermediate_size]),
     ),
 ];
+
+/// `shape` if layer `i` has SSM heads (an attention-only layer has none of their tensors).
+fn ssm(c: &HymbaConfig, i: usize, shape: Option<Vec<usize>>) -> Option<Vec<usize>> {
+    shape.filter(|_| c.mixer_kind(i).has_ssm())
+}
 
 /// The HF tensor name of one of our parameters, by module path (`layers.3.mixer.ssm.a_log` →
 /// `model.layers.3.mamba.A_log.0`); `None` for a path the table does not know.

@@ -63,7 +63,7 @@ fn attention_at_last(model: &Hymba<B>, layer: usize, u: Tensor<B, 3>) -> Vec<f32
         new_span: span,
     };
     let split = model.layers[layer].mixer.split_and_attend(u, &ctx, kv);
-    to_vec(split.attn.narrow(1, n - 1, 1))
+    to_vec(split.attn.expect("a hybrid layer").narrow(1, n - 1, 1))
 }
 
 fn perturbed(u: &Tensor<B, 3>, pos: usize) -> Tensor<B, 3> {

@@ -268,7 +268,10 @@ fn python_fixture_values_land_in_the_named_modules() {
         ),
     ];
     for (i, l) in model.layers.iter().enumerate() {
-        let (m, s) = (&l.mixer, &l.mixer.ssm);
+        let m = &l.mixer;
+        let s = m.ssm.as_ref().expect("tiny layers are hybrid");
+        let attn_norm = m.attn_norm.as_ref().expect("hybrid layer");
+        let ssm_norm = m.ssm_norm.as_ref().expect("hybrid layer");
         let conv_bias = s.conv_bias.as_ref().expect("tiny has a conv bias");
         let layer = [
             ("input_layernorm.weight", sum(&l.input_norm.weight)),
@@ -283,8 +286,8 @@ fn python_fixture_values_land_in_the_named_modules() {
             ("mamba.dt_layernorm.weight", sum(&s.dt_norm.weight)),
             ("mamba.B_layernorm.weight", sum(&s.b_norm.weight)),
             ("mamba.C_layernorm.weight", sum(&s.c_norm.weight)),
-            ("mamba.pre_avg_layernorm1.weight", sum(&m.attn_norm.weight)),
-            ("mamba.pre_avg_layernorm2.weight", sum(&m.ssm_norm.weight)),
+            ("mamba.pre_avg_layernorm1.weight", sum(&attn_norm.weight)),
+            ("mamba.pre_avg_layernorm2.weight", sum(&ssm_norm.weight)),
             ("mamba.out_proj.weight", sum(&m.out_proj.weight)),
             ("pre_moe_layernorm.weight", sum(&l.ffn_norm.weight)),
             (
