@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # GPU-machine session (see ../shared/GPU.md): binaries built here and staged in .gpu/,
-# results written to $OUT. Usage: bash bench/gpu_session.sh <part>, part = kernels | matmul | train.
+# results written to $OUT. Usage: bash bench/gpu_session.sh <part>,
+# part = kernels | matmul | train | post | generate.
 #   kernels: the CUDA scan-kernel and cuBLAS-matmul tests, `bench scan`;
 #   matmul:  `bench matmul` at 8192³ and the 1.5B projections, then PyTorch on the same
 #            products; the whole-model autodiff test of the kernels;
 #   train:   `check` against the CPU, the 1.5B layout, hymba-125m training steps with and
 #            without cuBLAS.
+#   post:    hymba-125m pretraining steps at micro-batch MB × accumulation ACC (cuBLAS and
+#            burn's matmul), then one SFT and one DPO run of a few steps (needs the LLaMA-2
+#            tokenizer and the data files staged in .gpu/).
+#   generate: `bench generate` for hymba-1.5b vs the equal-size attention baseline at 8K.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -42,6 +47,46 @@ train)
     run="model.preset=hymba-125m data.seq_len=2048 batch_size=8 steps=${STEPS:-8} valid_every=100000 checkpoint_every=100000 samples=0 log_every=1 out_dir=/tmp/run_$mm"
     if [ $mm = burn ]; then export HYMBA_MATMUL=burn; else unset HYMBA_MATMUL; fi
     LIMIT=${TRAIN_LIMIT:-200} step .gpu/hymba-train pretrain --backend ${BACKEND:-cuda} $run 2>&1 | tail -15 | tee "$OUT/train_125m_$mm.txt"
+  done
+  ;;
+post)
+  common="data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 samples=0 log_every=1"
+  for mm in cublas burn; do
+    if [ $mm = burn ]; then export HYMBA_MATMUL=burn; else unset HYMBA_MATMUL; fi
+    LIMIT=${TRAIN_LIMIT:-180} step .gpu/hymba-train pretrain --backend ${BACKEND:-cuda} model.preset=hymba-125m model.vocab_size=32001 steps=${STEPS:-5} $common out_dir=/tmp/run_$mm 2>&1 | tail -12
+    grep -h -m3 -i "panic" /tmp/run_$mm/experiment.log 2>/dev/null | cut -c1-600
+  done
+  unset HYMBA_MATMUL
+  LIMIT=120 step .gpu/hymba-eval init --preset hymba-125m --out /tmp/m125
+  cp .gpu/tokenizer.json /tmp/m125/tokenizer.json
+  LIMIT=${TRAIN_LIMIT:-180} step .gpu/hymba-train sft --backend ${BACKEND:-cuda} --init /tmp/m125 out_dir=/tmp/sft 'data.jsonl=[".gpu/sft.jsonl"]' steps=3 $common 2>&1 | tail -8
+  LIMIT=${TRAIN_LIMIT:-180} step .gpu/hymba-train dpo --backend ${BACKEND:-cuda} --init /tmp/m125 out_dir=/tmp/dpo 'data.jsonl=[".gpu/hhh.jsonl"]' data.seq_len=1024 batch_size=4 steps=3 valid_every=100000 checkpoint_every=100000 samples=0 log_every=1 2>&1 | tail -8
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv
+  ;;
+diag)
+  # Where a CUDA training step's time goes: GPU utilisation (nvidia-smi dmon), the process's
+  # CPU time, and cubecl's compile/autotune log, at a small and the full 125M shape.
+  export CUBECL_AUTOTUNE_LEVEL=${AUTOTUNE:-minimal}
+  nvidia-smi dmon -s u -d 5 > "$OUT/dmon.txt" 2>&1 &
+  DMON=$!
+  i=0
+  for shape in "${SHAPE_A:-data.seq_len=512 batch_size=2 grad_accum=1}" "${SHAPE_B:-data.seq_len=2048 batch_size=2 grad_accum=4}"; do
+    i=$((i + 1))
+    export CUBECL_DEBUG_LOG=/tmp/cubecl_$i.log
+    ( sleep ${PEEK:-60}; echo "--- top at ${PEEK:-60} s"; top -b -n 1 | head -12 ) &
+    LIMIT=${TRAIN_LIMIT:-150} step .gpu/hymba-train pretrain --backend ${BACKEND:-cuda} model.preset=hymba-125m model.vocab_size=32001 steps=${STEPS:-3} $shape valid_every=100000 checkpoint_every=100000 samples=0 log_every=1 out_dir=/tmp/diag_$i 2>&1 | tail -8
+    unset CUBECL_DEBUG_LOG
+    echo "--- cubecl log $i: $(wc -c < /tmp/cubecl_$i.log 2>/dev/null) bytes"
+    grep -c -i "compil" /tmp/cubecl_$i.log 2>/dev/null
+    grep -i "autotune\|fastest" /tmp/cubecl_$i.log 2>/dev/null | cut -c1-200 | tail -15
+    grep -h -m3 -i "panic" /tmp/diag_$i/experiment.log 2>/dev/null | cut -c1-600
+  done
+  tail -c 3000000 /tmp/cubecl_2.log > "$OUT/cubecl_2_tail.log" 2>/dev/null
+  kill $DMON
+  ;;
+generate)
+  for dt in ${DTYPES:-f32 bf16}; do
+    LIMIT=${GEN_LIMIT:-240} step .gpu/hymba-eval bench generate --backend cuda --preset hymba-1.5b --context ${CONTEXT:-8192} --decode ${DECODE:-64} --batch ${BATCH:-1} --dtype $dt --out "$OUT/generate_h15_$dt.json" 2>&1 | tail -8
   done
   ;;
 esac

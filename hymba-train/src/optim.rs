@@ -37,7 +37,9 @@ fn no_decay_params<B: Backend>(model: &LanguageModel<B>) -> Vec<(ParamId, usize)
     let mut ranks = Ranks(Vec::new());
     model.visit(&mut ranks);
     let hymba = &model.hymba;
-    ranks.0.push((hymba.meta_tokens.tokens.id, 2));
+    if let Some(tokens) = &hymba.meta_tokens.tokens {
+        ranks.0.push((tokens.id, 2));
+    }
     ranks.0.extend(
         hymba
             .layers
@@ -184,15 +186,17 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &mut GradientsParams,
     max_norm: f64,
 ) -> f64 {
-    struct SumSquares<'a> {
+    // The per-tensor sums stay on the device and are read back once: a read per tensor
+    // would synchronise the device hundreds of times per step.
+    struct SumSquares<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
-        parts: Vec<f64>,
+        parts: Vec<Tensor<B::InnerBackend, 1>>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_> {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                self.parts
-                    .push(g.square().sum().into_scalar().elem::<f64>());
+                let g = g.cast(burn::tensor::DType::F32);
+                self.parts.push(g.square().sum());
             }
         }
     }
@@ -207,12 +211,20 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
     }
-    let mut sums = SumSquares {
+    let mut sums = SumSquares::<B> {
         grads,
         parts: Vec::new(),
     };
     model.visit(&mut sums);
-    let norm = sums.parts.iter().sum::<f64>().sqrt();
+    let norm = if sums.parts.is_empty() {
+        0.0
+    } else {
+        Tensor::cat(sums.parts, 0)
+            .sum()
+            .into_scalar()
+            .elem::<f64>()
+            .sqrt()
+    };
     if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
         model.visit(&mut Scale {
             grads,

@@ -10,25 +10,28 @@ use burn::tensor::Distribution;
 /// The M meta tokens, `[M, D]`.
 #[derive(Module, Debug)]
 pub struct MetaTokens<B: Backend> {
-    /// `[M, D]` (HF `model.memory_tokens`), initialised N(0, 1) like `torch.randn`.
-    pub tokens: Param<Tensor<B, 2>>,
+    /// `[M, D]` (HF `model.memory_tokens`), initialised N(0, 1) like `torch.randn`; `None`
+    /// for M = 0 (a zero-sized tensor is not allocated: CUDA refuses one).
+    pub tokens: Option<Param<Tensor<B, 2>>>,
 }
 
 impl<B: Backend> MetaTokens<B> {
     /// `count` fresh meta tokens of width `d`.
     pub fn new(count: usize, d: usize, device: &B::Device) -> Self {
         Self {
-            tokens: Param::from_tensor(Tensor::random(
-                [count, d],
-                Distribution::Normal(0.0, 1.0),
-                device,
-            )),
+            tokens: (count > 0).then(|| {
+                Param::from_tensor(Tensor::random(
+                    [count, d],
+                    Distribution::Normal(0.0, 1.0),
+                    device,
+                ))
+            }),
         }
     }
 
     /// Number of meta tokens M.
     pub fn len(&self) -> usize {
-        self.tokens.dims()[0]
+        self.tokens.as_ref().map_or(0, |t| t.dims()[0])
     }
 
     /// Whether there are none (a config with `num_memory_tokens = 0`).
@@ -41,12 +44,11 @@ impl<B: Backend> MetaTokens<B> {
     /// # Shapes
     /// - `x`: `[batch, T, D]` → `[batch, M + T, D]`
     pub fn prepend(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        if self.is_empty() {
+        let Some(tokens) = &self.tokens else {
             return x;
-        }
+        };
         let [batch, _, d] = x.dims();
-        let meta = self
-            .tokens
+        let meta = tokens
             .val()
             .unsqueeze_dim::<3>(0)
             .expand([batch, self.len(), d]);

@@ -71,8 +71,14 @@ fn with_each_kernel(check: impl Fn(&str)) {
 
 /// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64
 /// forward, 32 backward); T is not a multiple of the backward chunk (16 for S = 16, 32 for
-/// S = 3).
-const SHAPES: [(usize, usize, usize, usize); 3] = [(2, 70, 16, 53), (1, 5, 3, 37), (3, 33, 8, 1)];
+/// S = 3). The last one is long enough for the time-split forward (4 pieces of 76 steps,
+/// the last one 73).
+const SHAPES: [(usize, usize, usize, usize); 4] = [
+    (2, 70, 16, 53),
+    (1, 5, 3, 37),
+    (3, 33, 8, 1),
+    (2, 33, 16, 301),
+];
 
 fn random<Bk: Backend, const D: usize>(shape: [usize; D], device: &Bk::Device) -> Tensor<Bk, D> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
@@ -185,7 +191,10 @@ fn kernel_forward_equals_reference_cube() {
 fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
     let device = gpu_device();
     let cpu = Default::default();
-    for (k, &shape) in SHAPES.iter().enumerate() {
+    // The long shape is there for the time-split forward; the backward is not split. Over
+    // its 2 × 301 steps the time-summed dA of kernel and (f32) reference drift apart by up
+    // to 4e-4 relative (lavapipe), which is summation order, not a different result.
+    for (k, &shape) in SHAPES.iter().take(3).enumerate() {
         for (with_state, with_d_last, transposed) in [
             (false, false, false),
             (true, true, false),

@@ -8,6 +8,7 @@ mod common;
 
 use burn::backend::Wgpu;
 use burn::backend::wgpu::WgpuDevice;
+use burn::prelude::Backend;
 use common::*;
 use hymba::{HymbaCache, HymbaConfig};
 
@@ -41,5 +42,29 @@ fn wgpu_logits_equal_ndarray_logits() {
             let d = max_abs_diff(row, &cpu[off..off + v]);
             assert!(d <= 1e-4, "wgpu decode step {t}, row {b}: max |diff| = {d}");
         }
+    }
+}
+
+/// The design-roadmap variants (single-branch layers, no meta tokens) run on wgpu too.
+#[test]
+fn roadmap_variants_on_wgpu_equal_ndarray() {
+    use hymba::roadmap::Roadmap;
+    let device = WgpuDevice::DefaultDevice;
+    for step in [
+        Roadmap::AttentionOnly,
+        Roadmap::SsmOnly,
+        Roadmap::Sequential,
+    ] {
+        let config = step.config(&HymbaConfig::tiny());
+        B::seed(&Default::default(), 21);
+        let cpu_model = hymba::Hymba::<B>::new(&config, &Default::default()).expect("valid");
+        let gpu_model = cpu_model
+            .to_backend::<Wgpu<f32, i32>>(&device)
+            .expect("same architecture");
+        let rows = ids(2, 40, config.vocab_size, 3);
+        let cpu = to_vec(cpu_model.forward(to_tensor::<B>(&rows, &Default::default())));
+        let gpu = to_vec(gpu_model.forward(to_tensor::<Wgpu<f32, i32>>(&rows, &device)));
+        let diff = max_abs_diff(&cpu, &gpu);
+        assert!(diff <= 1e-4, "{}: max |diff| = {diff}", step.label());
     }
 }

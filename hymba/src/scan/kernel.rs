@@ -11,6 +11,11 @@
 //! `x > 20 ? x : log1p(eˣ)` rule, the D skip and the `silu(z)` gate. It writes y and the
 //! last state. A decode step is this kernel with T = 1 and an initial state.
 //!
+//! When batch × channels is too small to fill the GPU, [`forward_pieces`] splits time
+//! into pieces instead (`scan_forward_split_kernel`): each unit scans one piece of one
+//! channel twice, first from a zero state to get the piece's end state, then, with the
+//! earlier pieces folded into its start state, for the outputs.
+//!
 //! # Backward (`scan_backward_kernel`)
 //! Same layout, [`BWD_UNITS`] channels per cube, chunks of `chunk` steps staged in shared
 //! memory like the forward tiles:
@@ -50,7 +55,7 @@ use cubecl::{CubeCount, CubeDim};
 
 use self::cube::{
     scan_backward_direct_kernel, scan_backward_kernel, scan_forward_direct_kernel,
-    scan_forward_kernel,
+    scan_forward_kernel, scan_forward_split_kernel,
 };
 use super::reference::{selective_scan_reference_backward, selective_scan_reference_primitives};
 use super::{ScanBackend, ScanGrads, ScanPrimitives};
@@ -123,6 +128,23 @@ pub fn backward_chunk<R: CubeRuntime>(
         chunk /= 2;
     }
     Some(chunk)
+}
+
+/// How many pieces the time-split forward cuts each sequence into (1 = the sequential
+/// tiled kernel): enough units to fill a large GPU (~2¹⁷ in flight) when batch × channels
+/// alone does not, pieces of at least 64 steps, at most 8 pieces, and the pieces' end
+/// states (`pieces · FWD_UNITS · S` floats) within 32 KiB of shared memory.
+/// `HYMBA_SCAN_SPLIT=0` turns the split off.
+pub fn forward_pieces(rows: usize, len: usize, states: usize) -> usize {
+    if scan_kernel() != ScanKernel::Tiled || std::env::var("HYMBA_SCAN_SPLIT").as_deref() == Ok("0")
+    {
+        return 1;
+    }
+    let mut pieces = (131_072 / rows.max(1)).next_power_of_two().clamp(1, 8);
+    while pieces > 1 && (len / pieces < 64 || pieces * FWD_UNITS * states * 4 > 32 * 1024) {
+        pieces /= 2;
+    }
+    pieces
 }
 
 /// Steps per shared-memory tile of the forward kernel: the largest of 32, 16, .. whose
@@ -325,6 +347,150 @@ mod cube {
         }
 
         if active {
+            #[unroll]
+            for s in 0..n_state {
+                h_last[b * h_last.stride(0) + c * h_last.stride(1) + s * h_last.stride(2)] = h[s];
+            }
+        }
+    }
+
+    /// The forward with time split into `n_chunks` pieces: one unit per (channel, piece),
+    /// `units` channels × `n_chunks` pieces per cube (unit x = channel, unit y = piece).
+    /// Pass 1: each unit scans its piece from a zero state and leaves the end state and
+    /// ΣΔ in shared memory. Pass 2: each unit folds the pieces before its own into its start
+    /// state, `h ← exp(A·ΣΔ_j)·h + h_end_j` (exact: A is constant over time, so the decay
+    /// over a piece is the exponential of its summed Δ), then scans its piece again and
+    /// writes y. Twice the arithmetic of one sequential pass and `n_chunks` times the units:
+    /// with one unit per (batch, channel) too few units are in flight to hide the latency of
+    /// each step (Hymba-1.5B at batch 8: 25,600 units on a GPU that holds 270,000).
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan_forward_split_kernel<F: Float>(
+        u: &Tensor<F>,
+        delta: &Tensor<F>,
+        z: &Tensor<F>,
+        bm: &Tensor<F>,
+        cm: &Tensor<F>,
+        a: &Tensor<f32>,
+        dskip: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        y: &mut Tensor<F>,
+        h_last: &mut Tensor<f32>,
+        #[comptime] n_state: usize,
+        #[comptime] units: usize,
+        #[comptime] n_chunks: usize,
+        #[comptime] has_h0: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let channels = u.shape(1);
+        let len = u.shape(2);
+        let lane = UNIT_POS_X as usize;
+        let k = UNIT_POS_Y as usize;
+        let c = CUBE_POS_X as usize * units + lane;
+        let b = CUBE_POS_Y as usize;
+        // Units past the last channel compute the last channel's piece (the cube
+        // synchronises once) and write nothing.
+        let active = c < channels;
+        let mut cc = c;
+        if !active {
+            cc = channels - 1;
+        }
+        let piece = (len + n_chunks - 1) / n_chunks;
+        let mut t_begin = k * piece;
+        if t_begin > len {
+            t_begin = len;
+        }
+        let mut t_end = t_begin + piece;
+        if t_end > len {
+            t_end = len;
+        }
+        let mut h_end = SharedMemory::<f32>::new(comptime!(n_chunks * units * n_state));
+        let mut sum_dt = SharedMemory::<f32>::new(comptime!(n_chunks * units));
+
+        let mut h = Array::<f32>::new(n_state);
+        let mut av = Array::<f32>::new(n_state);
+        #[unroll]
+        for s in 0..n_state {
+            av[s] = a[cc * a.stride(0) + s * a.stride(1)];
+            h[s] = 0.0;
+        }
+        let dv = dskip[cc * dskip.stride(0)];
+        let bv = bias[cc * bias.stride(0)];
+        let u0 = b * u.stride(0) + cc * u.stride(1);
+        let ut = u.stride(2);
+        let d0 = b * delta.stride(0) + cc * delta.stride(1);
+        let dt_ = delta.stride(2);
+        let z0 = b * z.stride(0) + cc * z.stride(1);
+        let zt = z.stride(2);
+        let y0 = b * y.stride(0) + cc * y.stride(1);
+        let yt = y.stride(2);
+        let b0 = b * bm.stride(0);
+        let bs = bm.stride(1);
+        let bt = bm.stride(2);
+        let c0 = b * cm.stride(0);
+        let cs = cm.stride(1);
+        let ct = cm.stride(2);
+
+        // Pass 1: the piece's own contribution to its end state, and its summed Δ.
+        let mut total = 0.0f32;
+        for t in t_begin..t_end {
+            let dt = softplus(f32::cast_from(delta[d0 + t * dt_]) + bv);
+            total += dt;
+            let dtu = dt * f32::cast_from(u[u0 + t * ut]);
+            #[unroll]
+            for s in 0..n_state {
+                h[s] = f32::exp(dt * av[s]) * h[s] + dtu * f32::cast_from(bm[b0 + s * bs + t * bt]);
+            }
+        }
+        let slot = k * units + lane;
+        #[unroll]
+        for s in 0..n_state {
+            h_end[slot * n_state + s] = h[s];
+        }
+        sum_dt[slot] = total;
+        sync_cube();
+
+        // The state entering this piece: the initial state carried over every earlier piece.
+        #[unroll]
+        for s in 0..n_state {
+            h[s] = 0.0;
+        }
+        if has_h0 {
+            #[unroll]
+            for s in 0..n_state {
+                h[s] = h0[b * h0.stride(0) + cc * h0.stride(1) + s * h0.stride(2)];
+            }
+        }
+        for j in 0..k {
+            let js = j * units + lane;
+            let decay = sum_dt[js];
+            #[unroll]
+            for s in 0..n_state {
+                h[s] = f32::exp(decay * av[s]) * h[s] + h_end[js * n_state + s];
+            }
+        }
+
+        // Pass 2: the piece again, from its true start state, with the outputs.
+        for t in t_begin..t_end {
+            let uu = f32::cast_from(u[u0 + t * ut]);
+            let dt = softplus(f32::cast_from(delta[d0 + t * dt_]) + bv);
+            let dtu = dt * uu;
+            let mut acc = 0.0f32;
+            #[unroll]
+            for s in 0..n_state {
+                let hs =
+                    f32::exp(dt * av[s]) * h[s] + dtu * f32::cast_from(bm[b0 + s * bs + t * bt]);
+                h[s] = hs;
+                acc += hs * f32::cast_from(cm[c0 + s * cs + t * ct]);
+            }
+            let zz = f32::cast_from(z[z0 + t * zt]);
+            if active {
+                y[y0 + t * yt] = F::cast_from((acc + dv * uu) * (zz * sigmoid(zz)));
+            }
+        }
+
+        if active && k == n_chunks - 1 {
             #[unroll]
             for s in 0..n_state {
                 h_last[b * h_last.stride(0) + c * h_last.stride(1) + s * h_last.stride(2)] = h[s];
@@ -964,6 +1130,37 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
                 y.clone().into_tensor_arg(),
                 h_last.clone().into_tensor_arg(),
                 states,
+                has_h0,
+                dtype.into(),
+            );
+        }
+        return (y, cast(h_last, dtype));
+    }
+    let len = u.shape().dims::<3>()[2];
+    let pieces = forward_pieces(batch * channels, len, states);
+    if pieces > 1 {
+        let count = CubeCount::Static(channels.div_ceil(FWD_UNITS) as u32, batch as u32, 1);
+        // SAFETY: as for the tiled kernel below; the pieces of a channel stay within its
+        // sequence (start and end are clamped to the length).
+        unsafe {
+            scan_forward_split_kernel::launch_unchecked::<R>(
+                &client,
+                count,
+                CubeDim::new_2d(FWD_UNITS as u32, pieces as u32),
+                u.into_tensor_arg(),
+                delta.into_tensor_arg(),
+                z.into_tensor_arg(),
+                bm.into_tensor_arg(),
+                cm.into_tensor_arg(),
+                a.into_tensor_arg(),
+                dskip.into_tensor_arg(),
+                bias.into_tensor_arg(),
+                h0.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                h_last.clone().into_tensor_arg(),
+                states,
+                FWD_UNITS,
+                pieces,
                 has_h0,
                 dtype.into(),
             );
