@@ -11,6 +11,8 @@
 #            burn's matmul), then one SFT and one DPO run of a few steps (needs the LLaMA-2
 #            tokenizer and the data files staged in .gpu/).
 #   generate: `bench generate` for hymba-1.5b vs the equal-size attention baseline at 8K.
+#   split:   the scan-kernel tests, `bench scan` with and without the time-split forward.
+#   diag:    where a CUDA training step's time goes (GPU utilisation, compile/autotune log).
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -62,6 +64,13 @@ post)
   LIMIT=${TRAIN_LIMIT:-180} step .gpu/hymba-train sft --backend ${BACKEND:-cuda} --init /tmp/m125 out_dir=/tmp/sft 'data.jsonl=[".gpu/sft.jsonl"]' steps=3 $common 2>&1 | tail -8
   LIMIT=${TRAIN_LIMIT:-180} step .gpu/hymba-train dpo --backend ${BACKEND:-cuda} --init /tmp/m125 out_dir=/tmp/dpo 'data.jsonl=[".gpu/hhh.jsonl"]' data.seq_len=1024 batch_size=4 steps=3 valid_every=100000 checkpoint_every=100000 samples=0 log_every=1 2>&1 | tail -8
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv
+  ;;
+split)
+  # The scan kernels' tests, then the kernel timed with the time-split forward (default)
+  # and without it (HYMBA_SCAN_SPLIT=0).
+  LIMIT=200 step .gpu/scan_kernel --test-threads=1 2>&1 | grep -E "^test |test result|panicked" | tee "$OUT/test_scan_kernel_cuda.txt"
+  LIMIT=150 step .gpu/hymba-eval bench scan --backend cuda --kernel tiled --no-reference --out "$OUT/scan_split.json" 2>&1 | tail -12
+  HYMBA_SCAN_SPLIT=0 LIMIT=150 step .gpu/hymba-eval bench scan --backend cuda --kernel tiled --no-reference --out "$OUT/scan_nosplit.json" 2>&1 | tail -12
   ;;
 diag)
   # Where a CUDA training step's time goes: GPU utilisation (nvidia-smi dmon), the process's
