@@ -66,10 +66,11 @@ post)
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv
   ;;
 split)
-  # The scan kernels' tests, then the kernel timed with the time-split forward (default)
-  # and without it (HYMBA_SCAN_SPLIT=0).
+  # The scan kernels' tests, then the kernel timed with the time-split forward and without.
+  # (When this ran, the split was the default and HYMBA_SCAN_SPLIT=0 turned it off; it is
+  # now opt-in with HYMBA_SCAN_SPLIT=1.)
   LIMIT=200 step .gpu/scan_kernel --test-threads=1 2>&1 | grep -E "^test |test result|panicked" | tee "$OUT/test_scan_kernel_cuda.txt"
-  LIMIT=150 step .gpu/hymba-eval bench scan --backend cuda --kernel tiled --no-reference --out "$OUT/scan_split.json" 2>&1 | tail -12
+  HYMBA_SCAN_SPLIT=1 LIMIT=150 step .gpu/hymba-eval bench scan --backend cuda --kernel tiled --no-reference --out "$OUT/scan_split.json" 2>&1 | tail -12
   HYMBA_SCAN_SPLIT=0 LIMIT=150 step .gpu/hymba-eval bench scan --backend cuda --kernel tiled --no-reference --out "$OUT/scan_nosplit.json" 2>&1 | tail -12
   ;;
 diag)

@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use hymba::HymbaBackend;
-use hymba::scan::kernel::{ScanKernel, set_scan_kernel};
+use hymba::scan::kernel::{ScanKernel, set_scan_kernel, set_scan_split};
 use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
 };
@@ -69,10 +69,20 @@ fn with_each_kernel(check: impl Fn(&str)) {
     set_scan_kernel(ScanKernel::Tiled);
 }
 
+/// As [`with_each_kernel`], plus the tiled kernels with the time-split forward allowed.
+fn with_each_forward_kernel(check: impl Fn(&str)) {
+    with_each_kernel(&check);
+    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
+    set_scan_kernel(ScanKernel::Tiled);
+    set_scan_split(true);
+    check("split");
+    set_scan_split(false);
+}
+
 /// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64
 /// forward, 32 backward); T is not a multiple of the backward chunk (16 for S = 16, 32 for
 /// S = 3). The last one is long enough for the time-split forward (4 pieces of 76 steps,
-/// the last one 73).
+/// the last one 73), checked by `with_each_forward_kernel`.
 const SHAPES: [(usize, usize, usize, usize); 4] = [
     (2, 70, 16, 53),
     (1, 5, 3, 37),
@@ -180,12 +190,12 @@ fn check_forward<Bk: ScanBackend<Device = Dev>>(name: &str) {
 
 #[test]
 fn kernel_forward_equals_reference_fusion() {
-    with_each_kernel(|k| check_forward::<Fused>(&format!("{} [{k}]", gpu::NAME)));
+    with_each_forward_kernel(|k| check_forward::<Fused>(&format!("{} [{k}]", gpu::NAME)));
 }
 
 #[test]
 fn kernel_forward_equals_reference_cube() {
-    with_each_kernel(|k| check_forward::<Bare>(&format!("CubeBackend [{k}]")));
+    with_each_forward_kernel(|k| check_forward::<Bare>(&format!("CubeBackend [{k}]")));
 }
 
 fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {

@@ -11,10 +11,12 @@
 //! `x > 20 ? x : log1p(eˣ)` rule, the D skip and the `silu(z)` gate. It writes y and the
 //! last state. A decode step is this kernel with T = 1 and an initial state.
 //!
-//! When batch × channels is too small to fill the GPU, [`forward_pieces`] splits time
-//! into pieces instead (`scan_forward_split_kernel`): each unit scans one piece of one
-//! channel twice, first from a zero state to get the piece's end state, then, with the
-//! earlier pieces folded into its start state, for the outputs.
+//! Opt-in ([`set_scan_split`], `HYMBA_SCAN_SPLIT=1`): when batch × channels is too small to
+//! fill the GPU, [`forward_pieces`] splits time into pieces instead
+//! (`scan_forward_split_kernel`): each unit scans one piece of one channel twice, first
+//! from a zero state to get the piece's end state, then, with the earlier pieces folded
+//! into its start state, for the outputs. It reads global memory step by step, so it only
+//! pays off where the inputs are stored channels-innermost; it is off by default.
 //!
 //! # Backward (`scan_backward_kernel`)
 //! Same layout, [`BWD_UNITS`] channels per cube, chunks of `chunk` steps staged in shared
@@ -83,6 +85,29 @@ pub enum ScanKernel {
 }
 
 static KERNEL: AtomicU8 = AtomicU8::new(u8::MAX);
+static SPLIT: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// Whether the tiled forward may split time into pieces ([`forward_pieces`]): set by
+/// [`set_scan_split`], else on only with `HYMBA_SCAN_SPLIT=1`. Off by default: on an H100
+/// it was 3.9× slower than the sequential tiled kernel for inputs stored with time
+/// innermost (its per-step global reads are not coalesced across channels there;
+/// `bench/results/scan_h100_split.json`).
+pub fn scan_split() -> bool {
+    match SPLIT.load(Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        _ => {
+            let on = std::env::var("HYMBA_SCAN_SPLIT").as_deref() == Ok("1");
+            set_scan_split(on);
+            on
+        }
+    }
+}
+
+/// Allows or forbids the time-split forward for every later call, process-wide.
+pub fn set_scan_split(on: bool) {
+    SPLIT.store(u8::from(on), Ordering::Relaxed);
+}
 
 /// The kernels in use: set by [`set_scan_kernel`], else by the environment variable
 /// `HYMBA_SCAN_KERNEL=tiled|direct`, else [`ScanKernel::Tiled`].
@@ -133,11 +158,10 @@ pub fn backward_chunk<R: CubeRuntime>(
 /// How many pieces the time-split forward cuts each sequence into (1 = the sequential
 /// tiled kernel): enough units to fill a large GPU (~2¹⁷ in flight) when batch × channels
 /// alone does not, pieces of at least 64 steps, at most 8 pieces, and the pieces' end
-/// states (`pieces · FWD_UNITS · S` floats) within 32 KiB of shared memory.
-/// `HYMBA_SCAN_SPLIT=0` turns the split off.
+/// states (`pieces · FWD_UNITS · S` floats) within 32 KiB of shared memory. Only when
+/// [`scan_split`] allows it.
 pub fn forward_pieces(rows: usize, len: usize, states: usize) -> usize {
-    if scan_kernel() != ScanKernel::Tiled || std::env::var("HYMBA_SCAN_SPLIT").as_deref() == Ok("0")
-    {
+    if scan_kernel() != ScanKernel::Tiled || !scan_split() {
         return 1;
     }
     let mut pieces = (131_072 / rows.max(1)).next_power_of_two().clamp(1, 8);
