@@ -67,61 +67,62 @@ impl TrainData {
         scale: f32,
         device: &B::Device,
     ) -> Result<LmBatch<B>, TrainError> {
-        let rows: Vec<MaskedTokens> = match self {
+        let mut batch = match self {
+            // Every target of a window counts: no mask tensor is built.
             Self::Windows(w) => {
-                let mut rows = Vec::with_capacity(indices.len());
+                let width = w.seq_len() + 1;
+                let mut buf = vec![0u32; width];
+                let mut ids = Vec::with_capacity(indices.len() * width);
                 for &i in indices {
-                    let ids = w.window(i)?;
-                    rows.push(MaskedTokens {
-                        mask: vec![1; ids.len()],
-                        ids,
-                    });
+                    w.window_into(i, &mut buf)?;
+                    ids.extend(buf.iter().map(|&t| i64::from(t)));
                 }
-                let mut batch = rows_to_batch::<B>(&rows, 0, device);
-                batch.loss_mask = None;
-                batch.scale = scale;
-                return Ok(batch);
+                let n = indices.len();
+                LmBatch {
+                    ids: Tensor::from_data(TensorData::new(ids, [n, width]), device),
+                    loss_mask: None,
+                    targets: n * (width - 1),
+                    preference: None,
+                    scale: 1.0,
+                }
             }
-            Self::Packed(p) => indices.iter().map(|&i| p[i].clone()).collect(),
+            Self::Packed(p) => {
+                let rows: Vec<&MaskedTokens> = indices.iter().map(|&i| &p[i]).collect();
+                rows_to_batch::<B>(&rows, device)
+            }
             Self::Pairs { pairs, beta } => {
-                let chosen = indices.iter().map(|&i| pairs[i].pair.chosen.clone());
-                let rejected = indices.iter().map(|&i| pairs[i].pair.rejected.clone());
-                let rows: Vec<MaskedTokens> = chosen.chain(rejected).collect();
+                let chosen = indices.iter().map(|&i| &pairs[i].pair.chosen);
+                let rejected = indices.iter().map(|&i| &pairs[i].pair.rejected);
+                let rows: Vec<&MaskedTokens> = chosen.chain(rejected).collect();
                 let reference: Vec<f32> = indices
                     .iter()
                     .map(|&i| pairs[i].reference_chosen as f32)
                     .chain(indices.iter().map(|&i| pairs[i].reference_rejected as f32))
                     .collect();
                 let n = reference.len();
-                let mut batch = rows_to_batch::<B>(&rows, 0, device);
+                let mut batch = rows_to_batch::<B>(&rows, device);
                 batch.preference = Some(Preference {
                     reference: Tensor::from_data(TensorData::new(reference, [n]), device),
                     beta: *beta,
                 });
-                batch.scale = scale;
-                return Ok(batch);
+                batch
             }
         };
-        let mut batch = rows_to_batch::<B>(&rows, 0, device);
         batch.scale = scale;
         Ok(batch)
     }
 }
 
-/// Rows of tokens as a batch: right-padded with `pad_id` to the longest row, the targets'
-/// weights `mask[1..]` as the loss mask.
-pub fn rows_to_batch<B: Backend>(
-    rows: &[MaskedTokens],
-    pad_id: u32,
-    device: &B::Device,
-) -> LmBatch<B> {
-    let width = rows.iter().map(MaskedTokens::len).max().unwrap_or(2).max(2);
+/// Rows of tokens as a batch: right-padded with id 0 (at weight 0) to the longest row, the
+/// targets' weights `mask[1..]` as the loss mask.
+pub fn rows_to_batch<B: Backend>(rows: &[&MaskedTokens], device: &B::Device) -> LmBatch<B> {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(2).max(2);
     let mut ids = Vec::with_capacity(rows.len() * width);
     let mut mask = Vec::with_capacity(rows.len() * (width - 1));
     let mut targets = 0;
     for r in rows {
         ids.extend(r.ids.iter().map(|&t| i64::from(t)));
-        ids.extend(std::iter::repeat_n(i64::from(pad_id), width - r.len()));
+        ids.extend(std::iter::repeat_n(0, width - r.len()));
         let m = r.mask.iter().skip(1).map(|&m| f32::from(m));
         mask.extend(m.chain(std::iter::repeat(0.0)).take(width - 1));
         targets += r.mask.iter().skip(1).filter(|&&m| m != 0).count();

@@ -279,15 +279,16 @@ pub fn reference_pass<B: HymbaBackend>(
         None => {
             let mut values = Vec::with_capacity(pairs.len());
             for (n, chunk) in pairs.chunks(batch_size.max(1)).enumerate() {
-                let rows: Vec<MaskedTokens> = chunk
+                let rows: Vec<&MaskedTokens> = chunk
                     .iter()
-                    .map(|p| p.chosen.clone())
-                    .chain(chunk.iter().map(|p| p.rejected.clone()))
+                    .map(|p| &p.chosen)
+                    .chain(chunk.iter().map(|p| &p.rejected))
                     .collect();
-                let batch = rows_to_batch::<B>(&rows, 0, device);
+                let batch = rows_to_batch::<B>(&rows, device);
+                let [n_rows, t] = batch.ids.dims();
                 let mask = batch
                     .loss_mask
-                    .unwrap_or_else(|| Tensor::ones([rows.len(), 1], device));
+                    .unwrap_or_else(|| Tensor::ones([n_rows, t - 1], device));
                 let lp = response_logprobs(model, batch.ids, mask)
                     .into_data()
                     .convert::<f64>()
