@@ -13,6 +13,10 @@
 #   generate: `bench generate` for hymba-1.5b vs the equal-size attention baseline at 8K.
 #   split:   the scan-kernel tests, `bench scan` with and without the time-split forward.
 #   diag:    where a CUDA training step's time goes (GPU utilisation, compile/autotune log).
+#   steps:   hymba-125m SFT and DPO step times with the persistent kernel cache: a cold run
+#            (fills the cache), the same run warm, then DPO; the cache is copied to $OUT.
+#   ddp:     hymba-125m pretraining on one GPU and data-parallel on two (nvidia-h100-x2),
+#            with a kernel cache carried in .gpu/kernel-cache.tgz if there is one.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -93,6 +97,31 @@ diag)
   done
   tail -c 3000000 /tmp/cubecl_2.log > "$OUT/cubecl_2_tail.log" 2>/dev/null
   kill $DMON
+  ;;
+steps)
+  export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
+  [ -f .gpu/kernel-cache.tgz ] && [ ! -d "$HYMBA_KERNEL_CACHE" ] && mkdir -p target && tar xzf .gpu/kernel-cache.tgz -C target
+  [ -d /tmp/m125 ] || { LIMIT=120 step .gpu/hymba-eval init --preset hymba-125m --out /tmp/m125; cp .gpu/tokenizer.json /tmp/m125/; }
+  common="data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
+  for pass in ${PASSES:-cold warm}; do
+    LIMIT=${SFT_LIMIT:-400} step .gpu/hymba-train sft --backend cuda --init /tmp/m125 out_dir=/tmp/sft_$pass 'data.jsonl=[".gpu/sft.jsonl"]' steps=${STEPS:-4} $common 2>&1 | tail -9 | tee "$OUT/sft_125m_$pass.txt"
+    du -sh "$HYMBA_KERNEL_CACHE" 2>/dev/null
+  done
+  if [ "${DPO:-1}" = 1 ]; then
+    LIMIT=${DPO_LIMIT:-200} step .gpu/hymba-train dpo --backend cuda --init /tmp/m125 out_dir=/tmp/dpo 'data.jsonl=[".gpu/hhh.jsonl"]' data.seq_len=2048 batch_size=1 grad_accum=4 steps=${STEPS:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 2>&1 | tail -12 | tee "$OUT/dpo_125m.txt"
+  fi
+  tar czf "$OUT/kernel-cache.tgz" -C target kernel-cache 2>/dev/null; ls -la "$OUT/kernel-cache.tgz"
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv
+  ;;
+ddp)
+  export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
+  [ -f .gpu/kernel-cache.tgz ] && [ ! -d "$HYMBA_KERNEL_CACHE" ] && mkdir -p target && tar xzf .gpu/kernel-cache.tgz -C target
+  nvidia-smi -L
+  common="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
+  for devs in ${DEVICES:-0,1 0}; do
+    LIMIT=${TRAIN_LIMIT:-280} step .gpu/hymba-train pretrain --backend cuda --devices $devs steps=${STEPS:-6} $common out_dir=/tmp/ddp_${devs/,/_} 2>&1 | tail -12 | tee "$OUT/pretrain_125m_devices_${devs/,/_}.txt"
+  done
+  tar czf "$OUT/kernel-cache.tgz" -C target kernel-cache 2>/dev/null; ls -la "$OUT/kernel-cache.tgz"
   ;;
 generate)
   for dt in ${DTYPES:-f32 bf16}; do

@@ -284,6 +284,7 @@ fn train_one(
         resume: false,
         backend: kind,
         init: None,
+        replicas: Vec::new(),
     };
     let report = run_on(kind, args.device, job)??;
     Ok(report.final_valid_loss)

@@ -113,10 +113,19 @@ impl TrainData {
     }
 }
 
+/// Variable-length batches (chats, preference pairs) are padded so that the model's sequence
+/// length is a multiple of this. GPU backends compile kernels per shape class (vector width,
+/// tiling), so a new length in every batch would keep the compiler busy; the padding costs
+/// at most 63 positions and changes no loss, since every mixer is causal and padded targets
+/// weigh 0.
+pub const SEQ_MULTIPLE: usize = 64;
+
 /// Rows of tokens as a batch: right-padded with id 0 (at weight 0) to the longest row, the
-/// targets' weights `mask[1..]` as the loss mask.
+/// model's input length (`width − 1`) rounded up to [`SEQ_MULTIPLE`]; the targets' weights
+/// `mask[1..]` as the loss mask.
 pub fn rows_to_batch<B: Backend>(rows: &[&MaskedTokens], device: &B::Device) -> LmBatch<B> {
-    let width = rows.iter().map(|r| r.len()).max().unwrap_or(2).max(2);
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(2).max(2);
+    let width = (longest - 1).next_multiple_of(SEQ_MULTIPLE) + 1;
     let mut ids = Vec::with_capacity(rows.len() * width);
     let mut mask = Vec::with_capacity(rows.len() * (width - 1));
     let mut targets = 0;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
+use burn::tensor::backend::DeviceOps;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use hymba::{BackendKind, BackendRunner, GenerationConfig, Hymba, HymbaBackend, HymbaConfig};
@@ -46,6 +47,9 @@ pub struct TrainJob {
     pub backend: BackendKind,
     /// SFT/DPO: the model to start from (HF-layout directory or step checkpoint).
     pub init: Option<PathBuf>,
+    /// Data-parallel devices beyond the one `run_on` was given (device indices of the same
+    /// backend; empty: one device). See [`crate::strategy`] for what a step does with them.
+    pub replicas: Vec<u16>,
 }
 
 /// What a finished run reports.
@@ -488,6 +492,11 @@ where
         snapshot,
         flops_per_token: train_flops_per_token(&config, run.data.seq_len),
         peak_flops: peak_tflops * 1e12,
+        replicas: job
+            .replicas
+            .iter()
+            .map(|&i| device_with_index(&device, i))
+            .collect(),
         device: device.clone(),
         log: log.clone(),
         validate: has_valid,
@@ -554,6 +563,14 @@ where
         samples: samples(&model, &tok, &run, stage)?,
         model_dir,
     })
+}
+
+/// The device of the same kind as `like` with index `index` (CUDA: the GPU's ordinal; the CPU
+/// backend has one device, so every index names it).
+fn device_with_index<D: DeviceOps>(like: &D, index: u16) -> D {
+    let mut id = like.to_id();
+    id.index_id = index;
+    D::from_id(id)
 }
 
 /// Writes the trained model in the HF layout (`config.json`, `model.safetensors`,

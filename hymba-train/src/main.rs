@@ -26,9 +26,17 @@ struct RunArgs {
     /// Backend: ndarray (CPU), wgpu, cuda or cuda-raw (the GPU ones need the cargo feature).
     #[arg(long, default_value = "ndarray")]
     backend: String,
-    /// Device index.
-    #[arg(long, default_value_t = 0)]
-    device: usize,
+    /// Device indices, comma-separated. More than one trains data-parallel: every device runs
+    /// `grad_accum` micro-batches of `batch_size` per step on its own replica, the gradients
+    /// are summed on the first, which takes the optimizer step (global batch = batch_size ×
+    /// grad_accum × devices). On the CPU backend every index is the same CPU.
+    #[arg(
+        long,
+        visible_alias = "device",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    devices: Vec<u16>,
     /// Continue from the newest checkpoint in the run's out_dir.
     #[arg(long)]
     resume: bool,
@@ -70,14 +78,26 @@ enum Command {
 fn train(stage: Stage, args: RunArgs, init: Option<PathBuf>) -> Result<()> {
     let kind: BackendKind = args.backend.parse()?;
     let config = RunConfig::load(stage, args.config.as_deref(), &args.overrides)?;
+    let (&main, replicas) = args
+        .devices
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("--devices: give at least one device index"))?;
+    if let Some(d) = replicas
+        .iter()
+        .enumerate()
+        .find_map(|(i, d)| args.devices[..=i].contains(d).then_some(d))
+    {
+        anyhow::bail!("--devices lists device {d} twice");
+    }
     let job = TrainJob {
         stage,
         config,
         resume: args.resume,
         backend: kind,
         init,
+        replicas: replicas.to_vec(),
     };
-    let report = run_on(kind, args.device, job)??;
+    let report = run_on(kind, usize::from(main), job)??;
     println!("steps run:            {}", report.steps_run);
     println!("final train loss:     {:.4}", report.final_train_loss);
     println!("final valid loss:     {:.4}", report.final_valid_loss);
@@ -127,6 +147,7 @@ impl RunArgs {
     fn default_main() -> Self {
         Self {
             backend: "ndarray".into(),
+            devices: vec![0],
             ..Default::default()
         }
     }

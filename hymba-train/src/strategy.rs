@@ -5,6 +5,16 @@
 //! (one LR step per optimizer step, not per micro-batch), averaged gradient accumulation,
 //! global-norm clipping, validation every N steps, checkpoints every N steps with the data
 //! position (exact resume), tokens/s and MFU, and NaN handling.
+//!
+//! Data parallelism: with more than one device, each optimizer step runs `grad_accum`
+//! micro-batches on every device at once (one thread per device, each with a replica of the
+//! model), sums the gradients on the main device, takes one optimizer step there and copies
+//! the new weights back to the replicas. The global batch is `batch_size × grad_accum ×
+//! devices`, and the loss of each micro-batch is scaled by `1 / (grad_accum × devices)`, so a
+//! run on two devices equals a one-device run with twice the accumulation. The exchange goes
+//! through burn's device-to-device copies rather than NCCL, so it works on every backend
+//! (burn 0.21's NCCL DDP lives in its default strategy, which cannot count steps, accumulate
+//! or clip the way LM training needs).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -13,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::data::dataloader::Progress;
-use burn::module::AutodiffModule;
-use burn::optim::GradientsAccumulator;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::{
     EventProcessorTraining, InferenceStep, Learner, LearnerEvent, LearningComponentsMarker,
-    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
-    TrainingItem, TrainingModel, ValidLoader,
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainStep,
+    TrainingComponents, TrainingItem, TrainingModel, ValidLoader,
 };
 use hymba::HymbaBackend;
 use hymba_datasets::WindowSampler;
@@ -55,6 +65,67 @@ pub struct RunLog {
     pub error: Option<TrainError>,
 }
 
+/// The host figures of the micro-batches one device ran in an optimizer step, each weighted
+/// by its share of the step.
+#[derive(Debug, Default, Clone, Copy)]
+struct StepFigures {
+    loss: f64,
+    tokens: usize,
+    seq_tokens: usize,
+    dpo: DpoStats,
+}
+
+impl StepFigures {
+    fn add(&mut self, item: &LmStats, share: f64) {
+        self.loss += item.loss * share;
+        self.tokens += item.tokens;
+        self.seq_tokens += item.seq_tokens;
+        let (d, e) = (&mut self.dpo, &item.dpo);
+        d.loss += e.loss * share;
+        d.reward_accuracy += e.reward_accuracy * share;
+        d.margin += e.margin * share;
+        d.chosen_reward += e.chosen_reward * share;
+        d.rejected_reward += e.rejected_reward * share;
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.loss += other.loss;
+        self.tokens += other.tokens;
+        self.seq_tokens += other.seq_tokens;
+        let (d, e) = (&mut self.dpo, &other.dpo);
+        d.loss += e.loss;
+        d.reward_accuracy += e.reward_accuracy;
+        d.margin += e.margin;
+        d.chosen_reward += e.chosen_reward;
+        d.rejected_reward += e.rejected_reward;
+    }
+}
+
+/// Forward and backward of `draws` (item indices of one micro-batch each) on one device:
+/// the summed gradients (on that device) and the figures. Every micro-batch's loss is scaled
+/// by `1 / micro_batches`, the number of micro-batches in the whole optimizer step.
+fn run_micro_batches<B>(
+    train: &TrainData,
+    model: &LanguageModel<B>,
+    device: &B::Device,
+    draws: &[&Vec<usize>],
+    micro_batches: usize,
+) -> Result<(GradientsParams, StepFigures), TrainError>
+where
+    B: AutodiffBackend + HymbaBackend,
+{
+    let mut accumulator = GradientsAccumulator::<LanguageModel<B>>::new();
+    let mut figures = StepFigures::default();
+    let share = 1.0 / micro_batches as f64;
+    for indices in draws {
+        let batch = train.batch::<B>(indices, share as f32, device)?;
+        let out = TrainStep::step(model, batch);
+        accumulator.accumulate(model, out.grads);
+        figures.add(&out.item, share);
+    }
+    Ok((accumulator.grads(), figures))
+}
+
 /// The strategy; see the module docs.
 pub struct LmStrategy<B: AutodiffBackend> {
     /// Training items.
@@ -71,8 +142,10 @@ pub struct LmStrategy<B: AutodiffBackend> {
     pub flops_per_token: f64,
     /// Peak FLOP/s of the device (0 = unknown).
     pub peak_flops: f64,
-    /// Device the batches are built on.
+    /// The main device: the optimizer, validation and checkpoints live here.
     pub device: B::Device,
+    /// Further data-parallel devices, each running a replica of the model (empty: one device).
+    pub replicas: Vec<B::Device>,
     /// Results for the caller.
     pub log: Arc<Mutex<RunLog>>,
     /// Whether there is a validation set to evaluate.
@@ -163,6 +236,73 @@ where
         mean
     }
 
+    /// One optimizer step's forward and backward passes: `grad_accum` micro-batches on every
+    /// device, device `d` taking the `d`-th, `d + devices`-th, … draw of the sampler (so the
+    /// items seen do not depend on the device count), the replicas in their own threads.
+    /// Returns the gradients summed on the main device and the figures summed over devices.
+    fn data_parallel_step(
+        &self,
+        learner: &Learner<Components<B>>,
+        replicas: &[LanguageModel<B>],
+    ) -> Result<(GradientsParams, StepFigures), TrainError> {
+        let devices = 1 + replicas.len();
+        let micro_batches = self.config.grad_accum * devices;
+        let draws: Vec<Vec<usize>> = {
+            let mut sampler = self
+                .sampler
+                .lock()
+                .map_err(|_| TrainError::Config("sampler lock poisoned".into()))?;
+            (0..micro_batches)
+                .map(|_| sampler.next_batch(self.config.batch_size))
+                .collect()
+        };
+        let share_of =
+            |d: usize| -> Vec<&Vec<usize>> { draws.iter().skip(d).step_by(devices).collect() };
+        let main_model = learner.model();
+        let train = self.train.as_ref();
+        let (main, others) = std::thread::scope(|scope| {
+            let workers: Vec<_> = replicas
+                .iter()
+                .zip(&self.replicas)
+                .enumerate()
+                .map(|(k, (replica, device))| {
+                    let (replica, mine) = (replica.clone(), share_of(k + 1));
+                    scope.spawn(move || {
+                        run_micro_batches(train, &replica, device, &mine, micro_batches)
+                    })
+                })
+                .collect();
+            let main = run_micro_batches(
+                train,
+                &main_model,
+                &self.device,
+                &share_of(0),
+                micro_batches,
+            );
+            let others: Vec<_> = workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(TrainError::Config("a data-parallel worker panicked".into()))
+                    })
+                })
+                .collect();
+            (main, others)
+        });
+        let (grads, mut figures) = main?;
+        if others.is_empty() {
+            return Ok((grads, figures));
+        }
+        let mut accumulator = GradientsAccumulator::<LanguageModel<B>>::new();
+        accumulator.accumulate(&main_model, grads);
+        for other in others {
+            let (grads, f) = other?;
+            accumulator.accumulate(&main_model, grads.to_device(&self.device, &main_model));
+            figures.merge(&f);
+        }
+        Ok((accumulator.grads(), figures))
+    }
+
     fn save_checkpoint(&self, learner: &Learner<Components<B>>, step: usize) {
         let Some(optim) = self.snapshot.take() else {
             self.fail(TrainError::Config(
@@ -211,8 +351,12 @@ where
         let mut processor = components.event_processor;
         let interrupter = components.interrupter;
         let cfg = &self.config;
-        let accum = cfg.grad_accum;
         let total = cfg.steps;
+        let mut replicas: Vec<LanguageModel<B>> = self
+            .replicas
+            .iter()
+            .map(|d| learner.model().fork(d))
+            .collect();
         let mut valid_runs = 0;
         self.reset_csv();
         let epoch = Progress {
@@ -221,38 +365,19 @@ where
         };
         for step in self.start_step + 1..=total {
             let started = Instant::now();
-            let mut accumulator = GradientsAccumulator::<LanguageModel<B>>::new();
-            let (mut loss, mut tokens, mut seq_tokens) = (0.0, 0usize, 0usize);
-            let mut dpo = DpoStats::default();
-            for _ in 0..accum {
-                let indices = match self.sampler.lock() {
-                    Ok(mut s) => s.next_batch(cfg.batch_size),
-                    Err(_) => return (learner.model(), processor),
-                };
-                let batch = match self
-                    .train
-                    .batch::<B>(&indices, 1.0 / accum as f32, &self.device)
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.fail(e);
-                        return (learner.model(), processor);
-                    }
-                };
-                let out = learner.train_step(batch);
-                accumulator.accumulate(&learner.model(), out.grads);
-                let share = 1.0 / accum as f64;
-                loss += out.item.loss * share;
-                tokens += out.item.tokens;
-                seq_tokens += out.item.seq_tokens;
-                let d = out.item.dpo;
-                dpo.loss += d.loss * share;
-                dpo.reward_accuracy += d.reward_accuracy * share;
-                dpo.margin += d.margin * share;
-                dpo.chosen_reward += d.chosen_reward * share;
-                dpo.rejected_reward += d.rejected_reward * share;
-            }
-            let mut grads = accumulator.grads();
+            let (mut grads, figures) = match self.data_parallel_step(&learner, &replicas) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail(e);
+                    return (learner.model(), processor);
+                }
+            };
+            let StepFigures {
+                loss,
+                tokens,
+                seq_tokens,
+                dpo,
+            } = figures;
             learner.lr_step();
             if !loss.is_finite() {
                 match cfg.on_nan {
@@ -279,11 +404,15 @@ where
                 self.snapshot.request();
             }
             learner.optimizer_step(grads);
+            for (replica, device) in replicas.iter_mut().zip(&self.replicas) {
+                *replica = learner.model().fork(device);
+            }
             let lr = learner.lr_current();
             let secs = started.elapsed().as_secs_f64();
             let tokens_per_sec = seq_tokens as f64 / secs.max(1e-9);
             let mfu_pct = if self.peak_flops > 0.0 {
-                100.0 * tokens_per_sec * self.flops_per_token / self.peak_flops
+                100.0 * tokens_per_sec * self.flops_per_token
+                    / (self.peak_flops * (1 + self.replicas.len()) as f64)
             } else {
                 0.0
             };

@@ -69,15 +69,20 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
         BackendKind::Wgpu => Ok(runner
             .run::<burn::backend::Wgpu<f32, i32>>(burn::backend::wgpu::WgpuDevice::DefaultDevice)),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => Ok(runner
-            .run::<burn::backend::Cuda<f32, i32>>(burn::backend::cuda::CudaDevice::new(device))),
+        BackendKind::Cuda => {
+            kernel_cache::enable(device);
+            Ok(runner
+                .run::<burn::backend::Cuda<f32, i32>>(burn::backend::cuda::CudaDevice::new(device)))
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::CudaRaw => Ok(runner.run::<burn_cubecl::CubeBackend<
-            cubecl::cuda::CudaRuntime,
-            f32,
-            i32,
-            u8,
-        >>(burn::backend::cuda::CudaDevice::new(device))),
+        BackendKind::CudaRaw => {
+            kernel_cache::enable(device);
+            Ok(
+                runner.run::<burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>>(
+                    burn::backend::cuda::CudaDevice::new(device),
+                ),
+            )
+        }
         #[allow(unreachable_patterns)]
         other => Err(HymbaError::BackendNotCompiled {
             backend: match other {
@@ -99,3 +104,78 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
 // `burn::backend::{Wgpu, Cuda}` (= `Fusion<CubeBackend<R, ..>>`, any element types) through
 // the generic impls in `scan/kernel.rs` (CubeCL kernels) and `scan/fusion.rs` (custom fusion
 // op); `Autodiff<B, C>` over any of them in `scan/autodiff.rs`.
+
+/// A persistent cache of compiled CUDA kernels, on by default.
+///
+/// burn's fusion turns a Hymba training step into ~2,200 distinct kernels, each compiled by
+/// NVRTC the first time it runs: on an H100 host the first step of every run spends about
+/// four minutes compiling with the GPU idle. CubeCL can keep the PTX on disk, keyed by a stable
+/// hash of the kernel, but leaves that off unless a `cubecl.toml` asks for it. We turn it on
+/// so that only the first run on a machine pays, and every later run (a resumed job, the next
+/// post-training stage, a benchmark) starts in seconds.
+///
+/// `HYMBA_KERNEL_CACHE=DIR` moves the cache, `HYMBA_KERNEL_CACHE=off` disables it; a
+/// `cubecl.toml` (or `CUBECL_*` variables) that sets `compilation.cache` wins over both. The
+/// default place is the user's cache directory (`~/.cache/hymba-rs/cuda-kernels`), one folder
+/// per compute capability, since PTX is compiled for one architecture.
+#[cfg(feature = "cuda")]
+pub mod kernel_cache {
+    use std::path::PathBuf;
+    use std::sync::{Arc, Once};
+
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+
+    /// The environment variable that moves (`DIR`) or disables (`off`) the cache.
+    pub const ENV: &str = "HYMBA_KERNEL_CACHE";
+
+    /// Where the cache for CUDA device `device` lives, or `None` when it is disabled.
+    pub fn dir(device: usize) -> Option<PathBuf> {
+        let root = match std::env::var_os(ENV) {
+            Some(v) if matches!(v.to_str(), Some("off" | "0" | "")) => return None,
+            Some(v) => PathBuf::from(v),
+            None => {
+                let base = std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::home_dir().map(|h| h.join(".cache")))?;
+                base.join("hymba-rs").join("cuda-kernels")
+            }
+        };
+        Some(root.join(compute_capability(device).unwrap_or_else(|| "sm_unknown".into())))
+    }
+
+    /// `sm_XY` of CUDA device `device`, read through the driver API (`None` without a driver).
+    fn compute_capability(device: usize) -> Option<String> {
+        use cudarc::driver::{result, sys::CUdevice_attribute as A};
+        result::init().ok()?;
+        let dev = result::device::get(i32::try_from(device).ok()?).ok()?;
+        // SAFETY: `dev` is a valid device handle returned by the driver just above.
+        let (major, minor) = unsafe {
+            (
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                    .ok()?,
+                result::device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                    .ok()?,
+            )
+        };
+        Some(format!("sm_{major}{minor}"))
+    }
+
+    /// Installs CubeCL's runtime configuration with the kernel cache on, once per process and
+    /// only if nothing has read CubeCL's configuration yet (it cannot change afterwards).
+    pub fn enable(device: usize) {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let mut slot = CubeClRuntimeConfig::storage().lock();
+            if slot.is_some() {
+                return;
+            }
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            if config.compilation.cache.is_none()
+                && let Some(dir) = dir(device)
+            {
+                config.compilation.cache = Some(CacheConfig::File(dir));
+            }
+            *slot = Some(Arc::new(config));
+        });
+    }
+}

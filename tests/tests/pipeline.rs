@@ -29,6 +29,7 @@ fn run(stage: Stage, out: &Path, init: Option<&Path>, extra: &[&str]) -> TrainRe
         resume: false,
         backend: BackendKind::NdArray,
         init: init.map(Path::to_path_buf),
+        replicas: Vec::new(),
     };
     run_on(BackendKind::NdArray, 0, job)
         .expect("backend")
