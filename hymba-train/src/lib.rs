@@ -13,6 +13,7 @@ pub mod job;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod posttrain;
 pub mod renderer;
 pub mod run_config;

@@ -193,6 +193,20 @@ where
         }
     }
 
+    /// Redraws `loss.png` from `loss.csv` (after each validation and at the end of the run).
+    /// A chart that cannot be written is reported, not fatal: the CSV has the numbers.
+    fn plot(&self) {
+        let dir = &self.config.out_dir;
+        let name = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let title = format!("{name}: loss per optimizer step");
+        if let Err(e) = crate::plot::write_loss_png(&self.csv(), &dir.join("loss.png"), &title) {
+            eprintln!("warning: loss chart not written: {e}");
+        }
+    }
+
     fn fail(&self, e: TrainError) {
         if let Ok(mut log) = self.log.lock() {
             log.error = Some(e);
@@ -445,6 +459,7 @@ where
                 valid_runs += 1;
                 let v = self.validate(&learner, &valid, &mut processor, step, valid_runs);
                 self.append_csv(format!("{step},valid,{},,,", v.loss));
+                self.plot();
                 if let Ok(mut log) = self.log.lock() {
                     log.valid_loss.push((step, v.loss));
                     log.valid_reward_accuracy
@@ -459,6 +474,7 @@ where
             }
         }
         processor.process_train(LearnerEvent::EndEpoch(1));
+        self.plot();
         (learner.model(), processor)
     }
 }
