@@ -15,6 +15,7 @@
 #   diag:    where a CUDA training step's time goes (GPU utilisation, compile/autotune log).
 #   steps:   hymba-125m SFT and DPO step times with the persistent kernel cache: a cold run
 #            (fills the cache), the same run warm, then DPO; the cache is copied to $OUT.
+#   breakdown: `bench step` for hymba-125m at micro-batch 2 × 2048 (where a step's time goes).
 #   ddp:     hymba-125m pretraining on one GPU and data-parallel on two (nvidia-h100-x2),
 #            with a kernel cache carried in .gpu/kernel-cache.tgz if there is one.
 set -uo pipefail
@@ -112,6 +113,10 @@ steps)
   fi
   tar czf "$OUT/kernel-cache.tgz" -C target kernel-cache 2>/dev/null; ls -la "$OUT/kernel-cache.tgz"
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv
+  ;;
+breakdown)
+  export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
+  LIMIT=${STEP_LIMIT:-500} step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds 5 --out "$OUT/step_breakdown_125m.json" 2>&1 | tail -12
   ;;
 ddp)
   export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache

@@ -96,7 +96,7 @@ pub struct MatmulReport {
 }
 
 /// The forward and both backward products of a projection `in → out` over `tokens` rows.
-fn projection(name: &str, tokens: usize, d_in: usize, d_out: usize) -> [MatmulShape; 3] {
+pub(crate) fn projection(name: &str, tokens: usize, d_in: usize, d_out: usize) -> [MatmulShape; 3] {
     let shape = |what: &str, m, k, n, lt, rt| MatmulShape {
         name: format!("{name} {what}"),
         m,
@@ -193,7 +193,7 @@ struct MatmulBenchJob {
 
 /// A `[1, rows, cols]` operand, stored transposed (`[1, cols, rows]` seen through
 /// `swap_dims`) when asked.
-fn operand<B: Backend>(
+pub(crate) fn operand<B: Backend>(
     rows: usize,
     cols: usize,
     transposed: bool,

@@ -44,6 +44,9 @@ pub enum BenchCommand {
     /// Prefill and decode tokens/s and cache size of a Hymba config against a
     /// pure-attention model of equal parameter count built from the same code.
     Generate(crate::bench_generate::BenchGenerateArgs),
+    /// Where a training step's time goes: data, matmul, scan, attention, the rest of forward
+    /// and backward, and the optimizer.
+    Step(crate::bench_step::BenchStepArgs),
 }
 
 /// Where a benchmark runs and where it writes its figures (shared by every `bench`).

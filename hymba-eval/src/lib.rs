@@ -8,6 +8,7 @@ pub mod bench_cache;
 pub mod bench_generate;
 pub mod bench_matmul;
 pub mod bench_scan;
+pub mod bench_step;
 pub mod check;
 pub mod checkpoint;
 pub mod generate;

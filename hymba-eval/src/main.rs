@@ -678,6 +678,11 @@ fn main() -> ExitCode {
                 .map(drop)
                 .map_err(Into::into)
         }
+        Command::Bench(hymba_eval::bench_scan::BenchCommand::Step(args)) => {
+            hymba_eval::bench_step::run(args)
+                .map(drop)
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,9 +22,12 @@ pub const TRAIN_COLOUR: RGBColor = RGBColor(31, 119, 180);
 /// Colour of the validation points and curve.
 pub const VALID_COLOUR: RGBColor = RGBColor(214, 39, 40);
 
-/// The two curves of a `loss.csv` (`step,split,loss,…`): `(train, valid)` as `(step, loss)`.
-/// Lines that do not parse, and non-finite losses, are left out.
-pub fn read_loss_csv(csv: &str) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+/// A curve: `(step, loss)` points.
+pub type Curve = Vec<(f64, f64)>;
+
+/// The two curves of a `loss.csv` (`step,split,loss,…`): `(train, valid)`. Lines that do not
+/// parse, and non-finite losses, are left out.
+pub fn read_loss_csv(csv: &str) -> (Curve, Curve) {
     let (mut train, mut valid) = (Vec::new(), Vec::new());
     for line in csv.lines().skip(1) {
         let mut fields = line.split(',');
