@@ -9,7 +9,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use crate::matmul::{MatmulBackend, matmul};
+use crate::matmul::{MatmulBackend, matmul_wt};
 
 /// A bias-free linear map `y = x · Wᵀ` with `W: [out, in]`.
 #[derive(Module, Debug)]
@@ -39,7 +39,6 @@ impl<B: MatmulBackend> Linear<B> {
     /// # Shapes
     /// - `x`: `[..., in]` → `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let w = self.weight.val().transpose().unsqueeze::<D>();
-        matmul(x, w)
+        matmul_wt(x, self.weight.val())
     }
 }

@@ -13,7 +13,7 @@ use crate::cache::HymbaCache;
 use crate::config::{HymbaConfig, KvRole};
 use crate::error::{HymbaError, Result};
 use crate::layer::HymbaLayer;
-use crate::matmul::matmul;
+use crate::matmul::matmul_wt;
 use crate::meta_tokens::MetaTokens;
 use crate::mixer::{AttentionContext, KeyValues, KvInput};
 use crate::norm::RmsNorm;
@@ -202,7 +202,7 @@ impl<B: HymbaBackend> Hymba<B> {
     /// # Shapes
     /// - `hidden`: `[batch, T, D]` → `[batch, T, V]`
     pub fn lm_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        matmul(hidden, self.embed_tokens.val().transpose().unsqueeze::<3>())
+        matmul_wt(hidden, self.embed_tokens.val())
     }
 
     /// Logits of every text position, as in training.

@@ -13,7 +13,7 @@ type B64 = NdArray<f64>;
 type AB = Autodiff<B64>;
 
 /// (lhs shape, rhs shape, lhs given transposed, rhs given transposed)
-const CASES: [([usize; 4], [usize; 4], bool, bool); 6] = [
+const CASES: [([usize; 4], [usize; 4], bool, bool); 9] = [
     // A projection: activations [b, t, in] · Wᵀ broadcast over the batch.
     ([1, 3, 5, 7], [1, 1, 7, 4], false, true),
     ([2, 3, 5, 7], [1, 1, 7, 4], false, false),
@@ -24,6 +24,11 @@ const CASES: [([usize; 4], [usize; 4], bool, bool); 6] = [
     ([1, 1, 5, 7], [2, 3, 7, 4], true, false),
     // Odd sizes, single matrix.
     ([1, 1, 13, 1], [1, 1, 1, 11], false, false),
+    // Decode: one or two rows against a transposed weight (the CPU path runs these as
+    // matrix-vector products), also with batch dims and a transposed row.
+    ([1, 1, 1, 7], [1, 1, 7, 4], false, true),
+    ([2, 3, 2, 7], [1, 1, 7, 4], false, true),
+    ([2, 1, 1, 7], [2, 1, 7, 4], true, false),
 ];
 
 /// A `[.., r, c]` tensor, optionally built as the transpose of a `[.., c, r]` one (a view

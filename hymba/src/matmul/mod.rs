@@ -72,15 +72,51 @@ pub fn matmul<B: MatmulBackend, const D: usize>(
     op(lhs, rhs)
 }
 
-#[cfg(feature = "ndarray")]
-impl MatmulBackend for burn::backend::NdArray<f32> {}
+/// `x · Wᵀ` for a weight stored `[out, in]` (the HF layout of every projection and of the
+/// tied embedding): what `Linear` and the LM head compute.
+///
+/// x is flattened to `[rows, in]` and multiplied by the transposed *view* of W, so the weight
+/// is never reshaped: a reshape of a transposed tensor is a copy on the CPU backend, and
+/// giving W a unit batch dim was one too. Flattening x is free where x is contiguous.
+///
+/// # Shapes
+/// - `x`: `[..., in]`, `w`: `[out, in]` → `[..., out]`
+pub fn matmul_wt<B: MatmulBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = x.shape().num_elements() / d_in.max(1);
+    dims[D - 1] = w.dims()[0];
+    matmul(x.reshape([rows, d_in]), w.transpose()).reshape(dims)
+}
 
-/// f64 on the CPU (the precision-check backend) reports a "fast" matmul that is burn's own
-/// kernel, so that `Autodiff<NdArray<f64>>` runs this module's backward node
-/// ([`autodiff`]): the CPU tests check it against burn's differentiable matmul in f64.
+#[cfg(feature = "ndarray")]
+mod cpu;
+
+/// f32 on the CPU: products on strided views ([`cpu`]), so transposed weights are not copied.
+#[cfg(feature = "ndarray")]
+impl MatmulBackend for burn::backend::NdArray<f32> {
+    fn has_fast_matmul() -> bool {
+        true
+    }
+
+    fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        cpu::matmul(lhs, rhs)
+    }
+}
+
+/// f64 on the CPU (the precision-check backend) runs the same strided product, so that the
+/// CPU tests check it and this module's backward node ([`autodiff`]) against burn's
+/// differentiable matmul in f64 (`tests/matmul.rs`).
 #[cfg(feature = "ndarray")]
 impl MatmulBackend for burn::backend::NdArray<f64> {
     fn has_fast_matmul() -> bool {
         true
+    }
+
+    fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        cpu::matmul(lhs, rhs)
     }
 }
