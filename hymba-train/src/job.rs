@@ -413,10 +413,12 @@ where
     } = inputs;
     let config = model.config.clone();
     let train_ds = Arc::new(train);
+    // One epoch (`steps = 0`) counts the items every device takes per step.
+    let devices = 1 + job.replicas.len();
     let steps = match run.steps {
         0 => train_ds
             .len()
-            .div_ceil(run.batch_size * run.grad_accum)
+            .div_ceil(run.batch_size * run.grad_accum * devices)
             .max(1),
         n => n,
     };

@@ -152,4 +152,24 @@ fn two_replicas_equal_one_device_with_twice_the_accumulation() {
         (first - std::f64::consts::LN_2).abs() < 1e-4 && last != first,
         "DPO losses {first} → {last}"
     );
+
+    // One epoch (`steps=0`) on two devices takes half the steps: each step uses two pairs.
+    let epoch: Vec<&str> = dpo
+        .iter()
+        .map(|s| if *s == "steps=3" { "steps=0" } else { s })
+        .collect();
+    let run = train(
+        Stage::Dpo,
+        &tmp.path().join("dpo3"),
+        init(),
+        1,
+        vec![1],
+        &epoch,
+    );
+    let pairs = run.data.as_ref().expect("DPO reports its data").train_items;
+    assert_eq!(
+        run.steps_run,
+        pairs.div_ceil(2),
+        "one epoch of {pairs} pairs"
+    );
 }
