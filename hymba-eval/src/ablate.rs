@@ -278,14 +278,7 @@ fn train_one(
         "log_every=1000000".into(),
     ];
     let run = RunConfig::load(Stage::Pretrain, None, &overrides)?;
-    let job = TrainJob {
-        stage: Stage::Pretrain,
-        config: run,
-        resume: false,
-        backend: kind,
-        init: None,
-        replicas: Vec::new(),
-    };
+    let job = TrainJob::new(Stage::Pretrain, run, kind);
     let report = run_on(kind, args.device, job)??;
     Ok(report.final_valid_loss)
 }

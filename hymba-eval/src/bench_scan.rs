@@ -129,7 +129,7 @@ pub struct ScanShape {
 }
 
 impl ScanShape {
-    const fn new(batch: usize, d_inner: usize, seq: usize, state: usize) -> Self {
+    pub(crate) const fn new(batch: usize, d_inner: usize, seq: usize, state: usize) -> Self {
         Self {
             batch,
             d_inner,
@@ -247,7 +247,9 @@ pub(crate) fn time_ms<B: Backend, T>(
     times[times.len() / 2]
 }
 
-fn inputs<B: Backend>(
+/// Random scan inputs of `shape` in `dtype` (A = −exp(N(0,1)), negative as the model's), and
+/// an output gradient of y's shape.
+pub(crate) fn inputs<B: Backend>(
     shape: ScanShape,
     dtype: DType,
     device: &B::Device,

@@ -25,10 +25,10 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::optim::Optimizer;
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::{DType, Distribution, TensorData};
 use burn::train::TrainStep;
 use hymba::attention::{KeySpan, hymba_mask, scaled_dot_product};
-use hymba::scan::{ScanInput, selective_scan, selective_scan_backward};
+use hymba::scan::{selective_scan, selective_scan_backward};
 use hymba::{BackendKind, BackendRunner, Hymba, HymbaBackend, HymbaConfig, run_on};
 use hymba_train::model::{LanguageModel, LmBatch};
 use hymba_train::optim::LmOptimizer;
@@ -36,7 +36,7 @@ use hymba_train::run_config::OptimizerSection;
 use serde::Serialize;
 
 use crate::bench_matmul::{MatmulShape, operand, projection};
-use crate::bench_scan::{BenchError, BenchTarget, time_ms, write_json};
+use crate::bench_scan::{BenchError, BenchTarget, ScanShape, inputs, time_ms, write_json};
 
 /// Arguments of `hymba-eval bench step`.
 #[derive(clap::Args, Debug)]
@@ -150,7 +150,7 @@ impl StepBenchJob {
         let mut total = 0.0;
         let mut count = 0;
         for (shape, times) in &products {
-            let f32 = burn::tensor::DType::F32;
+            let f32 = DType::F32;
             let lhs = operand::<B>(shape.m, shape.k, shape.lhs_transposed, f32, device);
             let rhs = operand::<B>(shape.k, shape.n, shape.rhs_transposed, f32, device);
             let ms = time_ms::<B, _>(device, self.warmup, self.rounds, || {
@@ -175,20 +175,7 @@ impl StepBenchJob {
         }
         let (b, d, s) = (self.batch, c.d_inner(), c.mamba_d_state);
         let t = self.seq + c.num_memory_tokens;
-        let normal = Distribution::Normal(0.0, 1.0);
-        let big = |dims: [usize; 3]| Tensor::<B, 3>::random(dims, normal, device);
-        let input = ScanInput {
-            u: big([b, d, t]),
-            delta: big([b, d, t]),
-            a: Tensor::<B, 2>::random([d, s], normal, device).exp().neg(),
-            b: big([b, s, t]),
-            c: big([b, s, t]),
-            d: Tensor::random([d], normal, device),
-            z: big([b, d, t]),
-            delta_bias: Tensor::random([d], normal, device),
-            initial_state: None,
-        };
-        let dy = big([b, d, t]);
+        let (input, dy) = inputs::<B>(ScanShape::new(b, d, t, s), DType::F32, device);
         let ms = time_ms::<B, _>(device, self.warmup, self.rounds, || {
             let out = selective_scan(input.clone());
             (

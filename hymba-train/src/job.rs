@@ -52,6 +52,21 @@ pub struct TrainJob {
     pub replicas: Vec<u16>,
 }
 
+impl TrainJob {
+    /// A fresh run of `stage` on one device: no resume, no `--init`, no replicas (set those
+    /// fields for the other cases).
+    pub fn new(stage: Stage, config: RunConfig, backend: BackendKind) -> Self {
+        Self {
+            stage,
+            config,
+            resume: false,
+            backend,
+            init: None,
+            replicas: Vec::new(),
+        }
+    }
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainReport {

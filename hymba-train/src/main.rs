@@ -90,12 +90,10 @@ fn train(stage: Stage, args: RunArgs, init: Option<PathBuf>) -> Result<()> {
         anyhow::bail!("--devices lists device {d} twice");
     }
     let job = TrainJob {
-        stage,
-        config,
         resume: args.resume,
-        backend: kind,
         init,
         replicas: replicas.to_vec(),
+        ..TrainJob::new(stage, config, kind)
     };
     let report = run_on(kind, usize::from(main), job)??;
     println!("steps run:            {}", report.steps_run);

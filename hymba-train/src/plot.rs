@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
@@ -70,6 +71,25 @@ fn register_embedded_font() {
     });
 }
 
+/// The chart's coordinate system: steps × loss.
+type LossChart<'a> =
+    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One labelled curve, with its legend entry.
+fn curve(
+    chart: &mut LossChart<'_>,
+    points: &[(f64, f64)],
+    colour: RGBColor,
+    label: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let style = colour.stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(points.iter().copied(), style))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
+    Ok(())
+}
+
 fn draw(
     train: &[(f64, f64)],
     valid: &[(f64, f64)],
@@ -102,21 +122,9 @@ fn draw(
         .axis_desc_style((FONT, 17))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    chart
-        .draw_series(LineSeries::new(
-            train.iter().copied(),
-            TRAIN_COLOUR.stroke_width(2),
-        ))?
-        .label("train")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], TRAIN_COLOUR.stroke_width(2)));
+    curve(&mut chart, train, TRAIN_COLOUR, "train")?;
     if !valid.is_empty() {
-        chart
-            .draw_series(LineSeries::new(
-                valid.iter().copied(),
-                VALID_COLOUR.stroke_width(2),
-            ))?
-            .label("validation")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], VALID_COLOUR.stroke_width(2)));
+        curve(&mut chart, valid, VALID_COLOUR, "validation")?;
         chart.draw_series(
             valid
                 .iter()

@@ -38,12 +38,9 @@ fn train(
     .collect();
     let config = RunConfig::load(stage, None, &overrides).expect("run config");
     let job = TrainJob {
-        stage,
-        config,
-        resume: false,
-        backend: BackendKind::NdArray,
         init,
         replicas,
+        ..TrainJob::new(stage, config, BackendKind::NdArray)
     };
     run_on(BackendKind::NdArray, 0, job)
         .expect("backend")

@@ -24,12 +24,8 @@ fn run(stage: Stage, out: &Path, init: Option<&Path>, extra: &[&str]) -> TrainRe
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let config = RunConfig::load(stage, None, &overrides).expect("run config");
     let job = TrainJob {
-        stage,
-        config,
-        resume: false,
-        backend: BackendKind::NdArray,
         init: init.map(Path::to_path_buf),
-        replicas: Vec::new(),
+        ..TrainJob::new(stage, config, BackendKind::NdArray)
     };
     run_on(BackendKind::NdArray, 0, job)
         .expect("backend")
