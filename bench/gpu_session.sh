@@ -30,6 +30,18 @@ export LD_LIBRARY_PATH=${CUBLAS_DIR}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 ldconfig -p | grep -E 'libcublas(Lt)?\.so' | head -3; ls "$CUBLAS_DIR" 2>/dev/null | head -3
 
+# The persistent kernel cache (see README): carried in .gpu/kernel-cache.tgz between calls.
+use_cache() {
+  export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
+  if [ ! -d "$HYMBA_KERNEL_CACHE" ] && ls .gpu/kernel-cache.tgz* >/dev/null 2>&1; then
+    mkdir -p target && cat .gpu/kernel-cache.tgz* | tar xz -C target
+  fi
+}
+# Files come back from $OUT at 16 MiB at most: the cache travels in 15 MB parts.
+save_cache() {
+  tar cz -C target kernel-cache 2>/dev/null | split -b 15M - "$OUT/kernel-cache.tgz.part-"
+  ls -la "$OUT"/kernel-cache.tgz.part-*
+}
 step() { echo; echo "=== $*"; local t0=$SECONDS; timeout "${LIMIT:-300}" "$@"; local rc=$?; echo "=== rc=$rc in $((SECONDS - t0)) s"; }
 
 case $part in
@@ -100,33 +112,52 @@ diag)
   kill $DMON
   ;;
 steps)
-  export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
-  [ -f .gpu/kernel-cache.tgz ] && [ ! -d "$HYMBA_KERNEL_CACHE" ] && mkdir -p target && tar xzf .gpu/kernel-cache.tgz -C target
+  use_cache
   [ -d /tmp/m125 ] || { LIMIT=120 step .gpu/hymba-eval init --preset hymba-125m --out /tmp/m125; cp .gpu/tokenizer.json /tmp/m125/; }
   common="data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
   for pass in ${PASSES:-cold warm}; do
-    LIMIT=${SFT_LIMIT:-400} step .gpu/hymba-train sft --backend cuda --init /tmp/m125 out_dir=/tmp/sft_$pass 'data.jsonl=[".gpu/sft.jsonl"]' steps=${STEPS:-4} $common 2>&1 | tail -9 | tee "$OUT/sft_125m_$pass.txt"
+    LIMIT=${SFT_LIMIT:-400} step .gpu/hymba-train sft --backend cuda --init /tmp/m125 out_dir=/tmp/sft_$pass 'data.jsonl=[".gpu/sft.jsonl"]' steps=${STEPS:-4} $common ${EXTRA:-} 2>&1 | tee "$OUT/sft_125m_$pass${TAG:-}.txt" | tail -9
     du -sh "$HYMBA_KERNEL_CACHE" 2>/dev/null
   done
   if [ "${DPO:-1}" = 1 ]; then
-    LIMIT=${DPO_LIMIT:-200} step .gpu/hymba-train dpo --backend cuda --init /tmp/m125 out_dir=/tmp/dpo 'data.jsonl=[".gpu/hhh.jsonl"]' data.seq_len=2048 batch_size=1 grad_accum=4 steps=${STEPS:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 2>&1 | tail -12 | tee "$OUT/dpo_125m.txt"
+    LIMIT=${DPO_LIMIT:-200} step .gpu/hymba-train dpo --backend cuda --devices ${DPO_DEVICES:-0} --init /tmp/m125 out_dir=/tmp/dpo 'data.jsonl=[".gpu/hhh.jsonl"]' data.seq_len=2048 batch_size=1 grad_accum=4 steps=${STEPS:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 ${EXTRA:-} 2>&1 | tee "$OUT/dpo_125m${TAG:-}.txt" | tail -12
   fi
-  tar czf "$OUT/kernel-cache.tgz" -C target kernel-cache 2>/dev/null; ls -la "$OUT/kernel-cache.tgz"
+  save_cache
   nvidia-smi --query-gpu=memory.used,memory.total --format=csv
   ;;
 breakdown)
-  export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
-  LIMIT=${STEP_LIMIT:-500} step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds 5 --out "$OUT/step_breakdown_125m.json" 2>&1 | tail -12
+  use_cache
+  LIMIT=${STEP_LIMIT:-500} step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds ${ROUNDS:-5} ${STEP_ARGS:-} --out "$OUT/step_breakdown_125m${TAG:-}.json" 2>&1 | tail -14
+  save_cache
   ;;
 ddp)
-  export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
-  [ -f .gpu/kernel-cache.tgz ] && [ ! -d "$HYMBA_KERNEL_CACHE" ] && mkdir -p target && tar xzf .gpu/kernel-cache.tgz -C target
+  use_cache
   nvidia-smi -L
   common="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
   for devs in ${DEVICES:-0,1 0}; do
-    LIMIT=${TRAIN_LIMIT:-280} step .gpu/hymba-train pretrain --backend cuda --devices $devs steps=${STEPS:-6} $common out_dir=/tmp/ddp_${devs/,/_} 2>&1 | tail -12 | tee "$OUT/pretrain_125m_devices_${devs/,/_}.txt"
+    LIMIT=${TRAIN_LIMIT:-280} step .gpu/hymba-train pretrain --backend cuda --devices $devs steps=${STEPS:-6} $common ${EXTRA:-} out_dir=/tmp/ddp_${devs/,/_} 2>&1 | tee "$OUT/pretrain_125m_devices_${devs/,/_}.txt" | tail -12
   done
-  tar czf "$OUT/kernel-cache.tgz" -C target kernel-cache 2>/dev/null; ls -la "$OUT/kernel-cache.tgz"
+  save_cache
+  ;;
+probe)
+  # Why a first step takes minutes: full logs of a non-fusion pretraining run and of an SFT
+  # run with the kernel cache, GPU utilisation every 5 s, a `top` snapshot.
+  use_cache
+  nvidia-smi dmon -s u -d 5 > "$OUT/dmon.txt" 2>&1 &
+  DMON=$!
+  common="data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
+  ( sleep ${PEEK:-90}; top -b -n 1 | head -15 > "$OUT/top.txt" ) &
+  for b in ${PROBE_BACKENDS:-cuda-raw}; do
+    LIMIT=${RAW_LIMIT:-200} step .gpu/hymba-train pretrain --backend $b model.preset=hymba-125m model.vocab_size=32001 steps=${STEPS:-4} $common out_dir=/tmp/probe_$b > "$OUT/probe_pretrain_$b.txt" 2>&1
+    tail -8 "$OUT/probe_pretrain_$b.txt"; cp /tmp/probe_$b/experiment.log "$OUT/probe_pretrain_$b.log" 2>/dev/null
+  done
+  if [ "${SFT:-1}" = 1 ]; then
+    [ -d /tmp/m125 ] || { LIMIT=120 step .gpu/hymba-eval init --preset hymba-125m --out /tmp/m125; cp .gpu/tokenizer.json /tmp/m125/; }
+    LIMIT=${SFT_LIMIT:-250} step .gpu/hymba-train sft --backend cuda --init /tmp/m125 out_dir=/tmp/probe_sft 'data.jsonl=[".gpu/sft.jsonl"]' steps=${STEPS:-4} $common > "$OUT/probe_sft.txt" 2>&1
+    tail -8 "$OUT/probe_sft.txt"; cp /tmp/probe_sft/experiment.log "$OUT/probe_sft.log" 2>/dev/null
+  fi
+  kill $DMON
+  save_cache
   ;;
 generate)
   for dt in ${DTYPES:-f32 bf16}; do

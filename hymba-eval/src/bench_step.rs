@@ -5,7 +5,7 @@
 //! - `step`: what hymba-train does per micro-batch when it also steps the optimizer: the
 //!   batch sent to the device, forward, loss, backward (`TrainStep` of the trainer's
 //!   `LanguageModel`) and the trainer's AdamW update, at `batch × seq` plus the meta tokens,
-//!   f32 weights;
+//!   f32 weights (computing on their bf16 copy with `--precision bf16`);
 //! - `data`: building the `[batch, seq + 1]` token-id tensor on the device from host memory;
 //! - `forward + backward`: the step without data and optimizer; `optimizer` is the rest;
 //! - `matmul`: every projection product of one step (per layer in_proj, out_proj, FFN gate,
@@ -62,6 +62,11 @@ pub struct BenchStepArgs {
     /// Untimed warm-up rounds per figure (the first CUDA round compiles kernels).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Compute dtype of the step, as hymba-train's `precision`: `f32`, or `bf16` (a bf16
+    /// cast of the f32 master weights per micro-batch; the isolated parts then run on bf16
+    /// operands too).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub precision: String,
 }
 
 /// One part of the step.
@@ -94,6 +99,8 @@ pub struct StepReport {
     pub seq: usize,
     /// Meta tokens prepended to each sequence.
     pub meta_tokens: usize,
+    /// Compute dtype (`f32` or `bf16`; weights and optimizer state are f32 in both).
+    pub precision: String,
     /// The whole step (data, forward, backward, optimizer), ms.
     pub step_ms: f64,
     /// Forward + backward alone, ms.
@@ -112,6 +119,8 @@ struct StepBenchJob {
     rounds: usize,
     warmup: usize,
     device_index: usize,
+    /// The compute dtype (f32 or bf16).
+    compute: DType,
 }
 
 /// Every projection product of one step, grouped by shape: `(product, how many per step)`.
@@ -150,9 +159,9 @@ impl StepBenchJob {
         let mut total = 0.0;
         let mut count = 0;
         for (shape, times) in &products {
-            let f32 = DType::F32;
-            let lhs = operand::<B>(shape.m, shape.k, shape.lhs_transposed, f32, device);
-            let rhs = operand::<B>(shape.k, shape.n, shape.rhs_transposed, f32, device);
+            let dt = self.compute;
+            let lhs = operand::<B>(shape.m, shape.k, shape.lhs_transposed, dt, device);
+            let rhs = operand::<B>(shape.k, shape.n, shape.rhs_transposed, dt, device);
             let ms = time_ms::<B, _>(device, self.warmup, self.rounds, || {
                 hymba::matmul::matmul(lhs.clone(), rhs.clone())
             });
@@ -175,7 +184,7 @@ impl StepBenchJob {
         }
         let (b, d, s) = (self.batch, c.d_inner(), c.mamba_d_state);
         let t = self.seq + c.num_memory_tokens;
-        let (input, dy) = inputs::<B>(ScanShape::new(b, d, t, s), DType::F32, device);
+        let (input, dy) = inputs::<B>(ScanShape::new(b, d, t, s), self.compute, device);
         let ms = time_ms::<B, _>(device, self.warmup, self.rounds, || {
             let out = selective_scan(input.clone());
             (
@@ -200,8 +209,11 @@ impl StepBenchJob {
             text: m..n,
         };
         let normal = Distribution::Normal(0.0, 1.0);
-        let leaf =
-            |dim: usize| Tensor::<Ad<B>, 4>::random([b, h, n, dim], normal, device).require_grad();
+        let leaf = |dim: usize| {
+            Tensor::<Ad<B>, 4>::random([b, h, n, dim], normal, device)
+                .cast(self.compute)
+                .require_grad()
+        };
         let (q, k, v) = (
             leaf(c.qk_head_dim()),
             leaf(c.qk_head_dim()),
@@ -249,9 +261,8 @@ impl BackendRunner for StepBenchJob {
         B::seed(&device, 0);
         let c = self.config.clone();
         let (b, t) = (self.batch, self.seq);
-        let model = LanguageModel {
-            hymba: Hymba::<Ad<B>>::new(&c, &device)?,
-        };
+        let compute = (self.compute != DType::F32).then_some(self.compute);
+        let model = LanguageModel::new(Hymba::<Ad<B>>::new(&c, &device)?, compute);
         let host_ids: Vec<i64> = {
             let mut rng_state = 0x9e37_79b9_u64;
             (0..b * (t + 1))
@@ -341,6 +352,7 @@ impl BackendRunner for StepBenchJob {
             batch: b,
             seq: t,
             meta_tokens: c.num_memory_tokens,
+            precision: format!("{:?}", self.compute).to_lowercase(),
             step_ms,
             fwd_bwd_ms,
             tokens_per_s: (b * t) as f64 / (step_ms * 1e-3),
@@ -357,6 +369,11 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
             "--batch must be at least 1 and --seq at least 2".into(),
         ));
     }
+    if args.precision == "bf16" && kind == BackendKind::NdArray {
+        return Err(BenchError::Arg(
+            "--precision bf16 needs a GPU backend (cuda or wgpu): ndarray has no bf16".into(),
+        ));
+    }
     let (config, model_name) = match &args.config {
         Some(path) => (HymbaConfig::from_file(path)?, path.display().to_string()),
         None => (HymbaConfig::preset(&args.preset)?, args.preset.clone()),
@@ -369,10 +386,14 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
         rounds: args.rounds,
         warmup: args.warmup,
         device_index: args.target.device,
+        compute: match args.precision.as_str() {
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        },
     };
     println!(
-        "training step of {} on {kind}: batch {} × seq {}, median of {} rounds",
-        job.model_name, args.batch, args.seq, args.rounds
+        "training step of {} on {kind}: batch {} × seq {}, {} compute, median of {} rounds",
+        job.model_name, args.batch, args.seq, args.precision, args.rounds
     );
     let report = run_on(kind, args.target.device, job)??;
     println!(

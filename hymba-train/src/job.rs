@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
+use burn::tensor::DType;
 use burn::tensor::backend::DeviceOps;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
@@ -30,7 +31,7 @@ use crate::model::LanguageModel;
 use crate::optim::LmOptimizer;
 use crate::posttrain::{DataSummary, InitSource, load_pairs, load_sft, reference_pass};
 use crate::renderer::LineRenderer;
-use crate::run_config::{RunConfig, Stage};
+use crate::run_config::{Precision, RunConfig, Stage};
 use crate::schedule::LrSchedule;
 use crate::strategy::{LmStrategy, RunLog};
 
@@ -63,6 +64,28 @@ impl TrainJob {
             backend,
             init: None,
             replicas: Vec::new(),
+        }
+    }
+
+    /// The dtype the run's forward and backward passes compute in (`None`: the weights'
+    /// own, f32), from `precision` and the backend; see [`Precision`].
+    pub fn compute_dtype(&self) -> Result<Option<DType>, TrainError> {
+        let gpu = matches!(
+            self.backend,
+            BackendKind::Cuda | BackendKind::CudaRaw | BackendKind::Wgpu
+        );
+        match self.config.precision {
+            Precision::F32 => Ok(None),
+            Precision::Auto if matches!(self.backend, BackendKind::Cuda | BackendKind::CudaRaw) => {
+                Ok(Some(DType::BF16))
+            }
+            Precision::Auto => Ok(None),
+            Precision::Bf16 if gpu => Ok(Some(DType::BF16)),
+            Precision::Bf16 => Err(TrainError::Config(format!(
+                "precision = \"bf16\" needs the cuda or wgpu backend: {} computes in f32 only \
+                 (set precision = \"f32\" or \"auto\")",
+                self.backend
+            ))),
         }
     }
 }
@@ -351,7 +374,17 @@ where
     }
     let (train, valid, summary) = load_pairs(run, &tok)?;
     let (n_train, n_valid) = (train.len(), valid.len());
-    let frozen = model.valid();
+    // The reference log-probs are computed in the policy's compute dtype, so that policy =
+    // reference gives a margin of exactly 0 (a loss of ln 2) at the first step.
+    let compute = job.compute_dtype()?;
+    let frozen = match compute {
+        Some(dtype) => hymba::precision::cast_params(model.valid(), dtype),
+        None => model.valid(),
+    };
+    let init = match compute {
+        Some(dtype) => format!("{init} ({dtype:?} compute)"),
+        None => init,
+    };
     let inner = device.clone();
     let mut bar = progress_line("reference pass");
     let mut scored = reference_pass(
@@ -409,7 +442,11 @@ where
 {
     let run = job.config.clone();
     let stage = job.stage;
+    let compute = job.compute_dtype()?;
     prepare_out_dir(&run, job.resume)?;
+    if let Some(dtype) = compute {
+        eprintln!("precision: {dtype:?} compute, f32 master weights and optimizer state");
+    }
     let inputs = match stage {
         Stage::Pretrain => pretrain_inputs::<B>(&run, &device)?,
         Stage::Sft | Stage::Dpo => posttrain_inputs::<B>(&job, &device)?,
@@ -451,7 +488,7 @@ where
     config.save(run.out_dir.join("config.json"))?;
     tok.save(run.out_dir.join("tokenizer.json"))?;
 
-    let model = LanguageModel { hymba: model };
+    let model = LanguageModel::new(model, compute);
     let (optim, snapshot) = LmOptimizer::new(&run.optimizer);
     let schedule = LrSchedule::new(
         &run.schedule,

@@ -3,9 +3,11 @@
 //! batches (DPO), and the per-step statistics the dashboard shows.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use hymba::precision::cast_params;
 use hymba::{Hymba, HymbaBackend};
 
 use crate::dpo::{DpoStats, dpo_loss, response_logprobs};
@@ -69,11 +71,33 @@ impl Adaptor<LmStats> for LmStats {
     }
 }
 
-/// A Hymba model as burn-train sees it.
+/// A Hymba model as burn-train sees it: the master weights, and the dtype its forward and
+/// backward passes run in.
 #[derive(Module, Debug)]
 pub struct LanguageModel<B: Backend> {
-    /// The model.
+    /// The model (the master weights the optimizer updates).
     pub hymba: Hymba<B>,
+    /// Compute dtype: `None` = the weights' own; `Some(bf16)` = every pass runs on a cast
+    /// copy of the weights, whose gradients flow back to these (see
+    /// [`hymba::precision::cast_params`]).
+    #[module(skip)]
+    pub compute: Option<DType>,
+}
+
+impl<B: Backend> LanguageModel<B> {
+    /// Wraps `hymba`, computing in `compute` (`None` = the weights' dtype).
+    pub fn new(hymba: Hymba<B>, compute: Option<DType>) -> Self {
+        Self { hymba, compute }
+    }
+
+    /// The model the passes run on: the weights themselves, or their cast copy (a cheap
+    /// elementwise pass over the parameters, recorded by autodiff like any other op).
+    pub fn compute_model(&self) -> Hymba<B> {
+        match self.compute {
+            Some(dtype) => cast_params(self.hymba.clone(), dtype),
+            None => self.hymba.clone(),
+        }
+    }
 }
 
 impl<B: HymbaBackend> LanguageModel<B> {
@@ -88,7 +112,7 @@ impl<B: HymbaBackend> LanguageModel<B> {
                 Some(m) => m,
                 None => Tensor::ones([rows, t - 1], &batch.ids.device()),
             };
-            let policy = response_logprobs(&self.hymba, batch.ids, mask);
+            let policy = response_logprobs(&self.compute_model(), batch.ids, mask);
             let reference = pref.reference.cast(policy.dtype());
             let (loss, dpo) = dpo_loss(
                 policy.clone().narrow(0, 0, pairs),
@@ -106,7 +130,7 @@ impl<B: HymbaBackend> LanguageModel<B> {
             };
             return (loss.mul_scalar(batch.scale), stats);
         }
-        let loss = self.hymba.forward_loss(batch.ids, batch.loss_mask);
+        let loss = self.compute_model().forward_loss(batch.ids, batch.loss_mask);
         let value: f64 = loss.clone().into_scalar().elem();
         let stats = LmStats {
             loss: value,

@@ -382,9 +382,7 @@ impl InitSource {
             Self::Pretrained(dir) => Ok(hymba::load_pretrained::<B>(dir, device)?),
             Self::Checkpoint { dir, run_dir } => {
                 let config = HymbaConfig::from_file(run_dir.join("config.json"))?;
-                let model = LanguageModel {
-                    hymba: Hymba::<B>::new(&config, device)?,
-                };
+                let model = LanguageModel::new(Hymba::<B>::new(&config, device)?, None);
                 let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()
                     .load(dir.join("model"), device)
                     .map_err(|e| TrainError::io(dir.join("model.mpk"), e))?;

@@ -201,6 +201,24 @@ pub enum NanPolicy {
     Skip,
 }
 
+/// The dtype of the forward and backward passes.
+///
+/// The weights the optimizer updates, its AdamW state, the gradients it sees and the
+/// checkpoints stay f32 in every mode. With `bf16`, each micro-batch runs on a bf16 cast of
+/// the weights ([`hymba::precision::cast_params`]) with bf16 activations; norms, softmax, the
+/// selective scan and the loss still compute in f32, and the gradients flow back through the
+/// cast to the f32 master weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on CUDA, f32 elsewhere (the CPU backend has no bf16; wgpu's is not portable).
+    Auto,
+    /// f32 everywhere.
+    F32,
+    /// bf16 compute with f32 master weights (CUDA, wgpu).
+    Bf16,
+}
+
 /// A whole pretraining run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,6 +252,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// What to do on a NaN/inf loss.
     pub on_nan: NanPolicy,
+    /// Compute dtype of the forward and backward passes; see [`Precision`].
+    pub precision: Precision,
     /// Peak dense TFLOP/s of one device, for MFU; 0 = pick by backend (H100 bf16: 989 on
     /// CUDA; unknown elsewhere, MFU then shows 0).
     pub peak_tflops: f64,
@@ -265,6 +285,7 @@ impl Default for RunConfig {
             valid_batches: 8,
             seed: 42,
             on_nan: NanPolicy::Stop,
+            precision: Precision::Auto,
             peak_tflops: 0.0,
             samples: 3,
             sample_tokens: 48,

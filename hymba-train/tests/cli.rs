@@ -124,6 +124,14 @@ fn bad_inputs_fail_with_one_clear_line() {
     assert_one_line_error(&run(&base("stepz=5")), "stepz");
     assert_one_line_error(&run(&base("model.preset=hymba-7b")), "hymba-7b");
     assert_one_line_error(&run(&base("batch_size=1000000")), "larger than the data");
+    // The CPU backend has no bf16: asking for bf16 compute there is an error, before
+    // anything is written.
+    let bf16_dir = tmp.path().join("bf16");
+    let mut bf16 = tiny_args(&bf16_dir, 2);
+    bf16.push("precision=bf16".into());
+    assert_one_line_error(&run(&bf16), "precision");
+    assert!(!bf16_dir.exists(), "a refused run created {}", bf16_dir.display());
+    assert_one_line_error(&run(&base("precision=fp8")), "fp8");
     let mut cuda = tiny_args(&out_dir, 2);
     cuda.insert(1, "--backend=cuda".into());
     assert_one_line_error(&run(&cuda), "--features cuda");

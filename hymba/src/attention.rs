@@ -8,8 +8,10 @@
 use std::ops::Range;
 
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::activation::softmax;
+
+use crate::matmul::{MatmulBackend, matmul};
+use crate::precision::upcast;
 
 /// Where the keys of one attention call sit in the `[meta; text]` sequence: the `meta`
 /// meta-token positions `0..meta`, then the text positions `text`.
@@ -130,32 +132,57 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, num_heads: usize) -> Tensor<B, 4> 
 }
 
 /// Scaled dot-product attention, `softmax(q·kᵀ/√d_h + mask)·v`: the one function every
-/// attention product goes through. Scale is burn's default 1/√d_h (setting it explicitly
-/// would force burn's unfused path); `d_v` may differ from `d_h`.
+/// attention product goes through. `d_v` may differ from `d_h`.
+///
+/// Both products run through the model's [`matmul`] (cuBLAS on CUDA), and the scores are
+/// softmaxed in f32 whatever the compute dtype. burn 0.21's own `attention` op, under
+/// `Autodiff`, decomposes into burn's generic matmul, two masking passes and a NaN-guarded
+/// softmax: on an H100 that was 6.8 ms per layer (forward + backward, hymba-125m, 2 × 2176
+/// tokens; `bench/results/step_breakdown_125m_f32_h100.json`). Every row here has at least
+/// one visible key (each query sees itself), so the plain softmax cannot meet an all-masked
+/// row.
+///
+/// The scale is applied to q, before the product: `1/√d_h` is a power of two for the
+/// presets' head sizes (64), so this is exact in any dtype.
 ///
 /// # Shapes
 /// - `q`: `[batch, H, Tq, d_h]`, `k`: `[batch, H, Tk, d_h]`, `v`: `[batch, H, Tk, d_v]`
 /// - returns `[batch, H, Tq, d_v]`
-pub fn scaled_dot_product<B: Backend>(
+pub fn scaled_dot_product<B: MatmulBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: &Mask<B>,
 ) -> Tensor<B, 4> {
-    let [b, h, tq, _] = q.dims();
+    let [b, h, tq, d_h] = q.dims();
     let tk = k.dims()[2];
-    let (mask, is_causal) = match mask {
-        Mask::None => (None, false),
-        Mask::Causal => (None, true),
-        Mask::Explicit(m) => (
-            Some(m.clone().reshape([1, 1, tq, tk]).expand([b, h, tq, tk])),
-            false,
+    let scale = (d_h as f64).sqrt().recip();
+    let scores = upcast(matmul(q.mul_scalar(scale), k.swap_dims(2, 3)));
+    let hidden = match mask {
+        Mask::None => None,
+        Mask::Causal => Some(causal_hidden::<B>(tq, tk, &scores.device())),
+        Mask::Explicit(m) => Some(m.clone()),
+    };
+    let scores = match hidden {
+        Some(m) => scores.mask_fill(
+            m.reshape([1, 1, tq, tk]).expand([b, h, tq, tk]),
+            f32::NEG_INFINITY,
         ),
+        None => scores,
     };
-    let options = AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal,
-    };
-    attention(q, k, v, mask, None, options)
+    let probs = softmax(scores, 3).cast(v.dtype());
+    matmul(probs, v)
+}
+
+/// The bottom-right-aligned causal mask, `true` = hidden: query i (of `tq`, the last `tq`
+/// of `tk` positions) sees key j iff `j ≤ i + tk − tq`.
+fn causal_hidden<B: Backend>(tq: usize, tk: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
+    let offset = (tk - tq) as i64;
+    let q = Tensor::<B, 1, Int>::arange(offset..offset + tq as i64, device)
+        .reshape([tq, 1])
+        .expand([tq, tk]);
+    let k = Tensor::<B, 1, Int>::arange(0..tk as i64, device)
+        .reshape([1, tk])
+        .expand([tq, tk]);
+    k.greater(q)
 }

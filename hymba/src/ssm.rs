@@ -129,7 +129,12 @@ impl<B: HymbaBackend> SsmHeads<B> {
         let device = x.device();
         let (history, h0) = match state {
             Some(s) => (s.conv, Some(s.ssm)),
-            None => (Tensor::zeros([batch, di, self.d_conv - 1], &device), None),
+            // In x's dtype: under mixed precision the weights (and x) are bf16 while a fresh
+            // tensor gets the device's default float type.
+            None => (
+                Tensor::<B, 3>::zeros([batch, di, self.d_conv - 1], &device).cast(x.dtype()),
+                None,
+            ),
         };
         let (xc, conv) = self.conv(x.swap_dims(1, 2), history); // [b, d, T]
         let xdbl = self.x_proj.forward(xc.clone().swap_dims(1, 2)); // [b, T, R + 2S]

@@ -247,3 +247,67 @@ fn loss_mask_ignores_masked_targets() {
         "{last_only} vs {expected}"
     );
 }
+
+/// Every float parameter's gradient: (shape, dtype, values).
+struct GradDump<'a, AB: burn::tensor::backend::AutodiffBackend> {
+    grads: &'a <AB as burn::tensor::backend::AutodiffBackend>::Gradients,
+    out: Vec<(Vec<usize>, Option<DType>, Vec<f32>)>,
+}
+
+impl<AB: burn::tensor::backend::AutodiffBackend> ModuleVisitor<AB> for GradDump<'_, AB> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let grad = param.val().grad(self.grads);
+        let dtype = grad.as_ref().map(|g| g.dtype());
+        let values = grad
+            .map(|g| g.into_data().convert::<f32>().to_vec().expect("floats"))
+            .unwrap_or_default();
+        self.out.push((param.dims().to_vec(), dtype, values));
+    }
+}
+
+fn param_grads<AB: burn::tensor::backend::AutodiffBackend>(
+    model: &Hymba<AB>,
+    grads: &AB::Gradients,
+) -> Vec<(Vec<usize>, Option<DType>, Vec<f32>)> {
+    let mut dump = GradDump::<AB> {
+        grads,
+        out: Vec::new(),
+    };
+    model.visit(&mut dump);
+    dump.out
+}
+
+/// Mixed precision as the trainer runs it on CUDA (bf16 compute, f32 master weights), checked
+/// here with the dtype pair the CPU backend has: f32 master weights computed in f64. The
+/// gradients must land on the master parameters, in the master dtype, and equal the
+/// gradients of computing in the master dtype itself.
+#[test]
+fn cast_params_computes_in_one_dtype_and_grads_reach_the_master_weights() {
+    type AB = Autodiff<B>;
+    let device = device();
+    AB::seed(&device, 11);
+    let config = HymbaConfig::tiny();
+    let master = Hymba::<AB>::new(&config, &device).expect("valid");
+    let rows = ids(2, 24, config.vocab_size, 5);
+
+    let plain_loss = master.forward_loss(to_tensor::<AB>(&rows, &device), None);
+    let plain = param_grads(&master, &plain_loss.clone().backward());
+
+    let compute = hymba::precision::cast_params(master.clone(), DType::F64);
+    assert_eq!(compute.embed_tokens.val().dtype(), DType::F64);
+    let cast_loss = compute.forward_loss(to_tensor::<AB>(&rows, &device), None);
+    assert_eq!(cast_loss.dtype(), DType::F64);
+    let cast = param_grads(&master, &cast_loss.clone().backward());
+
+    let (a, b) = (to_vec(plain_loss)[0], to_vec(cast_loss)[0]);
+    assert!((a - b).abs() < 1e-4, "loss f32 {a} vs f64 compute {b}");
+    assert_eq!(plain.len(), cast.len());
+    assert!(plain.len() > 20);
+    for ((shape, dtype, g32), (_, cast_dtype, g64)) in plain.iter().zip(&cast) {
+        assert_eq!(*dtype, Some(DType::F32), "{shape:?}");
+        assert_eq!(*cast_dtype, Some(DType::F32), "{shape:?}: master grad dtype");
+        let scale = g32.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let diff = max_abs_diff(g32, g64);
+        assert!(diff <= 2e-3 * scale, "{shape:?}: grads differ by {diff} (scale {scale})");
+    }
+}

@@ -6,7 +6,7 @@
 
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, TensorMetadata, TensorPrimitive};
 
 use super::{ScanGrads, ScanPrimitives};
 
@@ -25,7 +25,14 @@ fn device_of<B: Backend>(p: &FloatTensor<B>) -> B::Device {
     Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(p.clone())).device()
 }
 
-fn back<B: Backend>(data: Vec<f32>, dims: &[usize], device: &B::Device) -> FloatTensor<B> {
+/// `data` as a tensor of `dtype` (the loops run in f32; results go back in the dtype of the
+/// input they belong to, as the GPU kernels return them).
+fn back<B: Backend>(
+    data: Vec<f32>,
+    dims: &[usize],
+    dtype: DType,
+    device: &B::Device,
+) -> FloatTensor<B> {
     let t = match dims.len() {
         1 => Tensor::<B, 1>::from_data(TensorData::new(data, [dims[0]]), device).into_primitive(),
         2 => Tensor::<B, 2>::from_data(TensorData::new(data, [dims[0], dims[1]]), device)
@@ -33,7 +40,12 @@ fn back<B: Backend>(data: Vec<f32>, dims: &[usize], device: &B::Device) -> Float
         _ => Tensor::<B, 3>::from_data(TensorData::new(data, [dims[0], dims[1], dims[2]]), device)
             .into_primitive(),
     };
-    t.tensor()
+    let t = t.tensor();
+    if t.dtype() == dtype {
+        t
+    } else {
+        B::float_cast(t, dtype.into())
+    }
 }
 
 fn softplus(x: f32) -> f32 {
@@ -104,6 +116,7 @@ impl Host {
 /// Forward scan on the host; same contract as `ScanBackend::selective_scan`.
 pub fn selective_scan<B: Backend>(input: ScanPrimitives<B>) -> (FloatTensor<B>, FloatTensor<B>) {
     let device = device_of::<B>(&input.u);
+    let (y_dtype, f32_) = (input.z.dtype(), DType::F32);
     let x = Host::new(input);
     let (bn, dn, s, t) = x.dims;
     let mut y = vec![0.0; bn * dn * t];
@@ -121,8 +134,8 @@ pub fn selective_scan<B: Backend>(input: ScanPrimitives<B>) -> (FloatTensor<B>, 
         }
     }
     (
-        back::<B>(y, &[bn, dn, t], &device),
-        back::<B>(last, &[bn, dn, s], &device),
+        back::<B>(y, &[bn, dn, t], y_dtype, &device),
+        back::<B>(last, &[bn, dn, s], f32_, &device),
     )
 }
 
@@ -135,6 +148,12 @@ pub fn selective_scan_backward<B: Backend>(
 ) -> ScanGrads<B> {
     let device = device_of::<B>(&input.u);
     let had_state = input.initial_state.is_some();
+    // Each gradient goes back in its input's dtype.
+    let dtype_of = |p: &FloatTensor<B>| p.dtype();
+    let (t_u, t_delta, t_a) = (dtype_of(&input.u), dtype_of(&input.delta), dtype_of(&input.a));
+    let (t_b, t_c, t_d) = (dtype_of(&input.b), dtype_of(&input.c), dtype_of(&input.d));
+    let (t_z, t_bias) = (dtype_of(&input.z), dtype_of(&input.delta_bias));
+    let t_h0 = input.initial_state.as_ref().map_or(DType::F32, dtype_of);
     let x = Host::new(input);
     let dy = host::<B>(dy).0;
     let dh_last = d_last_state.map(|p| host::<B>(p).0);
@@ -201,14 +220,14 @@ pub fn selective_scan_backward<B: Backend>(
         }
     }
     ScanPrimitives {
-        u: back::<B>(g_u, &[bn, dn, t], &device),
-        delta: back::<B>(g_pre, &[bn, dn, t], &device),
-        a: back::<B>(g_a, &[dn, s], &device),
-        b: back::<B>(g_b, &[bn, s, t], &device),
-        c: back::<B>(g_c, &[bn, s, t], &device),
-        d: back::<B>(g_d, &[dn], &device),
-        z: back::<B>(g_z, &[bn, dn, t], &device),
-        delta_bias: back::<B>(g_bias, &[dn], &device),
-        initial_state: had_state.then(|| back::<B>(g_h0, &[bn, dn, s], &device)),
+        u: back::<B>(g_u, &[bn, dn, t], t_u, &device),
+        delta: back::<B>(g_pre, &[bn, dn, t], t_delta, &device),
+        a: back::<B>(g_a, &[dn, s], t_a, &device),
+        b: back::<B>(g_b, &[bn, s, t], t_b, &device),
+        c: back::<B>(g_c, &[bn, s, t], t_c, &device),
+        d: back::<B>(g_d, &[dn], t_d, &device),
+        z: back::<B>(g_z, &[bn, dn, t], t_z, &device),
+        delta_bias: back::<B>(g_bias, &[dn], t_bias, &device),
+        initial_state: had_state.then(|| back::<B>(g_h0, &[bn, dn, s], t_h0, &device)),
     }
 }
