@@ -135,7 +135,7 @@ ddp)
   nvidia-smi -L
   common="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
   for devs in ${DEVICES:-0,1 0}; do
-    LIMIT=${TRAIN_LIMIT:-280} step .gpu/hymba-train pretrain --backend cuda --devices $devs steps=${STEPS:-6} $common ${EXTRA:-} out_dir=/tmp/ddp_${devs/,/_} 2>&1 | tee "$OUT/pretrain_125m_devices_${devs/,/_}.txt" | tail -12
+    LIMIT=${TRAIN_LIMIT:-280} step .gpu/hymba-train pretrain --backend cuda --devices $devs steps=${STEPS:-6} $common ${EXTRA:-} out_dir=/tmp/ddp_${devs/,/_}${TAG:-} 2>&1 | tee "$OUT/pretrain_125m_devices_${devs/,/_}${TAG:-}.txt" | tail -12
   done
   save_cache
   ;;

@@ -130,7 +130,9 @@ impl<B: HymbaBackend> LanguageModel<B> {
             };
             return (loss.mul_scalar(batch.scale), stats);
         }
-        let loss = self.compute_model().forward_loss(batch.ids, batch.loss_mask);
+        let loss = self
+            .compute_model()
+            .forward_loss(batch.ids, batch.loss_mask);
         let value: f64 = loss.clone().into_scalar().elem();
         let stats = LmStats {
             loss: value,

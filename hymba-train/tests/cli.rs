@@ -130,7 +130,11 @@ fn bad_inputs_fail_with_one_clear_line() {
     let mut bf16 = tiny_args(&bf16_dir, 2);
     bf16.push("precision=bf16".into());
     assert_one_line_error(&run(&bf16), "precision");
-    assert!(!bf16_dir.exists(), "a refused run created {}", bf16_dir.display());
+    assert!(
+        !bf16_dir.exists(),
+        "a refused run created {}",
+        bf16_dir.display()
+    );
     assert_one_line_error(&run(&base("precision=fp8")), "fp8");
     let mut cuda = tiny_args(&out_dir, 2);
     cuda.insert(1, "--backend=cuda".into());

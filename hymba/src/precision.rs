@@ -1,8 +1,8 @@
 //! Compute-precision helpers: the reference computes norms, softmax-adjacent math and the
 //! selective scan in f32 whatever the storage dtype (spec §2.3 "Numerics").
 
-use burn::prelude::*;
 use burn::module::{ModuleMapper, Param};
+use burn::prelude::*;
 use burn::tensor::DType;
 
 /// Upcasts half-precision (bf16/f16) tensors to f32; f32 and f64 are left as they are, so

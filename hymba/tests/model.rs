@@ -305,9 +305,16 @@ fn cast_params_computes_in_one_dtype_and_grads_reach_the_master_weights() {
     assert!(plain.len() > 20);
     for ((shape, dtype, g32), (_, cast_dtype, g64)) in plain.iter().zip(&cast) {
         assert_eq!(*dtype, Some(DType::F32), "{shape:?}");
-        assert_eq!(*cast_dtype, Some(DType::F32), "{shape:?}: master grad dtype");
+        assert_eq!(
+            *cast_dtype,
+            Some(DType::F32),
+            "{shape:?}: master grad dtype"
+        );
         let scale = g32.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let diff = max_abs_diff(g32, g64);
-        assert!(diff <= 2e-3 * scale, "{shape:?}: grads differ by {diff} (scale {scale})");
+        assert!(
+            diff <= 2e-3 * scale,
+            "{shape:?}: grads differ by {diff} (scale {scale})"
+        );
     }
 }

@@ -150,7 +150,11 @@ pub fn selective_scan_backward<B: Backend>(
     let had_state = input.initial_state.is_some();
     // Each gradient goes back in its input's dtype.
     let dtype_of = |p: &FloatTensor<B>| p.dtype();
-    let (t_u, t_delta, t_a) = (dtype_of(&input.u), dtype_of(&input.delta), dtype_of(&input.a));
+    let (t_u, t_delta, t_a) = (
+        dtype_of(&input.u),
+        dtype_of(&input.delta),
+        dtype_of(&input.a),
+    );
     let (t_b, t_c, t_d) = (dtype_of(&input.b), dtype_of(&input.c), dtype_of(&input.d));
     let (t_z, t_bias) = (dtype_of(&input.z), dtype_of(&input.delta_bias));
     let t_h0 = input.initial_state.as_ref().map_or(DType::F32, dtype_of);
