@@ -70,17 +70,11 @@ impl TrainJob {
     /// The dtype the run's forward and backward passes compute in (`None`: the weights'
     /// own, f32), from `precision` and the backend; see [`Precision`].
     pub fn compute_dtype(&self) -> Result<Option<DType>, TrainError> {
-        let gpu = matches!(
-            self.backend,
-            BackendKind::Cuda | BackendKind::CudaRaw | BackendKind::Wgpu
-        );
+        let cuda = matches!(self.backend, BackendKind::Cuda | BackendKind::CudaRaw);
         match self.config.precision {
             Precision::F32 => Ok(None),
-            Precision::Auto if matches!(self.backend, BackendKind::Cuda | BackendKind::CudaRaw) => {
-                Ok(Some(DType::BF16))
-            }
-            Precision::Auto => Ok(None),
-            Precision::Bf16 if gpu => Ok(Some(DType::BF16)),
+            Precision::Auto => Ok(cuda.then_some(DType::BF16)),
+            Precision::Bf16 if cuda || self.backend == BackendKind::Wgpu => Ok(Some(DType::BF16)),
             Precision::Bf16 => Err(TrainError::Config(format!(
                 "precision = \"bf16\" needs the cuda or wgpu backend: {} computes in f32 only \
                  (set precision = \"f32\" or \"auto\")",
@@ -353,7 +347,13 @@ fn init_model<B: HymbaBackend>(
     Ok((model, tok, name))
 }
 
-fn posttrain_inputs<B>(job: &TrainJob, device: &B::Device) -> Result<StageInputs<B>, TrainError>
+/// `compute`: the run's compute dtype ([`TrainJob::compute_dtype`]), which DPO's reference
+/// pass shares with the policy.
+fn posttrain_inputs<B>(
+    job: &TrainJob,
+    compute: Option<DType>,
+    device: &B::Device,
+) -> Result<StageInputs<B>, TrainError>
 where
     B: burn::tensor::backend::AutodiffBackend + HymbaBackend,
     B::InnerBackend: HymbaBackend,
@@ -376,7 +376,6 @@ where
     let (n_train, n_valid) = (train.len(), valid.len());
     // The reference log-probs are computed in the policy's compute dtype, so that policy =
     // reference gives a margin of exactly 0 (a loss of ln 2) at the first step.
-    let compute = job.compute_dtype()?;
     let frozen = match compute {
         Some(dtype) => hymba::precision::cast_params(model.valid(), dtype),
         None => model.valid(),
@@ -449,7 +448,7 @@ where
     }
     let inputs = match stage {
         Stage::Pretrain => pretrain_inputs::<B>(&run, &device)?,
-        Stage::Sft | Stage::Dpo => posttrain_inputs::<B>(&job, &device)?,
+        Stage::Sft | Stage::Dpo => posttrain_inputs::<B>(&job, compute, &device)?,
     };
     if let Some(summary) = &inputs.data {
         eprintln!("{}: {summary}", stage.name());

@@ -59,7 +59,7 @@ pub enum Mask<B: Backend> {
     /// Every key is visible.
     None,
     /// Keys are all positions `0..=q` for the last query: plain causal masking, aligned at
-    /// the bottom-right corner, which lets the backend pick its fused causal kernel.
+    /// the bottom-right corner (no mask tensor to build or carry until the scores need it).
     Causal,
     /// An explicit `[Tq, Tk]` mask, `true` = hidden.
     Explicit(Tensor<B, 2, Bool>),
@@ -90,19 +90,14 @@ pub fn hymba_mask<B: Backend>(
             Mask::Causal
         };
     }
-    let (tq, tk) = (queries.len(), keys.len());
-    let q = Tensor::<B, 1, Int>::arange(queries.start as i64..queries.end as i64, device)
-        .reshape([tq, 1])
-        .expand([tq, tk]);
-    let k = Tensor::cat(
+    let key_positions = Tensor::cat(
         vec![
             Tensor::<B, 1, Int>::arange(0..keys.meta as i64, device),
             Tensor::<B, 1, Int>::arange(keys.text.start as i64..keys.text.end as i64, device),
         ],
         0,
-    )
-    .reshape([1, tk])
-    .expand([tq, tk]);
+    );
+    let (q, k) = position_grid(queries, key_positions, device);
     let future = k.clone().greater(q.clone());
     let hidden = match window {
         None => future,
@@ -177,12 +172,20 @@ pub fn scaled_dot_product<B: MatmulBackend>(
 /// The bottom-right-aligned causal mask, `true` = hidden: query i (of `tq`, the last `tq`
 /// of `tk` positions) sees key j iff `j ≤ i + tk − tq`.
 fn causal_hidden<B: Backend>(tq: usize, tk: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
-    let offset = (tk - tq) as i64;
-    let q = Tensor::<B, 1, Int>::arange(offset..offset + tq as i64, device)
+    let keys = Tensor::<B, 1, Int>::arange(0..tk as i64, device);
+    let (q, k) = position_grid(tk - tq..tk, keys, device);
+    k.greater(q)
+}
+
+/// The positions of `queries` and of the keys (`[Tk]`), each broadcast to `[Tq, Tk]`.
+fn position_grid<B: Backend>(
+    queries: Range<usize>,
+    keys: Tensor<B, 1, Int>,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    let (tq, tk) = (queries.len(), keys.dims()[0]);
+    let q = Tensor::<B, 1, Int>::arange(queries.start as i64..queries.end as i64, device)
         .reshape([tq, 1])
         .expand([tq, tk]);
-    let k = Tensor::<B, 1, Int>::arange(0..tk as i64, device)
-        .reshape([1, tk])
-        .expand([tq, tk]);
-    k.greater(q)
+    (q, keys.reshape([1, tk]).expand([tq, tk]))
 }
