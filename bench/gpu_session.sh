@@ -16,6 +16,8 @@
 #   steps:   hymba-125m SFT and DPO step times with the persistent kernel cache: a cold run
 #            (fills the cache), the same run warm, then DPO; the cache is copied to $OUT.
 #   breakdown: `bench step` for hymba-125m at micro-batch 2 × 2048 (where a step's time goes).
+#   parallel: `bench scan` for the time-parallel scan kernels (KERNELS, default parallel and
+#            tiled), then the scan-kernel tests on CUDA (the kernel-level ones, `kernel_`).
 #   ddp:     hymba-125m pretraining on one GPU and data-parallel on two (nvidia-h100-x2),
 #            with a kernel cache carried in .gpu/kernel-cache.tgz if there is one.
 set -uo pipefail
@@ -137,6 +139,14 @@ ddp)
   for devs in ${DEVICES:-0,1 0}; do
     LIMIT=${TRAIN_LIMIT:-280} step .gpu/hymba-train pretrain --backend cuda --devices $devs steps=${STEPS:-6} $common ${EXTRA:-} out_dir=/tmp/ddp_${devs/,/_}${TAG:-} 2>&1 | tee "$OUT/pretrain_125m_devices_${devs/,/_}${TAG:-}.txt" | tail -12
   done
+  save_cache
+  ;;
+parallel)
+  use_cache
+  for k in ${KERNELS:-parallel tiled}; do
+    LIMIT=${SCAN_LIMIT:-200} step .gpu/hymba-eval bench scan --backend cuda --kernel $k --no-reference --out "$OUT/scan_$k.json" 2>&1 | tail -8
+  done
+  LIMIT=${TEST_LIMIT:-240} step .gpu/scan_kernel --test-threads=1 ${TESTS:-kernel_} 2>&1 | grep -E "^test |test result|panicked|error" | tee "$OUT/test_scan_kernel_cuda.txt"
   save_cache
   ;;
 probe)

@@ -14,9 +14,9 @@
 //! memory budget it is timed on a prefix of the sequence and scaled to the full length (it
 //! is linear in T), and the row says so (`ref_fwd_bwd_seq`).
 //!
-//! On wgpu and CUDA both kernel variants are timed by default (`--kernel both`): `tiled`
-//! (the default kernels, inputs staged through shared memory) and `direct` (untiled); see
-//! `hymba::scan::kernel`.
+//! On wgpu and CUDA every kernel variant is timed by default (`--kernel all`): `tiled`
+//! (inputs staged through shared memory, one unit per channel), `direct` (untiled) and
+//! `parallel` (time split among a cube's units); see `hymba::scan::kernel`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -84,8 +84,8 @@ pub struct BenchScanArgs {
     /// nvidia-smi on CUDA, else unknown).
     #[arg(long)]
     pub peak_gbps: Option<f64>,
-    /// Kernel variants on wgpu/cuda: tiled (default kernels), direct (untiled) or both.
-    #[arg(long, default_value = "both")]
+    /// Kernel variants on wgpu/cuda: tiled, direct, parallel, or all of them.
+    #[arg(long, default_value = "all")]
     pub kernel: String,
     /// Skip the tensor-op reference (no speed-ups).
     #[arg(long)]
@@ -160,7 +160,7 @@ pub struct ScanBenchRow {
     pub shape: ScanShape,
     /// Storage dtype of u, delta, z, B, C, y (`f32` or `bf16`); compute is f32.
     pub dtype: String,
-    /// Scan kernel variant on CubeCL backends (`tiled`, `direct`); `-` elsewhere.
+    /// Scan kernel variant on CubeCL backends (`tiled`, `direct`, `parallel`); `-` elsewhere.
     pub kernel: String,
     /// Forward, median ms.
     pub fwd_ms: f64,
@@ -312,6 +312,7 @@ fn select_kernel(name: &str) {
         match name {
             "tiled" => set_scan_kernel(ScanKernel::Tiled),
             "direct" => set_scan_kernel(ScanKernel::Direct),
+            "parallel" => set_scan_kernel(ScanKernel::Parallel),
             _ => {}
         }
     }
@@ -440,11 +441,11 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
     };
     let kernels: Vec<String> = match (kind, args.kernel.as_str()) {
         (BackendKind::NdArray, _) => vec!["-".into()],
-        (_, "both") => vec!["tiled".into(), "direct".into()],
-        (_, k @ ("tiled" | "direct")) => vec![k.into()],
+        (_, "all") => vec!["tiled".into(), "direct".into(), "parallel".into()],
+        (_, k @ ("tiled" | "direct" | "parallel")) => vec![k.into()],
         (_, other) => {
             return Err(BenchError::Arg(format!(
-                "--kernel {other}: expected tiled, direct or both"
+                "--kernel {other}: expected tiled, direct, parallel or all"
             )));
         }
     };

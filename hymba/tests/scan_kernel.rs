@@ -17,6 +17,7 @@ use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use hymba::HymbaBackend;
 use hymba::scan::kernel::{ScanKernel, set_scan_kernel, set_scan_split};
+use hymba::scan::parallel::{set_parallel_group, set_parallel_threads};
 use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
 };
@@ -59,13 +60,25 @@ const MODEL_GRAD_TOL: f32 = TOL;
 /// The kernel variant is process-wide: tests that pick one hold this lock.
 static VARIANT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `check` with each kernel variant (tiled, then direct).
+/// Runs `check` with each kernel variant: tiled, direct, and the time-parallel kernels
+/// twice, with their automatic cube shape and with 4 units per cube and 3 channels per
+/// backward cube (so that even the short shapes span many chunks, chunks end past the
+/// sequence, and channel groups end past the last channel).
 fn with_each_kernel(check: impl Fn(&str)) {
     let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
-    for (kernel, name) in [(ScanKernel::Tiled, "tiled"), (ScanKernel::Direct, "direct")] {
+    for (kernel, name) in [
+        (ScanKernel::Tiled, "tiled"),
+        (ScanKernel::Direct, "direct"),
+        (ScanKernel::Parallel, "parallel"),
+    ] {
         set_scan_kernel(kernel);
         check(name);
     }
+    set_parallel_threads(4);
+    set_parallel_group(3);
+    check("parallel, 4 units, 3 channels");
+    set_parallel_threads(0);
+    set_parallel_group(0);
     set_scan_kernel(ScanKernel::Tiled);
 }
 

@@ -60,7 +60,7 @@ use self::cube::{
     scan_forward_kernel, scan_forward_split_kernel,
 };
 use super::reference::{selective_scan_reference_backward, selective_scan_reference_primitives};
-use super::{ScanBackend, ScanGrads, ScanPrimitives};
+use super::{ScanBackend, ScanGrads, ScanPrimitives, parallel};
 
 /// Channels per cube of the forward kernel.
 pub const FWD_UNITS: usize = 32;
@@ -82,6 +82,8 @@ pub enum ScanKernel {
     /// Every unit reads its own inputs from global memory, step by step (no shared-memory
     /// staging; on a CPU emulation such as lavapipe this is the faster one).
     Direct,
+    /// Time split among the units of a cube, scanned in parallel ([`super::parallel`]).
+    Parallel,
 }
 
 static KERNEL: AtomicU8 = AtomicU8::new(u8::MAX);
@@ -110,14 +112,16 @@ pub fn set_scan_split(on: bool) {
 }
 
 /// The kernels in use: set by [`set_scan_kernel`], else by the environment variable
-/// `HYMBA_SCAN_KERNEL=tiled|direct`, else [`ScanKernel::Tiled`].
+/// `HYMBA_SCAN_KERNEL=tiled|direct|parallel`, else [`ScanKernel::Tiled`].
 pub fn scan_kernel() -> ScanKernel {
     match KERNEL.load(Ordering::Relaxed) {
         0 => ScanKernel::Tiled,
         1 => ScanKernel::Direct,
+        2 => ScanKernel::Parallel,
         _ => {
             let from_env = match std::env::var("HYMBA_SCAN_KERNEL").as_deref() {
                 Ok("direct") => ScanKernel::Direct,
+                Ok("parallel") => ScanKernel::Parallel,
                 _ => ScanKernel::Tiled,
             };
             set_scan_kernel(from_env);
@@ -131,6 +135,7 @@ pub fn set_scan_kernel(kernel: ScanKernel) {
     let code = match kernel {
         ScanKernel::Tiled => 0,
         ScanKernel::Direct => 1,
+        ScanKernel::Parallel => 2,
     };
     KERNEL.store(code, Ordering::Relaxed);
 }
@@ -185,11 +190,12 @@ fn forward_tile<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, state
 /// The kernels (kept apart: cubecl's prelude has its own `Tensor`, `Shape`, ...).
 // `div_ceil` is not a cube function.
 #[allow(clippy::manual_div_ceil)]
-mod cube {
+pub(crate) mod cube {
     use cubecl::prelude::*;
 
+    /// `softplus(x)` with the reference's `x > 20 ? x : log1p(eˣ)` rule.
     #[cube]
-    fn softplus(x: f32) -> f32 {
+    pub fn softplus(x: f32) -> f32 {
         let mut r = x;
         if x <= 20.0 {
             r = f32::log1p(f32::exp(x));
@@ -197,8 +203,9 @@ mod cube {
         r
     }
 
+    /// The logistic function.
     #[cube]
-    fn sigmoid(x: f32) -> f32 {
+    pub fn sigmoid(x: f32) -> f32 {
         1.0 / (1.0 + f32::exp(-x))
     }
 
@@ -1133,6 +1140,22 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 
     let y = alloc_like(&z, dtype);
     let h_last = alloc(&u, &[batch, channels, states], DType::F32);
+    if scan_kernel() == ScanKernel::Parallel {
+        let launch = parallel::Launch {
+            u,
+            delta,
+            z,
+            bm,
+            cm,
+            a,
+            dskip,
+            bias,
+            h0,
+            has_h0,
+        };
+        parallel::forward(launch, &y, &h_last);
+        return (y, cast(h_last, dtype));
+    }
     let client = u.client.clone();
     if scan_kernel() == ScanKernel::Direct {
         let count = CubeCount::Static(channels.div_ceil(FWD_DIRECT_UNITS) as u32, batch as u32, 1);
@@ -1246,6 +1269,9 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let dtype = input.u.dtype();
     let [batch, channels, len] = input.u.shape().dims::<3>();
     let states = input.a.shape().dims::<2>()[1];
+    if scan_kernel() == ScanKernel::Parallel {
+        return backward_parallel(input, dy, d_last_state);
+    }
     let direct = scan_kernel() == ScanKernel::Direct;
     let chunk = if direct {
         Some((256 / states).clamp(4, 32))
@@ -1333,6 +1359,49 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         }
     }
 
+    finish_backward(
+        KernelGrads {
+            du,
+            ddelta,
+            dz,
+            d_bc,
+            blocks,
+            d_params,
+        },
+        dtypes,
+        h0_dtype,
+    )
+}
+
+/// What a backward kernel leaves: the per-step gradients, dB | dC per cube
+/// (`[batch · blocks, 2S, T]`) and the per-channel time sums (`[batch, d, 2S + 2]`).
+struct KernelGrads<R: CubeRuntime> {
+    du: CubeTensor<R>,
+    ddelta: CubeTensor<R>,
+    dz: CubeTensor<R>,
+    d_bc: CubeTensor<R>,
+    blocks: usize,
+    d_params: CubeTensor<R>,
+}
+
+/// The sums over cubes and batch a backward kernel leaves to tensor ops, and the casts back
+/// to the inputs' dtypes (`dtypes`: delta, A, B, C, D, z, delta_bias).
+fn finish_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    k: KernelGrads<R>,
+    dtypes: [DType; 7],
+    h0_dtype: Option<DType>,
+) -> ScanGrads<Cube<R, F, I, BT>> {
+    let KernelGrads {
+        du,
+        ddelta,
+        dz,
+        d_bc,
+        blocks,
+        d_params,
+    } = k;
+    let [batch, channels, p] = d_params.shape().dims::<3>();
+    let states = (p - 2) / 2;
+    let len = d_bc.shape().dims::<3>()[2];
     let [d_delta_t, a_t, b_t, c_t, d_t, z_t, bias_t] = dtypes;
     // [batch·blocks, 2S, T] → Σ over cubes → [batch, 2S, T] = dB | dC.
     let bc = tensor::<R, F, I, BT, 3>(d_bc)
@@ -1362,6 +1431,62 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         delta_bias: prim(dbias.cast(bias_t)),
         initial_state: dh0,
     }
+}
+
+/// The time-parallel backward ([`parallel`]), then the same sums as the other kernels.
+fn backward_parallel<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    input: ScanPrimitives<Cube<R, F, I, BT>>,
+    dy: CubeTensor<R>,
+    d_last_state: Option<CubeTensor<R>>,
+) -> ScanGrads<Cube<R, F, I, BT>> {
+    let dtype = input.u.dtype();
+    let dtypes = [
+        input.delta.dtype(),
+        input.a.dtype(),
+        input.b.dtype(),
+        input.c.dtype(),
+        input.d.dtype(),
+        input.z.dtype(),
+        input.delta_bias.dtype(),
+    ];
+    let h0_dtype = input.initial_state.as_ref().map(|h| h.dtype());
+    let big = |t: CubeTensor<R>| cast(t, dtype);
+    let a = f32_(input.a);
+    let has_h0 = input.initial_state.is_some();
+    let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
+    let z = big(input.z);
+    let like = z.clone();
+    let launch = parallel::Launch {
+        u: input.u,
+        delta: big(input.delta),
+        z,
+        bm: big(input.b),
+        cm: big(input.c),
+        a,
+        dskip: f32_(input.d),
+        bias: f32_(input.delta_bias),
+        h0,
+        has_h0,
+    };
+    let out = parallel::backward(
+        launch,
+        big(dy),
+        d_last_state.map(f32_),
+        |dt| alloc_like(&like, dt),
+        |shape, dt| alloc(&like, shape, dt),
+    );
+    finish_backward(
+        KernelGrads {
+            du: out.du,
+            ddelta: out.ddelta,
+            dz: out.dz,
+            d_bc: out.d_bc,
+            blocks: out.groups,
+            d_params: out.d_params,
+        },
+        dtypes,
+        h0_dtype,
+    )
 }
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> ScanBackend

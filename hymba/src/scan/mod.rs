@@ -24,6 +24,8 @@ pub mod cpu;
 pub mod fusion;
 #[cfg(feature = "cube")]
 pub mod kernel;
+#[cfg(feature = "cube")]
+pub mod parallel;
 pub mod reference;
 pub mod reference_vjp;
 

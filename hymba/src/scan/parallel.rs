@@ -1,0 +1,812 @@
+//! The time-parallel selective-scan kernels ([`super::kernel::ScanKernel::Parallel`]): the
+//! threads of a cube split *time* among them, as `mamba_ssm`'s CUDA kernels do, instead of
+//! each unit walking a whole sequence alone.
+//!
+//! # Why
+//! One unit per (batch, channel) gives Hymba-125M at micro-batch 2 only 2,048 sequential
+//! units — 64 warps on a GPU that holds 8,448 — so every step's latency is exposed. The
+//! recurrence `h_t = a_t·h_{t−1} + b_t` is linear, hence associative under
+//! `(a₂, b₂) ∘ (a₁, b₁) = (a₂a₁, a₂b₁ + b₂)`: a cube of `threads` units scans a chunk of
+//! `threads · items` steps in parallel.
+//!
+//! # Forward (`scan_forward_parallel_kernel`), one cube per (channel, batch)
+//! For each chunk: every unit loads its `items` consecutive steps, folds them into one
+//! `(a, b)` pair per state (a thread-local sequential scan), the cube scans those pairs
+//! across units (Kogge–Stone in shared memory, all states at once: `2·log₂(threads)`
+//! barriers per chunk), and each unit re-walks its steps from its start state
+//! (`prefix ∘ carry`) accumulating `y`. The carry into the next chunk is the chunk total.
+//!
+//! # Backward (`scan_backward_parallel_kernel`), one cube per (group of channels, batch)
+//! With `e_t = ∂L/∂out_t` (out = y before the gate) the adjoint of the state obeys the
+//! reverse linear recurrence `r_t = a_t·(e_t·C_t + r_{t+1})`, `∂L/∂h_t = e_t·C_t + r_{t+1}`,
+//! `r_T = ∂L/∂h_last`; `r_0` is the initial state's gradient. So per chunk (last to first)
+//! and channel: a forward cube scan recomputes the states from the chunk's start state
+//! (stored by a first forward sweep, O(T/chunk · S) floats per channel — no O(T·S) state
+//! storage), a reverse cube scan gives each unit its incoming `r`, and a walk over the
+//! unit's steps produces du, d(delta), dz and the time sums (dA, dD, d(delta_bias)).
+//! dB and dC are shared by all channels: each unit sums them over the cube's channels in
+//! registers and writes one partial per cube; a tensor op sums the cubes. The group size
+//! trades those partials' size against parallelism.
+//!
+//! Global memory written and read back inside a kernel (chunk-start states, the adjoint
+//! carry, the per-channel sums) is only ever read by the unit that wrote it, so no
+//! cross-unit memory fence is needed on any backend (Vulkan's barrier does not order
+//! buffer memory); values are shared between units through shared memory only. No plane
+//! operations are used, so the kernels also run on lavapipe.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::tensor::{DType, TensorMetadata};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::{CubeCount, CubeDim};
+
+use self::cube::{scan_backward_parallel_kernel, scan_forward_parallel_kernel};
+
+/// Steps per unit per chunk in the forward kernel (registers: 3 per step).
+pub const FWD_ITEMS: usize = 8;
+/// Steps per unit per chunk in the backward kernel (registers: 2·S per step for the dB and
+/// dC sums, so fewer than the forward).
+pub const BWD_ITEMS: usize = 2;
+/// Units per cube at most (4 warps, as `mamba_ssm`).
+pub const MAX_THREADS: usize = 128;
+/// Cubes the backward kernel aims for (`batch · groups`): more than a large GPU holds at
+/// once at its register use, few enough to keep the per-cube dB/dC partials small.
+pub const BWD_TARGET_CUBES: usize = 1024;
+
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+static GROUP: AtomicUsize = AtomicUsize::new(0);
+
+/// Overrides the units per cube (`0` = automatic) for every later call, process-wide. Tests
+/// use small cubes so that short sequences still span several chunks.
+pub fn set_parallel_threads(threads: usize) {
+    THREADS.store(threads, Ordering::Relaxed);
+}
+
+/// Overrides the channels per backward cube (`0` = automatic), process-wide.
+pub fn set_parallel_group(group: usize) {
+    GROUP.store(group, Ordering::Relaxed);
+}
+
+/// Units per cube for a sequence of `len` steps at `items` steps per unit: a power of two,
+/// at most [`MAX_THREADS`], no more than the sequence needs, and few enough that
+/// `floats_per_unit` f32s of shared memory each fit in `max_shared` bytes.
+pub fn threads_for(len: usize, items: usize, floats_per_unit: usize, max_shared: usize) -> usize {
+    let mut threads = match THREADS.load(Ordering::Relaxed) {
+        0 => len
+            .div_ceil(items)
+            .next_power_of_two()
+            .clamp(1, MAX_THREADS),
+        n => n,
+    };
+    while threads > 1 && threads * floats_per_unit * 4 > max_shared {
+        threads /= 2;
+    }
+    threads
+}
+
+/// Channels per backward cube: enough cubes ([`BWD_TARGET_CUBES`]) when batch × channels
+/// allows, one channel per cube otherwise.
+pub fn group_for(batch: usize, channels: usize) -> usize {
+    match GROUP.load(Ordering::Relaxed) {
+        0 => (batch * channels / BWD_TARGET_CUBES).clamp(1, channels.max(1)),
+        n => n.min(channels.max(1)),
+    }
+}
+
+/// Inputs of a launch, already in the kernels' dtypes (large tensors in the storage dtype,
+/// A, D, bias and states in f32).
+pub(super) struct Launch<R: CubeRuntime> {
+    pub u: CubeTensor<R>,
+    pub delta: CubeTensor<R>,
+    pub z: CubeTensor<R>,
+    pub bm: CubeTensor<R>,
+    pub cm: CubeTensor<R>,
+    pub a: CubeTensor<R>,
+    pub dskip: CubeTensor<R>,
+    pub bias: CubeTensor<R>,
+    /// The initial state, or any f32 tensor (unused) when `has_h0` is false.
+    pub h0: CubeTensor<R>,
+    pub has_h0: bool,
+}
+
+/// Runs the forward kernel into `y` (`[b, d, T]`, u's dtype) and `h_last` (`[b, d, S]`, f32).
+pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &CubeTensor<R>) {
+    let [batch, channels, len] = x.u.shape().dims::<3>();
+    let states = x.a.shape().dims::<2>()[1];
+    let dtype = x.u.dtype();
+    let client = x.u.client.clone();
+    let max_shared = client.properties().hardware.max_shared_memory_size;
+    let threads = threads_for(len, FWD_ITEMS, 2 * states, max_shared);
+    // SAFETY: every index is in bounds: steps past the sequence are masked, the cube grid
+    // is exactly channels × batch, and outputs have the shapes indexed.
+    unsafe {
+        scan_forward_parallel_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(channels as u32, batch as u32, 1),
+            CubeDim::new_1d(threads as u32),
+            x.u.into_tensor_arg(),
+            x.delta.into_tensor_arg(),
+            x.z.into_tensor_arg(),
+            x.bm.into_tensor_arg(),
+            x.cm.into_tensor_arg(),
+            x.a.into_tensor_arg(),
+            x.dskip.into_tensor_arg(),
+            x.bias.into_tensor_arg(),
+            x.h0.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            h_last.clone().into_tensor_arg(),
+            states,
+            threads,
+            FWD_ITEMS,
+            x.has_h0,
+            dtype.into(),
+        );
+    }
+}
+
+/// Outputs of the backward kernel; see [`backward`].
+pub(super) struct BackwardOut<R: CubeRuntime> {
+    pub du: CubeTensor<R>,
+    pub ddelta: CubeTensor<R>,
+    pub dz: CubeTensor<R>,
+    /// `[batch · groups, 2S, T]`: dB | dC summed over each cube's channels.
+    pub d_bc: CubeTensor<R>,
+    /// Cubes per batch row of `d_bc`.
+    pub groups: usize,
+    /// `[batch, d, 2S + 2]`: dA | d initial_state | dD | d delta_bias per channel.
+    pub d_params: CubeTensor<R>,
+}
+
+/// Runs the backward kernel. `alloc_like` allocates a `[b, d, T]` gradient in the layout the
+/// caller wants; `alloc` a contiguous buffer of the given shape and dtype.
+pub(super) fn backward<R: CubeRuntime>(
+    x: Launch<R>,
+    dy: CubeTensor<R>,
+    d_last: Option<CubeTensor<R>>,
+    alloc_like: impl Fn(DType) -> CubeTensor<R>,
+    alloc: impl Fn(&[usize], DType) -> CubeTensor<R>,
+) -> BackwardOut<R> {
+    let [batch, channels, len] = x.u.shape().dims::<3>();
+    let states = x.a.shape().dims::<2>()[1];
+    let dtype = x.u.dtype();
+    let client = x.u.client.clone();
+    let max_shared = client
+        .properties()
+        .hardware
+        .max_shared_memory_size
+        .saturating_sub(8 * states);
+    let threads = threads_for(len, BWD_ITEMS, 3 * states + 2, max_shared);
+    let n_chunks = len.div_ceil(threads * BWD_ITEMS);
+    let group = group_for(batch, channels);
+    let groups = channels.div_ceil(group);
+    let has_d_last = d_last.is_some();
+    let d_last = d_last.unwrap_or_else(|| x.a.clone());
+    let out = BackwardOut {
+        du: alloc_like(dtype),
+        ddelta: alloc_like(dtype),
+        dz: alloc_like(dtype),
+        d_bc: alloc(&[batch * groups, 2 * states, len], DType::F32),
+        groups,
+        d_params: alloc(&[batch, channels, 2 * states + 2], DType::F32),
+    };
+    let bounds = alloc(&[batch, channels, n_chunks, states], DType::F32);
+    // SAFETY: as for the forward; channels past the last are skipped by every unit alike
+    // (the group loop's bound is uniform over the cube), and `d_bc` has a row per cube.
+    unsafe {
+        scan_backward_parallel_kernel::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(groups as u32, batch as u32, 1),
+            CubeDim::new_1d(threads as u32),
+            x.u.into_tensor_arg(),
+            x.delta.into_tensor_arg(),
+            x.z.into_tensor_arg(),
+            x.bm.into_tensor_arg(),
+            x.cm.into_tensor_arg(),
+            x.a.into_tensor_arg(),
+            x.dskip.into_tensor_arg(),
+            x.bias.into_tensor_arg(),
+            x.h0.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            d_last.into_tensor_arg(),
+            out.du.clone().into_tensor_arg(),
+            out.ddelta.clone().into_tensor_arg(),
+            out.dz.clone().into_tensor_arg(),
+            out.d_bc.clone().into_tensor_arg(),
+            out.d_params.clone().into_tensor_arg(),
+            bounds.into_tensor_arg(),
+            states,
+            threads,
+            BWD_ITEMS,
+            x.has_h0,
+            has_d_last,
+            dtype.into(),
+        );
+    }
+    out
+}
+
+// `div_ceil` is not a cube function.
+#[allow(clippy::manual_div_ceil)]
+mod cube {
+    use cubecl::prelude::*;
+
+    use crate::scan::kernel::cube::{sigmoid, softplus};
+
+    /// Inclusive scan of the pairs `(sa[s·threads + j], sb[s·threads + j])` over units `j`,
+    /// for every state `s` at once, under `(a₂, b₂) ∘ (a₁, b₁) = (a₂a₁, a₂b₁ + b₂)`:
+    /// forward (unit j composes units 0..=j) or, with `reverse`, backward (units j..).
+    /// Kogge–Stone: log₂(threads) rounds of two barriers. Call after a barrier; ends on one.
+    #[cube]
+    pub fn scan_units(
+        sa: &mut SharedMemory<f32>,
+        sb: &mut SharedMemory<f32>,
+        lane: usize,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] reverse: bool,
+    ) {
+        let mut pa = Array::<f32>::new(n_state);
+        let mut pb = Array::<f32>::new(n_state);
+        let mut d = 1usize;
+        while d < threads {
+            let mut has = lane >= d;
+            if reverse {
+                has = lane + d < threads;
+            }
+            let mut p = lane;
+            if has {
+                if reverse {
+                    p = lane + d;
+                } else {
+                    p = lane - d;
+                }
+            }
+            #[unroll]
+            for s in 0..n_state {
+                pa[s] = sa[s * threads + p];
+                pb[s] = sb[s * threads + p];
+            }
+            sync_cube();
+            if has {
+                #[unroll]
+                for s in 0..n_state {
+                    let i = s * threads + lane;
+                    let own = sa[i];
+                    sb[i] = own * pb[s] + sb[i];
+                    sa[i] = own * pa[s];
+                }
+            }
+            sync_cube();
+            d *= 2;
+        }
+    }
+
+    /// Loads a `[b, c, T]` value at step `t` as f32, zero past the sequence.
+    #[cube]
+    fn load<F: Float>(x: &Tensor<F>, base: usize, t: usize, stride: usize, len: usize) -> f32 {
+        let mut v = 0.0f32;
+        if t < len {
+            v = f32::cast_from(x[base + t * stride]);
+        }
+        v
+    }
+
+    /// One cube per (channel, batch), `threads` units, each scanning `items` consecutive
+    /// steps of every chunk of `threads · items` steps; see the module docs.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan_forward_parallel_kernel<F: Float>(
+        u: &Tensor<F>,
+        delta: &Tensor<F>,
+        z: &Tensor<F>,
+        bm: &Tensor<F>,
+        cm: &Tensor<F>,
+        a: &Tensor<f32>,
+        dskip: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        y: &mut Tensor<F>,
+        h_last: &mut Tensor<f32>,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] items: usize,
+        #[comptime] has_h0: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let len = u.shape(2);
+        let c = CUBE_POS_X as usize;
+        let b = CUBE_POS_Y as usize;
+        let lane = UNIT_POS_X as usize;
+        let mut sa = SharedMemory::<f32>::new(comptime!(n_state * threads));
+        let mut sb = SharedMemory::<f32>::new(comptime!(n_state * threads));
+
+        let mut av = Array::<f32>::new(n_state);
+        let mut carry = Array::<f32>::new(n_state);
+        #[unroll]
+        for s in 0..n_state {
+            av[s] = a[c * a.stride(0) + s * a.stride(1)];
+            carry[s] = 0.0;
+        }
+        if has_h0 {
+            #[unroll]
+            for s in 0..n_state {
+                carry[s] = h0[b * h0.stride(0) + c * h0.stride(1) + s * h0.stride(2)];
+            }
+        }
+        let dv = dskip[c * dskip.stride(0)];
+        let bv = bias[c * bias.stride(0)];
+        let u0 = b * u.stride(0) + c * u.stride(1);
+        let d0 = b * delta.stride(0) + c * delta.stride(1);
+        let z0 = b * z.stride(0) + c * z.stride(1);
+        let y0 = b * y.stride(0) + c * y.stride(1);
+        let b0 = b * bm.stride(0);
+        let c0 = b * cm.stride(0);
+
+        let mut uu = Array::<f32>::new(items);
+        let mut dt = Array::<f32>::new(items);
+        let mut yv = Array::<f32>::new(items);
+        let chunk = comptime!(threads * items);
+        let n_chunks = (len + chunk - 1) / chunk;
+        for k in 0..n_chunks {
+            let t_first = k * chunk + lane * items;
+            // Steps past the sequence get Δ = 0, u = 0: the identity (1, 0).
+            #[unroll]
+            for i in 0..items {
+                let t = t_first + i;
+                uu[i] = load::<F>(u, u0, t, u.stride(2), len);
+                let mut d = 0.0f32;
+                if t < len {
+                    d = softplus(f32::cast_from(delta[d0 + t * delta.stride(2)]) + bv);
+                }
+                dt[i] = d;
+                yv[i] = dv * uu[i];
+            }
+            // This unit's steps folded into one pair per state.
+            #[unroll]
+            for s in 0..n_state {
+                let mut pa = 1.0f32;
+                let mut pb = 0.0f32;
+                #[unroll]
+                for i in 0..items {
+                    let bvv = load::<F>(bm, b0 + s * bm.stride(1), t_first + i, bm.stride(2), len);
+                    let e = f32::exp(dt[i] * av[s]);
+                    pa *= e;
+                    pb = e * pb + dt[i] * uu[i] * bvv;
+                }
+                sa[s * threads + lane] = pa;
+                sb[s * threads + lane] = pb;
+            }
+            sync_cube();
+            scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+            #[unroll]
+            for s in 0..n_state {
+                let mut h = carry[s];
+                if lane > 0 {
+                    let j = s * threads + lane - 1;
+                    h = sa[j] * carry[s] + sb[j];
+                }
+                #[unroll]
+                for i in 0..items {
+                    let t = t_first + i;
+                    let bvv = load::<F>(bm, b0 + s * bm.stride(1), t, bm.stride(2), len);
+                    let cvv = load::<F>(cm, c0 + s * cm.stride(1), t, cm.stride(2), len);
+                    h = f32::exp(dt[i] * av[s]) * h + dt[i] * uu[i] * bvv;
+                    yv[i] += h * cvv;
+                }
+                let last = s * threads + threads - 1;
+                carry[s] = sa[last] * carry[s] + sb[last];
+            }
+            #[unroll]
+            for i in 0..items {
+                let t = t_first + i;
+                if t < len {
+                    let zz = f32::cast_from(z[z0 + t * z.stride(2)]);
+                    y[y0 + t * y.stride(2)] = F::cast_from(yv[i] * (zz * sigmoid(zz)));
+                }
+            }
+            // The next chunk overwrites the pairs every unit just read.
+            sync_cube();
+        }
+
+        if lane == 0 {
+            #[unroll]
+            for s in 0..n_state {
+                h_last[b * h_last.stride(0) + c * h_last.stride(1) + s * h_last.stride(2)] =
+                    carry[s];
+            }
+        }
+    }
+
+    /// One cube per (group of channels, batch); see the module docs. `d_params[b, c, :]` =
+    /// `[dA (S) | adjoint carry → d initial_state (S) | dD | d delta_bias]`, slot `p` owned
+    /// (written and read) by unit `p mod threads` only; `bounds[b, c, k, s]` (the state at
+    /// the start of chunk k), owned by unit `s mod threads`.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan_backward_parallel_kernel<F: Float>(
+        u: &Tensor<F>,
+        delta: &Tensor<F>,
+        z: &Tensor<F>,
+        bm: &Tensor<F>,
+        cm: &Tensor<F>,
+        a: &Tensor<f32>,
+        dskip: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        dy: &Tensor<F>,
+        d_last: &Tensor<f32>,
+        du: &mut Tensor<F>,
+        ddelta: &mut Tensor<F>,
+        dz: &mut Tensor<F>,
+        d_bc: &mut Tensor<f32>,
+        d_params: &mut Tensor<f32>,
+        bounds: &mut Tensor<f32>,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] items: usize,
+        #[comptime] has_h0: bool,
+        #[comptime] has_d_last: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let channels = u.shape(1);
+        let len = u.shape(2);
+        let g = CUBE_POS_X as usize;
+        let b = CUBE_POS_Y as usize;
+        let lane = UNIT_POS_X as usize;
+        let group = (channels + CUBE_COUNT_X as usize - 1) / CUBE_COUNT_X as usize;
+        let chunk = comptime!(threads * items);
+        let n_chunks = (len + chunk - 1) / chunk;
+        let n_params = comptime!(2 * n_state + 2);
+        let two_s = comptime!(2 * n_state);
+
+        let mut sa = SharedMemory::<f32>::new(comptime!(n_state * threads));
+        let mut sb = SharedMemory::<f32>::new(comptime!(n_state * threads));
+        // The chunk's start state and incoming adjoint, shared by the cube.
+        let mut sh = SharedMemory::<f32>::new(n_state);
+        let mut sr = SharedMemory::<f32>::new(n_state);
+        // Per-unit partial sums of dA, dD, d delta_bias, reduced over units per chunk.
+        let mut red = SharedMemory::<f32>::new(comptime!((n_state + 2) * threads));
+
+        let mut av = Array::<f32>::new(n_state);
+        let mut uu = Array::<f32>::new(items);
+        let mut dt = Array::<f32>::new(items);
+
+        // 1. Per channel: the state at the start of every chunk, and the sums' initial values.
+        for ci in 0..group {
+            let c = g * group + ci;
+            if c < channels {
+                let bv = bias[c * bias.stride(0)];
+                let u0 = b * u.stride(0) + c * u.stride(1);
+                let d0 = b * delta.stride(0) + c * delta.stride(1);
+                let b0 = b * bm.stride(0);
+                let k0 = b * bounds.stride(0) + c * bounds.stride(1);
+                let p0 = b * d_params.stride(0) + c * d_params.stride(1);
+                #[unroll]
+                for s in 0..n_state {
+                    av[s] = a[c * a.stride(0) + s * a.stride(1)];
+                }
+                // Every unit keeps the same carry; unit s mod threads stores slot s.
+                let mut carry = Array::<f32>::new(n_state);
+                #[unroll]
+                for s in 0..n_state {
+                    carry[s] = 0.0;
+                    if has_h0 {
+                        carry[s] = h0[b * h0.stride(0) + c * h0.stride(1) + s * h0.stride(2)];
+                    }
+                }
+                let mut p = lane;
+                while p < n_params {
+                    let mut v = 0.0f32;
+                    if p >= n_state && p < two_s && has_d_last {
+                        let s = p - n_state;
+                        v = d_last
+                            [b * d_last.stride(0) + c * d_last.stride(1) + s * d_last.stride(2)];
+                    }
+                    d_params[p0 + p * d_params.stride(2)] = v;
+                    p += threads;
+                }
+                for k in 0..n_chunks {
+                    let mut s = lane;
+                    while s < n_state {
+                        bounds[k0 + k * bounds.stride(2) + s * bounds.stride(3)] = carry[s];
+                        s += threads;
+                    }
+                    let t_first = k * chunk + lane * items;
+                    #[unroll]
+                    for i in 0..items {
+                        let t = t_first + i;
+                        uu[i] = load::<F>(u, u0, t, u.stride(2), len);
+                        let mut d = 0.0f32;
+                        if t < len {
+                            d = softplus(f32::cast_from(delta[d0 + t * delta.stride(2)]) + bv);
+                        }
+                        dt[i] = d;
+                    }
+                    #[unroll]
+                    for s in 0..n_state {
+                        let mut pa = 1.0f32;
+                        let mut pb = 0.0f32;
+                        #[unroll]
+                        for i in 0..items {
+                            let bvv = load::<F>(
+                                bm,
+                                b0 + s * bm.stride(1),
+                                t_first + i,
+                                bm.stride(2),
+                                len,
+                            );
+                            let e = f32::exp(dt[i] * av[s]);
+                            pa *= e;
+                            pb = e * pb + dt[i] * uu[i] * bvv;
+                        }
+                        sa[s * threads + lane] = pa;
+                        sb[s * threads + lane] = pb;
+                    }
+                    sync_cube();
+                    scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+                    #[unroll]
+                    for s in 0..n_state {
+                        let last = s * threads + threads - 1;
+                        carry[s] = sa[last] * carry[s] + sb[last];
+                    }
+                    sync_cube();
+                }
+            }
+        }
+
+        // 2. Chunks last to first; in each, every channel of the group.
+        let mut xs = Array::<f32>::new(items);
+        let mut ev = Array::<f32>::new(items);
+        let mut zv = Array::<f32>::new(items);
+        let mut gv = Array::<f32>::new(items);
+        let mut out = Array::<f32>::new(items);
+        let mut dus = Array::<f32>::new(items);
+        let mut ddt = Array::<f32>::new(items);
+        let mut ea = Array::<f32>::new(items);
+        let mut hv = Array::<f32>::new(comptime!(items + 1));
+        let mut hst = Array::<f32>::new(n_state);
+        let mut rin = Array::<f32>::new(n_state);
+        let mut da = Array::<f32>::new(n_state);
+        let mut db_acc = Array::<f32>::new(comptime!(n_state * items));
+        let mut dc_acc = Array::<f32>::new(comptime!(n_state * items));
+        let bc0 = (b * CUBE_COUNT_X as usize + g) * d_bc.stride(0);
+
+        for kk in 0..n_chunks {
+            let k = n_chunks - 1 - kk;
+            let t_first = k * chunk + lane * items;
+            #[unroll]
+            for j in 0..comptime!(n_state * items) {
+                db_acc[j] = 0.0;
+                dc_acc[j] = 0.0;
+            }
+            for ci in 0..group {
+                let c = g * group + ci;
+                if c < channels {
+                    let bv = bias[c * bias.stride(0)];
+                    let dv = dskip[c * dskip.stride(0)];
+                    let u0 = b * u.stride(0) + c * u.stride(1);
+                    let d0 = b * delta.stride(0) + c * delta.stride(1);
+                    let z0 = b * z.stride(0) + c * z.stride(1);
+                    let g0 = b * dy.stride(0) + c * dy.stride(1);
+                    let b0 = b * bm.stride(0);
+                    let c0 = b * cm.stride(0);
+                    let k0 = b * bounds.stride(0) + c * bounds.stride(1);
+                    let p0 = b * d_params.stride(0) + c * d_params.stride(1);
+                    let ps = d_params.stride(2);
+                    #[unroll]
+                    for s in 0..n_state {
+                        av[s] = a[c * a.stride(0) + s * a.stride(1)];
+                    }
+                    // The owners publish the chunk's start state and incoming adjoint.
+                    let mut s = lane;
+                    while s < n_state {
+                        sh[s] = bounds[k0 + k * bounds.stride(2) + s * bounds.stride(3)];
+                        s += threads;
+                    }
+                    let mut p = lane;
+                    while p < n_params {
+                        if p >= n_state && p < two_s {
+                            sr[p - n_state] = d_params[p0 + p * ps];
+                        }
+                        p += threads;
+                    }
+                    #[unroll]
+                    for i in 0..items {
+                        let t = t_first + i;
+                        uu[i] = load::<F>(u, u0, t, u.stride(2), len);
+                        let x = load::<F>(delta, d0, t, delta.stride(2), len) + bv;
+                        let zz = load::<F>(z, z0, t, z.stride(2), len);
+                        let gg = load::<F>(dy, g0, t, dy.stride(2), len);
+                        let mut d = 0.0f32;
+                        if t < len {
+                            d = softplus(x);
+                        }
+                        xs[i] = x;
+                        dt[i] = d;
+                        zv[i] = zz;
+                        gv[i] = gg;
+                        // y = out · silu(z): e = ∂L/∂out (0 past the sequence).
+                        ev[i] = gg * zz * sigmoid(zz);
+                        out[i] = dv * uu[i];
+                        dus[i] = ev[i] * dv;
+                        ddt[i] = 0.0;
+                    }
+                    // Forward pairs → each unit's start state.
+                    #[unroll]
+                    for s in 0..n_state {
+                        let mut pa = 1.0f32;
+                        let mut pb = 0.0f32;
+                        #[unroll]
+                        for i in 0..items {
+                            let bvv = load::<F>(
+                                bm,
+                                b0 + s * bm.stride(1),
+                                t_first + i,
+                                bm.stride(2),
+                                len,
+                            );
+                            let e = f32::exp(dt[i] * av[s]);
+                            pa *= e;
+                            pb = e * pb + dt[i] * uu[i] * bvv;
+                        }
+                        sa[s * threads + lane] = pa;
+                        sb[s * threads + lane] = pb;
+                    }
+                    sync_cube();
+                    scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+                    #[unroll]
+                    for s in 0..n_state {
+                        let mut h = sh[s];
+                        if lane > 0 {
+                            let j = s * threads + lane - 1;
+                            h = sa[j] * sh[s] + sb[j];
+                        }
+                        hst[s] = h;
+                    }
+                    sync_cube();
+                    // Reverse pairs → each unit's incoming adjoint r.
+                    #[unroll]
+                    for s in 0..n_state {
+                        let mut pa = 1.0f32;
+                        let mut pb = 0.0f32;
+                        #[unroll]
+                        for ii in 0..items {
+                            let i = items - 1 - ii;
+                            let cvv = load::<F>(
+                                cm,
+                                c0 + s * cm.stride(1),
+                                t_first + i,
+                                cm.stride(2),
+                                len,
+                            );
+                            let e = f32::exp(dt[i] * av[s]);
+                            pa *= e;
+                            pb = e * (pb + ev[i] * cvv);
+                        }
+                        sa[s * threads + lane] = pa;
+                        sb[s * threads + lane] = pb;
+                    }
+                    sync_cube();
+                    scan_units(&mut sa, &mut sb, lane, n_state, threads, true);
+                    #[unroll]
+                    for s in 0..n_state {
+                        let mut r = sr[s];
+                        if lane + 1 < threads {
+                            let j = s * threads + lane + 1;
+                            r = sa[j] * sr[s] + sb[j];
+                        }
+                        rin[s] = r;
+                    }
+                    // The adjoint leaving the chunk at its first step: the next chunk's carry.
+                    let mut p = lane;
+                    while p < n_params {
+                        if p >= n_state && p < two_s {
+                            let s = p - n_state;
+                            d_params[p0 + p * ps] = sa[s * threads] * sr[s] + sb[s * threads];
+                        }
+                        p += threads;
+                    }
+                    // The walk: states forward, adjoint backward.
+                    #[unroll]
+                    for s in 0..n_state {
+                        hv[0] = hst[s];
+                        #[unroll]
+                        for i in 0..items {
+                            let t = t_first + i;
+                            let bvv = load::<F>(bm, b0 + s * bm.stride(1), t, bm.stride(2), len);
+                            let cvv = load::<F>(cm, c0 + s * cm.stride(1), t, cm.stride(2), len);
+                            let e = f32::exp(dt[i] * av[s]);
+                            ea[i] = e;
+                            hv[i + 1] = e * hv[i] + dt[i] * uu[i] * bvv;
+                            out[i] += cvv * hv[i + 1];
+                        }
+                        let mut r = rin[s];
+                        let mut das = 0.0f32;
+                        #[unroll]
+                        for ii in 0..items {
+                            let i = items - 1 - ii;
+                            let t = t_first + i;
+                            let bvv = load::<F>(bm, b0 + s * bm.stride(1), t, bm.stride(2), len);
+                            let cvv = load::<F>(cm, c0 + s * cm.stride(1), t, cm.stride(2), len);
+                            let gh = ev[i] * cvv + r;
+                            ddt[i] += gh * (av[s] * ea[i] * hv[i] + bvv * uu[i]);
+                            dus[i] += gh * dt[i] * bvv;
+                            das += gh * dt[i] * ea[i] * hv[i];
+                            let j = s * items + i;
+                            db_acc[j] += gh * dt[i] * uu[i];
+                            dc_acc[j] += ev[i] * hv[i + 1];
+                            r = ea[i] * gh;
+                        }
+                        da[s] = das;
+                    }
+                    let mut d_d = 0.0f32;
+                    let mut d_bias = 0.0f32;
+                    #[unroll]
+                    for i in 0..items {
+                        let t = t_first + i;
+                        if t < len {
+                            let x = xs[i];
+                            let mut dx = ddt[i];
+                            if x <= 20.0 {
+                                dx = ddt[i] * sigmoid(x);
+                            }
+                            d_bias += dx;
+                            d_d += ev[i] * uu[i];
+                            let zz = zv[i];
+                            let sz = sigmoid(zz);
+                            let dzv = gv[i] * out[i] * sz * (1.0 + zz * (1.0 - sz));
+                            du[b * du.stride(0) + c * du.stride(1) + t * du.stride(2)] =
+                                F::cast_from(dus[i]);
+                            ddelta[b * ddelta.stride(0)
+                                + c * ddelta.stride(1)
+                                + t * ddelta.stride(2)] = F::cast_from(dx);
+                            dz[b * dz.stride(0) + c * dz.stride(1) + t * dz.stride(2)] =
+                                F::cast_from(dzv);
+                        }
+                    }
+                    // Sum dA, dD, d delta_bias over the units into the channel's slots.
+                    #[unroll]
+                    for s in 0..n_state {
+                        red[s * threads + lane] = da[s];
+                    }
+                    red[comptime!(n_state * threads) + lane] = d_d;
+                    red[comptime!((n_state + 1) * threads) + lane] = d_bias;
+                    sync_cube();
+                    let mut p = lane;
+                    while p < n_params {
+                        // Rows of `red`: dA (0..S), then dD and d delta_bias (S, S + 1).
+                        let mut row = p;
+                        if p >= two_s {
+                            row = p - n_state;
+                        }
+                        if p < n_state || p >= two_s {
+                            let mut acc = 0.0f32;
+                            for j in 0..threads {
+                                acc += red[row * threads + j];
+                            }
+                            let old = d_params[p0 + p * ps];
+                            d_params[p0 + p * ps] = old + acc;
+                        }
+                        p += threads;
+                    }
+                    // The next channel overwrites the shared arrays.
+                    sync_cube();
+                }
+            }
+            // dB and dC of this chunk, summed over the group's channels.
+            #[unroll]
+            for s in 0..n_state {
+                #[unroll]
+                for i in 0..items {
+                    let t = t_first + i;
+                    if t < len {
+                        let j = s * items + i;
+                        d_bc[bc0 + s * d_bc.stride(1) + t * d_bc.stride(2)] = db_acc[j];
+                        d_bc[bc0 + (n_state + s) * d_bc.stride(1) + t * d_bc.stride(2)] = dc_acc[j];
+                    }
+                }
+            }
+        }
+    }
+}
