@@ -7,9 +7,11 @@
 //! position (exact resume), tokens/s and MFU, and NaN handling.
 //!
 //! Data parallelism: with more than one device, each optimizer step runs `grad_accum`
-//! micro-batches on every device at once (one thread per device, each with a replica of the
-//! model), sums the gradients on the main device, takes one optimizer step there and copies
-//! the new weights back to the replicas. The global batch is `batch_size × grad_accum ×
+//! micro-batches on every device at once (one long-lived worker thread per extra device,
+//! each forking its replica of the model from the new weights), sums the gradients on the
+//! main device and takes one optimizer step there. The workers live for the whole run on
+//! purpose: CubeCL keeps one stream per (thread, device), and a thread spawned anew every
+//! step left each step's memory on device 1 behind until it ran out (CUDA, 2 × H200). The global batch is `batch_size × grad_accum ×
 //! devices`, and the loss of each micro-batch is scaled by `1 / (grad_accum × devices)`, so a
 //! run on two devices equals a one-device run with twice the accumulation. The exchange goes
 //! through burn's device-to-device copies rather than NCCL, so it works on every backend
@@ -124,6 +126,90 @@ where
         figures.add(&out.item, share);
     }
     Ok((accumulator.grads(), figures))
+}
+
+/// What a replica worker is asked to do for one optimizer step.
+struct ReplicaJob<B: AutodiffBackend> {
+    /// The weights after the last optimizer step, on the main device.
+    model: LanguageModel<B>,
+    /// This device's micro-batches (item indices).
+    draws: Vec<Vec<usize>>,
+    /// Micro-batches in the whole step, over all devices (the loss scale).
+    micro_batches: usize,
+}
+
+/// A worker's answer: gradients already on the main device, and the host figures.
+type ReplicaResult = Result<(GradientsParams, StepFigures), TrainError>;
+
+/// A long-lived thread that owns one extra device: every step it forks its replica from the
+/// weights it is sent, runs its micro-batches and sends the gradients back on the main
+/// device. All of that device's work is queued from this one thread (see the module docs).
+struct ReplicaWorker<B: AutodiffBackend> {
+    jobs: std::sync::mpsc::Sender<ReplicaJob<B>>,
+    results: std::sync::mpsc::Receiver<ReplicaResult>,
+    device: B::Device,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
+    fn spawn(
+        train: Arc<TrainData>,
+        device: B::Device,
+        main: B::Device,
+    ) -> Result<Self, TrainError> {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<ReplicaJob<B>>();
+        let (result_tx, results) = std::sync::mpsc::channel();
+        let dev = device.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("replica {device:?}"))
+            .spawn(move || {
+                while let Ok(job) = job_rx.recv() {
+                    let replica = job.model.fork(&dev);
+                    let draws: Vec<&Vec<usize>> = job.draws.iter().collect();
+                    let result =
+                        run_micro_batches(&train, &replica, &dev, &draws, job.micro_batches)
+                            .map(|(grads, f)| (grads.to_device(&main, &replica), f));
+                    if result_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| TrainError::Config(format!("cannot start a replica thread: {e}")))?;
+        Ok(Self {
+            jobs,
+            results,
+            device,
+            handle: Some(handle),
+        })
+    }
+
+    fn stopped(&self) -> TrainError {
+        TrainError::Config(format!(
+            "the data-parallel worker of device {:?} stopped (it panicked; see the log above)",
+            self.device
+        ))
+    }
+
+    /// Queues a step's work (returns at once).
+    fn send(&self, job: ReplicaJob<B>) -> Result<(), TrainError> {
+        self.jobs.send(job).map_err(|_| self.stopped())
+    }
+
+    /// Waits for the step's result.
+    fn receive(&self) -> ReplicaResult {
+        self.results.recv().map_err(|_| self.stopped())?
+    }
+}
+
+impl<B: AutodiffBackend> Drop for ReplicaWorker<B> {
+    fn drop(&mut self) {
+        // Closing the job channel ends the worker's loop.
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 /// The strategy; see the module docs.
@@ -252,14 +338,15 @@ where
 
     /// One optimizer step's forward and backward passes: `grad_accum` micro-batches on every
     /// device, device `d` taking the `d`-th, `d + devices`-th, … draw of the sampler (so the
-    /// items seen do not depend on the device count), the replicas in their own threads.
-    /// Returns the gradients summed on the main device and the figures summed over devices.
+    /// items seen do not depend on the device count), the extra devices on their workers
+    /// while the main device runs its share here. Returns the gradients summed on the main
+    /// device and the figures summed over devices.
     fn data_parallel_step(
         &self,
         learner: &Learner<Components<B>>,
-        replicas: &[LanguageModel<B>],
+        workers: &[ReplicaWorker<B>],
     ) -> Result<(GradientsParams, StepFigures), TrainError> {
-        let devices = 1 + replicas.len();
+        let devices = 1 + workers.len();
         let micro_batches = self.config.grad_accum * devices;
         let draws: Vec<Vec<usize>> = {
             let mut sampler = self
@@ -270,39 +357,29 @@ where
                 .map(|_| sampler.next_batch(self.config.batch_size))
                 .collect()
         };
-        let share_of =
-            |d: usize| -> Vec<&Vec<usize>> { draws.iter().skip(d).step_by(devices).collect() };
+        let share_of = |d: usize| -> Vec<Vec<usize>> {
+            draws.iter().skip(d).step_by(devices).cloned().collect()
+        };
         let main_model = learner.model();
-        let train = self.train.as_ref();
-        let (main, others) = std::thread::scope(|scope| {
-            let workers: Vec<_> = replicas
-                .iter()
-                .zip(&self.replicas)
-                .enumerate()
-                .map(|(k, (replica, device))| {
-                    let (replica, mine) = (replica.clone(), share_of(k + 1));
-                    scope.spawn(move || {
-                        run_micro_batches(train, &replica, device, &mine, micro_batches)
-                    })
-                })
-                .collect();
-            let main = run_micro_batches(
-                train,
-                &main_model,
-                &self.device,
-                &share_of(0),
+        for (k, worker) in workers.iter().enumerate() {
+            worker.send(ReplicaJob {
+                model: main_model.clone(),
+                draws: share_of(k + 1),
                 micro_batches,
-            );
-            let others: Vec<_> = workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        Err(TrainError::Config("a data-parallel worker panicked".into()))
-                    })
-                })
-                .collect();
-            (main, others)
-        });
+            })?;
+        }
+        let mine = share_of(0);
+        let mine: Vec<&Vec<usize>> = mine.iter().collect();
+        let main = run_micro_batches(
+            self.train.as_ref(),
+            &main_model,
+            &self.device,
+            &mine,
+            micro_batches,
+        );
+        // Collect every worker's answer before returning, even after an error, so that no
+        // result is left in a channel for the next step.
+        let others: Vec<ReplicaResult> = workers.iter().map(ReplicaWorker::receive).collect();
         let (grads, mut figures) = main?;
         if others.is_empty() {
             return Ok((grads, figures));
@@ -311,7 +388,7 @@ where
         accumulator.accumulate(&main_model, grads);
         for other in others {
             let (grads, f) = other?;
-            accumulator.accumulate(&main_model, grads.to_device(&self.device, &main_model));
+            accumulator.accumulate(&main_model, grads);
             figures.merge(&f);
         }
         Ok((accumulator.grads(), figures))
@@ -366,11 +443,18 @@ where
         let interrupter = components.interrupter;
         let cfg = &self.config;
         let total = cfg.steps;
-        let mut replicas: Vec<LanguageModel<B>> = self
+        let workers: Result<Vec<ReplicaWorker<B>>, TrainError> = self
             .replicas
             .iter()
-            .map(|d| learner.model().fork(d))
+            .map(|d| ReplicaWorker::spawn(self.train.clone(), d.clone(), self.device.clone()))
             .collect();
+        let workers = match workers {
+            Ok(w) => w,
+            Err(e) => {
+                self.fail(e);
+                return (learner.model(), processor);
+            }
+        };
         let mut valid_runs = 0;
         self.reset_csv();
         let epoch = Progress {
@@ -379,7 +463,7 @@ where
         };
         for step in self.start_step + 1..=total {
             let started = Instant::now();
-            let (mut grads, figures) = match self.data_parallel_step(&learner, &replicas) {
+            let (mut grads, figures) = match self.data_parallel_step(&learner, &workers) {
                 Ok(r) => r,
                 Err(e) => {
                     self.fail(e);
@@ -418,9 +502,6 @@ where
                 self.snapshot.request();
             }
             learner.optimizer_step(grads);
-            for (replica, device) in replicas.iter_mut().zip(&self.replicas) {
-                *replica = learner.model().fork(device);
-            }
             let lr = learner.lr_current();
             let secs = started.elapsed().as_secs_f64();
             let tokens_per_sec = seq_tokens as f64 / secs.max(1e-9);
