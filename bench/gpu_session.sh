@@ -18,6 +18,9 @@
 #   breakdown: `bench step` for hymba-125m at micro-batch 2 × 2048 (where a step's time goes).
 #   parallel: `bench scan` for the time-parallel scan kernels (KERNELS, default parallel and
 #            tiled), then the scan-kernel tests on CUDA (the kernel-level ones, `kernel_`).
+#   profile: `bench scan` for every kernel variant, Nsight Compute on the time-parallel
+#            kernels (when `ncu` is installed and allowed), then hymba-125m pretraining on one
+#            GPU with each step's phases timed (HYMBA_STEP_TIMES=1), f32 and bf16.
 #   ddp:     hymba-125m pretraining on one GPU and data-parallel on two (nvidia-h100-x2),
 #            with a kernel cache carried in .gpu/kernel-cache.tgz if there is one.
 set -uo pipefail
@@ -147,6 +150,21 @@ parallel)
     LIMIT=${SCAN_LIMIT:-200} step .gpu/hymba-eval bench scan --backend cuda --kernel $k --no-reference --out "$OUT/scan_$k.json" 2>&1 | tail -8
   done
   LIMIT=${TEST_LIMIT:-240} step .gpu/scan_kernel --test-threads=1 ${TESTS:-kernel_} 2>&1 | grep -E "^test |test result|panicked|error" | tee "$OUT/test_scan_kernel_cuda.txt"
+  save_cache
+  ;;
+profile)
+  use_cache
+  LIMIT=${SCAN_LIMIT:-150} step .gpu/hymba-eval bench scan --backend cuda --kernel all --no-reference --out "$OUT/scan_all.json" 2>&1 | tail -20
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+  if [ -n "$NCU" ] && [ "${NCU_RUN:-1}" = 1 ]; then
+    LIMIT=${NCU_LIMIT:-150} step "$NCU" --kernel-name regex:parallel --launch-count ${NCU_COUNT:-2} --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis .gpu/hymba-eval bench scan --backend cuda --kernel parallel --no-reference --rounds 1 --warmup 0 > "$OUT/ncu_parallel.txt" 2>&1
+    tail -5 "$OUT/ncu_parallel.txt"
+  fi
+  export HYMBA_STEP_TIMES=1
+  common="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
+  for p in ${PRECISIONS:-f32 bf16}; do
+    LIMIT=${TRAIN_LIMIT:-200} step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-6} $common precision=$p out_dir=/tmp/pt_$p 2>&1 | tee "$OUT/pretrain_125m_1gpu_${p}_phases${TAG:-}.txt" | tail -16
+  done
   save_cache
   ;;
 probe)

@@ -84,7 +84,8 @@ pub struct BenchScanArgs {
     /// nvidia-smi on CUDA, else unknown).
     #[arg(long)]
     pub peak_gbps: Option<f64>,
-    /// Kernel variants on wgpu/cuda: tiled, direct, parallel, or all of them.
+    /// Kernel variants on wgpu/cuda: tiled, direct, parallel, auto (per shape, the default
+    /// outside this bench), or all three of the first.
     #[arg(long, default_value = "all")]
     pub kernel: String,
     /// Skip the tensor-op reference (no speed-ups).
@@ -306,17 +307,8 @@ fn reference_fwd_bwd<B: Backend>(input: ScanInput<B>, dy: Tensor<B, 3>) -> ScanI
 
 /// Switches the scan kernels (CubeCL backends only; elsewhere there is one path, "-").
 fn select_kernel(name: &str) {
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    {
-        use hymba::scan::kernel::{ScanKernel, set_scan_kernel};
-        match name {
-            "tiled" => set_scan_kernel(ScanKernel::Tiled),
-            "direct" => set_scan_kernel(ScanKernel::Direct),
-            "parallel" => set_scan_kernel(ScanKernel::Parallel),
-            _ => {}
-        }
-    }
-    let _ = name;
+    // On ndarray the name is "-" and there is nothing to select.
+    let _ = hymba::scan::select_kernel(name);
 }
 
 impl BackendRunner for ScanBenchJob {
@@ -387,7 +379,7 @@ impl BackendRunner for ScanBenchJob {
                         speedup_fwd_bwd: ref_fwd_bwd_ms.map(|r| r / fwd_bwd_ms),
                     });
                 }
-                select_kernel("tiled");
+                select_kernel("auto");
             }
         }
         (B::name(&device), rows)
@@ -442,10 +434,10 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
     let kernels: Vec<String> = match (kind, args.kernel.as_str()) {
         (BackendKind::NdArray, _) => vec!["-".into()],
         (_, "all") => vec!["tiled".into(), "direct".into(), "parallel".into()],
-        (_, k @ ("tiled" | "direct" | "parallel")) => vec![k.into()],
+        (_, k @ ("tiled" | "direct" | "parallel" | "auto")) => vec![k.into()],
         (_, other) => {
             return Err(BenchError::Arg(format!(
-                "--kernel {other}: expected tiled, direct, parallel or all"
+                "--kernel {other}: expected tiled, direct, parallel, auto or all"
             )));
         }
     };

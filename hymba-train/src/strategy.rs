@@ -30,7 +30,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::{
     EventProcessorTraining, InferenceStep, Learner, LearnerEvent, LearningComponentsMarker,
-    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainStep,
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainOutput,
     TrainingComponents, TrainingItem, TrainingModel, ValidLoader,
 };
 use hymba::HymbaBackend;
@@ -67,6 +67,33 @@ pub struct RunLog {
     pub error: Option<TrainError>,
 }
 
+/// Whether to time the phases of every optimizer step (`HYMBA_STEP_TIMES=1`): the device is
+/// synchronised after each phase, which costs a little, so it is off by default.
+fn phase_timing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HYMBA_STEP_TIMES").as_deref() == Ok("1"))
+}
+
+/// Seconds spent in each phase of a step on the main device (with [`phase_timing`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    /// Building the micro-batches' tensors.
+    data: f64,
+    /// Forward passes, through the loss read back to the host.
+    forward: f64,
+    /// Backward passes (device synchronised).
+    backward: f64,
+    /// Summing the micro-batches' gradients.
+    accumulate: f64,
+}
+
+/// Waits for the device when phases are timed.
+fn phase_sync<B: burn::tensor::backend::Backend>(device: &B::Device) {
+    if phase_timing() {
+        let _ = B::sync(device);
+    }
+}
+
 /// The host figures of the micro-batches one device ran in an optimizer step, each weighted
 /// by its share of the step.
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,6 +102,8 @@ struct StepFigures {
     tokens: usize,
     seq_tokens: usize,
     dpo: DpoStats,
+    /// The main device's phase times (other devices' are not merged).
+    phases: Phases,
 }
 
 impl StepFigures {
@@ -120,9 +149,22 @@ where
     let mut figures = StepFigures::default();
     let share = 1.0 / micro_batches as f64;
     for indices in draws {
+        let t = Instant::now();
         let batch = train.batch::<B>(indices, share as f32, device)?;
-        let out = TrainStep::step(model, batch);
+        phase_sync::<B>(device);
+        figures.phases.data += t.elapsed().as_secs_f64();
+        // `TrainStep::step`, in its two halves (the loss is read back inside `loss`).
+        let t = Instant::now();
+        let (loss, item) = model.loss(batch);
+        figures.phases.forward += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let out = TrainOutput::new(model, loss.backward(), item);
+        phase_sync::<B>(device);
+        figures.phases.backward += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         accumulator.accumulate(model, out.grads);
+        phase_sync::<B>(device);
+        figures.phases.accumulate += t.elapsed().as_secs_f64();
         figures.add(&out.item, share);
     }
     Ok((accumulator.grads(), figures))
@@ -475,6 +517,7 @@ where
                 tokens,
                 seq_tokens,
                 dpo,
+                phases,
             } = figures;
             learner.lr_step();
             if !loss.is_finite() {
@@ -496,12 +539,31 @@ where
                     }
                 }
             }
+            let waited = started.elapsed().as_secs_f64();
+            let t = Instant::now();
             let grad_norm = clip_global_norm(&learner.model(), &mut grads, cfg.optimizer.grad_clip);
+            let clip_secs = t.elapsed().as_secs_f64();
             let checkpoint_now = step % cfg.checkpoint_every == 0 || step == total;
             if checkpoint_now {
                 self.snapshot.request();
             }
+            let t = Instant::now();
             learner.optimizer_step(grads);
+            phase_sync::<B>(&self.device);
+            if phase_timing() {
+                let ms = |x: f64| x * 1e3;
+                eprintln!(
+                    "step {step} phases (ms): data {:.1} | forward {:.1} | backward {:.1} | \
+                     accumulate {:.1} | other devices {:.1} | clip {:.1} | optimizer {:.1}",
+                    ms(phases.data),
+                    ms(phases.forward),
+                    ms(phases.backward),
+                    ms(phases.accumulate),
+                    ms(waited - phases.data - phases.forward - phases.backward - phases.accumulate),
+                    ms(clip_secs),
+                    ms(t.elapsed().as_secs_f64()),
+                );
+            }
             let lr = learner.lr_current();
             let secs = started.elapsed().as_secs_f64();
             let tokens_per_sec = seq_tokens as f64 / secs.max(1e-9);

@@ -169,6 +169,29 @@ pub fn selective_scan_backward<B: ScanBackend>(
     .into_tensors()
 }
 
+/// Chooses the CubeCL scan kernels by name (`tiled`, `direct`, `parallel`, `auto`; see
+/// `kernel::ScanKernel`) for every later call, process-wide. Returns false for an unknown
+/// name, and in a build without a CubeCL backend (where there is only the reference). It
+/// exists outside the `cube` feature so that tools built against any backend set can call
+/// it.
+pub fn select_kernel(name: &str) -> bool {
+    #[cfg(feature = "cube")]
+    {
+        match kernel::ScanKernel::from_name(name) {
+            Some(k) => {
+                kernel::set_scan_kernel(k);
+                true
+            }
+            None => false,
+        }
+    }
+    #[cfg(not(feature = "cube"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
 /// ndarray f32: the scan as host loops ([`cpu`]).
 #[cfg(feature = "ndarray")]
 impl ScanBackend for burn::backend::NdArray<f32> {

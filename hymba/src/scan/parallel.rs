@@ -117,7 +117,12 @@ pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &
     let dtype = x.u.dtype();
     let client = x.u.client.clone();
     let max_shared = client.properties().hardware.max_shared_memory_size;
-    let threads = threads_for(len, FWD_ITEMS, 2 * states, max_shared);
+    let threads = threads_for(
+        len,
+        FWD_ITEMS,
+        4 * states,
+        max_shared.saturating_sub(8 * states),
+    );
     // SAFETY: every index is in bounds: steps past the sequence are masked, the cube grid
     // is exactly channels × batch, and outputs have the shapes indexed.
     unsafe {
@@ -176,7 +181,7 @@ pub(super) fn backward<R: CubeRuntime>(
         .hardware
         .max_shared_memory_size
         .saturating_sub(8 * states);
-    let threads = threads_for(len, BWD_ITEMS, 3 * states + 2, max_shared);
+    let threads = threads_for(len, BWD_ITEMS, 5 * states + 2, max_shared);
     let n_chunks = len.div_ceil(threads * BWD_ITEMS);
     let group = group_for(batch, channels);
     let groups = channels.div_ceil(group);
@@ -233,55 +238,6 @@ mod cube {
 
     use crate::scan::kernel::cube::{sigmoid, softplus};
 
-    /// Inclusive scan of the pairs `(sa[s·threads + j], sb[s·threads + j])` over units `j`,
-    /// for every state `s` at once, under `(a₂, b₂) ∘ (a₁, b₁) = (a₂a₁, a₂b₁ + b₂)`:
-    /// forward (unit j composes units 0..=j) or, with `reverse`, backward (units j..).
-    /// Kogge–Stone: log₂(threads) rounds of two barriers. Call after a barrier; ends on one.
-    #[cube]
-    pub fn scan_units(
-        sa: &mut SharedMemory<f32>,
-        sb: &mut SharedMemory<f32>,
-        lane: usize,
-        #[comptime] n_state: usize,
-        #[comptime] threads: usize,
-        #[comptime] reverse: bool,
-    ) {
-        let mut pa = Array::<f32>::new(n_state);
-        let mut pb = Array::<f32>::new(n_state);
-        let mut d = 1usize;
-        while d < threads {
-            let mut has = lane >= d;
-            if reverse {
-                has = lane + d < threads;
-            }
-            let mut p = lane;
-            if has {
-                if reverse {
-                    p = lane + d;
-                } else {
-                    p = lane - d;
-                }
-            }
-            #[unroll]
-            for s in 0..n_state {
-                pa[s] = sa[s * threads + p];
-                pb[s] = sb[s * threads + p];
-            }
-            sync_cube();
-            if has {
-                #[unroll]
-                for s in 0..n_state {
-                    let i = s * threads + lane;
-                    let own = sa[i];
-                    sb[i] = own * pb[s] + sb[i];
-                    sa[i] = own * pa[s];
-                }
-            }
-            sync_cube();
-            d *= 2;
-        }
-    }
-
     /// Loads a `[b, c, T]` value at step `t` as f32, zero past the sequence.
     #[cube]
     fn load<F: Float>(x: &Tensor<F>, base: usize, t: usize, stride: usize, len: usize) -> f32 {
@@ -292,9 +248,65 @@ mod cube {
         v
     }
 
+    /// Inclusive scan of the pairs `(sa[s·threads + j], sb[s·threads + j])` over units `j`,
+    /// for every state `s`, under `(a₂, b₂) ∘ (a₁, b₁) = (a₂a₁, a₂b₁ + b₂)`: forward (unit j
+    /// composes units 0..=j) or, with `reverse`, backward (units j..). Kogge–Stone,
+    /// double-buffered: `sa`, `sb` hold two copies of `S · threads` pairs, the input in copy
+    /// 0; each of the log₂(threads) rounds reads one copy and writes the other, so it needs
+    /// one barrier and no registers per state (the states are a runtime loop). Returns the
+    /// offset of the copy holding the result. Call after a barrier; ends on one.
+    #[cube]
+    pub fn scan_units(
+        sa: &mut SharedMemory<f32>,
+        sb: &mut SharedMemory<f32>,
+        lane: usize,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] reverse: bool,
+    ) -> usize {
+        let copy = comptime!(n_state * threads);
+        let mut src = 0usize;
+        let mut d = 1usize;
+        while d < threads {
+            let dst = copy - src;
+            for s in 0..n_state {
+                let i = s * threads + lane;
+                let mut a_own = sa[src + i];
+                let mut b_own = sb[src + i];
+                let mut has = lane >= d;
+                if reverse {
+                    has = lane + d < threads;
+                }
+                if has {
+                    let mut j = src + i;
+                    if reverse {
+                        j += d;
+                    } else {
+                        j -= d;
+                    }
+                    b_own = a_own * sb[j] + b_own;
+                    a_own *= sa[j];
+                }
+                sa[dst + i] = a_own;
+                sb[dst + i] = b_own;
+            }
+            sync_cube();
+            src = dst;
+            d *= 2;
+        }
+        src
+    }
+
     /// One cube per (channel, batch), `threads` units, each scanning `items` consecutive
-    /// steps of every chunk of `threads · items` steps; see the module docs.
-    #[cube(launch_unchecked)]
+    /// steps of every chunk of `threads · items` steps; see the module docs. Per-channel
+    /// values (A, the carried state) live in shared memory and the states are a runtime
+    /// loop, so a unit holds only its `items` steps in registers: unrolling the states too
+    /// took 255 registers per unit with spills and 12.5 % occupancy on an H100 (Nsight
+    /// Compute).
+    #[cube(
+        launch_unchecked,
+        fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+    )]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn scan_forward_parallel_kernel<F: Float>(
         u: &Tensor<F>,
@@ -318,21 +330,20 @@ mod cube {
         let c = CUBE_POS_X as usize;
         let b = CUBE_POS_Y as usize;
         let lane = UNIT_POS_X as usize;
-        let mut sa = SharedMemory::<f32>::new(comptime!(n_state * threads));
-        let mut sb = SharedMemory::<f32>::new(comptime!(n_state * threads));
+        let mut sa = SharedMemory::<f32>::new(comptime!(2 * n_state * threads));
+        let mut sb = SharedMemory::<f32>::new(comptime!(2 * n_state * threads));
+        let mut sav = SharedMemory::<f32>::new(n_state);
+        let mut carry = SharedMemory::<f32>::new(n_state);
 
-        let mut av = Array::<f32>::new(n_state);
-        let mut carry = Array::<f32>::new(n_state);
-        #[unroll]
-        for s in 0..n_state {
-            av[s] = a[c * a.stride(0) + s * a.stride(1)];
-            carry[s] = 0.0;
-        }
-        if has_h0 {
-            #[unroll]
-            for s in 0..n_state {
-                carry[s] = h0[b * h0.stride(0) + c * h0.stride(1) + s * h0.stride(2)];
+        let mut s0 = lane;
+        while s0 < n_state {
+            sav[s0] = a[c * a.stride(0) + s0 * a.stride(1)];
+            let mut h = 0.0f32;
+            if has_h0 {
+                h = h0[b * h0.stride(0) + c * h0.stride(1) + s0 * h0.stride(2)];
             }
+            carry[s0] = h;
+            s0 += threads;
         }
         let dv = dskip[c * dskip.stride(0)];
         let bv = bias[c * bias.stride(0)];
@@ -340,6 +351,10 @@ mod cube {
         let d0 = b * delta.stride(0) + c * delta.stride(1);
         let z0 = b * z.stride(0) + c * z.stride(1);
         let y0 = b * y.stride(0) + c * y.stride(1);
+        let bs = bm.stride(1);
+        let bt = bm.stride(2);
+        let cs = cm.stride(1);
+        let ct = cm.stride(2);
         let b0 = b * bm.stride(0);
         let c0 = b * cm.stride(0);
 
@@ -348,6 +363,7 @@ mod cube {
         let mut yv = Array::<f32>::new(items);
         let chunk = comptime!(threads * items);
         let n_chunks = (len + chunk - 1) / chunk;
+        sync_cube();
         for k in 0..n_chunks {
             let t_first = k * chunk + lane * items;
             // Steps past the sequence get Δ = 0, u = 0: the identity (1, 0).
@@ -363,14 +379,14 @@ mod cube {
                 yv[i] = dv * uu[i];
             }
             // This unit's steps folded into one pair per state.
-            #[unroll]
             for s in 0..n_state {
+                let av = sav[s];
                 let mut pa = 1.0f32;
                 let mut pb = 0.0f32;
                 #[unroll]
                 for i in 0..items {
-                    let bvv = load::<F>(bm, b0 + s * bm.stride(1), t_first + i, bm.stride(2), len);
-                    let e = f32::exp(dt[i] * av[s]);
+                    let bvv = load::<F>(bm, b0 + s * bs, t_first + i, bt, len);
+                    let e = f32::exp(dt[i] * av);
                     pa *= e;
                     pb = e * pb + dt[i] * uu[i] * bvv;
                 }
@@ -378,24 +394,22 @@ mod cube {
                 sb[s * threads + lane] = pb;
             }
             sync_cube();
-            scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
-            #[unroll]
+            let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
             for s in 0..n_state {
+                let av = sav[s];
                 let mut h = carry[s];
                 if lane > 0 {
-                    let j = s * threads + lane - 1;
-                    h = sa[j] * carry[s] + sb[j];
+                    let j = res + s * threads + lane - 1;
+                    h = sa[j] * h + sb[j];
                 }
                 #[unroll]
                 for i in 0..items {
                     let t = t_first + i;
-                    let bvv = load::<F>(bm, b0 + s * bm.stride(1), t, bm.stride(2), len);
-                    let cvv = load::<F>(cm, c0 + s * cm.stride(1), t, cm.stride(2), len);
-                    h = f32::exp(dt[i] * av[s]) * h + dt[i] * uu[i] * bvv;
+                    let bvv = load::<F>(bm, b0 + s * bs, t, bt, len);
+                    let cvv = load::<F>(cm, c0 + s * cs, t, ct, len);
+                    h = f32::exp(dt[i] * av) * h + dt[i] * uu[i] * bvv;
                     yv[i] += h * cvv;
                 }
-                let last = s * threads + threads - 1;
-                carry[s] = sa[last] * carry[s] + sb[last];
             }
             #[unroll]
             for i in 0..items {
@@ -405,16 +419,22 @@ mod cube {
                     y[y0 + t * y.stride(2)] = F::cast_from(yv[i] * (zz * sigmoid(zz)));
                 }
             }
-            // The next chunk overwrites the pairs every unit just read.
+            // Every unit has read the carry; then the chunk total moves it on, before the
+            // next chunk overwrites the pairs.
+            sync_cube();
+            let mut s1 = lane;
+            while s1 < n_state {
+                let j = res + s1 * threads + threads - 1;
+                carry[s1] = sa[j] * carry[s1] + sb[j];
+                s1 += threads;
+            }
             sync_cube();
         }
 
-        if lane == 0 {
-            #[unroll]
-            for s in 0..n_state {
-                h_last[b * h_last.stride(0) + c * h_last.stride(1) + s * h_last.stride(2)] =
-                    carry[s];
-            }
+        let mut s2 = lane;
+        while s2 < n_state {
+            h_last[b * h_last.stride(0) + c * h_last.stride(1) + s2 * h_last.stride(2)] = carry[s2];
+            s2 += threads;
         }
     }
 
@@ -422,7 +442,10 @@ mod cube {
     /// `[dA (S) | adjoint carry → d initial_state (S) | dD | d delta_bias]`, slot `p` owned
     /// (written and read) by unit `p mod threads` only; `bounds[b, c, k, s]` (the state at
     /// the start of chunk k), owned by unit `s mod threads`.
-    #[cube(launch_unchecked)]
+    #[cube(
+        launch_unchecked,
+        fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+    )]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn scan_backward_parallel_kernel<F: Float>(
         u: &Tensor<F>,
@@ -460,8 +483,8 @@ mod cube {
         let n_params = comptime!(2 * n_state + 2);
         let two_s = comptime!(2 * n_state);
 
-        let mut sa = SharedMemory::<f32>::new(comptime!(n_state * threads));
-        let mut sb = SharedMemory::<f32>::new(comptime!(n_state * threads));
+        let mut sa = SharedMemory::<f32>::new(comptime!(2 * n_state * threads));
+        let mut sb = SharedMemory::<f32>::new(comptime!(2 * n_state * threads));
         // The chunk's start state and incoming adjoint, shared by the cube.
         let mut sh = SharedMemory::<f32>::new(n_state);
         let mut sr = SharedMemory::<f32>::new(n_state);
@@ -544,10 +567,10 @@ mod cube {
                         sb[s * threads + lane] = pb;
                     }
                     sync_cube();
-                    scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+                    let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
                     #[unroll]
                     for s in 0..n_state {
-                        let last = s * threads + threads - 1;
+                        let last = res + s * threads + threads - 1;
                         carry[s] = sa[last] * carry[s] + sb[last];
                     }
                     sync_cube();
@@ -654,12 +677,12 @@ mod cube {
                         sb[s * threads + lane] = pb;
                     }
                     sync_cube();
-                    scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+                    let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
                     #[unroll]
                     for s in 0..n_state {
                         let mut h = sh[s];
                         if lane > 0 {
-                            let j = s * threads + lane - 1;
+                            let j = res + s * threads + lane - 1;
                             h = sa[j] * sh[s] + sb[j];
                         }
                         hst[s] = h;
@@ -688,12 +711,12 @@ mod cube {
                         sb[s * threads + lane] = pb;
                     }
                     sync_cube();
-                    scan_units(&mut sa, &mut sb, lane, n_state, threads, true);
+                    let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, true);
                     #[unroll]
                     for s in 0..n_state {
                         let mut r = sr[s];
                         if lane + 1 < threads {
-                            let j = s * threads + lane + 1;
+                            let j = res + s * threads + lane + 1;
                             r = sa[j] * sr[s] + sb[j];
                         }
                         rin[s] = r;
@@ -703,7 +726,8 @@ mod cube {
                     while p < n_params {
                         if p >= n_state && p < two_s {
                             let s = p - n_state;
-                            d_params[p0 + p * ps] = sa[s * threads] * sr[s] + sb[s * threads];
+                            let j = res + s * threads;
+                            d_params[p0 + p * ps] = sa[j] * sr[s] + sb[j];
                         }
                         p += threads;
                     }
