@@ -157,9 +157,20 @@ profile)
   LIMIT=${SCAN_LIMIT:-150} step .gpu/hymba-eval bench scan --backend cuda --kernel all --no-reference --out "$OUT/scan_all.json" 2>&1 | tail -20
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
   if [ -n "$NCU" ] && [ "${NCU_RUN:-1}" = 1 ]; then
-    LIMIT=${NCU_LIMIT:-150} step "$NCU" --kernel-name regex:parallel --launch-count ${NCU_COUNT:-2} --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis .gpu/hymba-eval bench scan --backend cuda --kernel parallel --no-reference --rounds 1 --warmup 0 > "$OUT/ncu_parallel.txt" 2>&1
-    tail -5 "$OUT/ncu_parallel.txt"
+    for kern in forward_parallel backward_parallel; do
+      LIMIT=${NCU_LIMIT:-150} step "$NCU" --kernel-name regex:$kern --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis .gpu/hymba-eval bench scan --backend cuda --kernel parallel --no-reference --rounds 1 --warmup 0 > "$OUT/ncu_$kern.txt" 2>&1
+      grep -E "Duration|Registers Per|Theoretical Occ|Achieved Occ|Spilling Requests  |Compute \(SM\) Thr|L1/TEX Cache Thr" "$OUT/ncu_$kern.txt"
+    done
   fi
+  if [ -x .gpu/scan_kernel ]; then
+    LIMIT=${TEST_LIMIT:-240} step .gpu/scan_kernel --test-threads=1 ${TESTS:-kernel_} 2>&1 | grep -E "^test |test result|panicked|error" | tee "$OUT/test_scan_kernel_cuda.txt"
+  fi
+  if [ -x .gpu/hymba-eval ] && [ "${STEP:-1}" = 1 ]; then
+    for p in ${STEP_PRECISIONS:-f32}; do
+      LIMIT=${STEP_LIMIT:-200} step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds ${ROUNDS:-3} --precision $p --out "$OUT/step_breakdown_125m_$p${TAG:-}.json" 2>&1 | tail -9
+    done
+  fi
+  [ -x .gpu/hymba-train ] || { save_cache; exit 0; }
   export HYMBA_STEP_TIMES=1
   common="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=${MB:-2} grad_accum=${ACC:-4} valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1"
   for p in ${PRECISIONS:-f32 bf16}; do

@@ -67,6 +67,26 @@ use self::cube::{
 use super::reference::{selective_scan_reference_backward, selective_scan_reference_primitives};
 use super::{ScanBackend, ScanGrads, ScanPrimitives, parallel};
 
+/// FNV-1a of `bytes`, at compile time.
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// A fingerprint of the scan kernels' source, passed to every scan kernel as a comptime
+/// value. CubeCL's persistent kernel cache ([`crate::backend`]) keys a kernel by its type
+/// name and comptime values only, so without it a changed kernel of the same name would be
+/// served from a cache filled by an older build (this happened: an H100 run of a rewritten
+/// kernel timed the cached previous version).
+pub const SOURCE: u64 =
+    fnv1a(concat!(include_str!("kernel.rs"), include_str!("parallel.rs")).as_bytes());
+
 /// Channels per cube of the forward kernel.
 pub const FWD_UNITS: usize = 32;
 /// Channels per cube of the backward kernel (one warp, so that its per-step reduction of dB
@@ -345,6 +365,7 @@ pub(crate) mod cube {
         #[comptime] n_state: usize,
         #[comptime] units: usize,
         #[comptime] tile: usize,
+        #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[define(F)] _dtype: StorageType,
     ) {
@@ -455,6 +476,7 @@ pub(crate) mod cube {
         #[comptime] n_state: usize,
         #[comptime] units: usize,
         #[comptime] n_chunks: usize,
+        #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[define(F)] _dtype: StorageType,
     ) {
@@ -605,6 +627,7 @@ pub(crate) mod cube {
         #[comptime] n_state: usize,
         #[comptime] chunk: usize,
         #[comptime] units: usize,
+        #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[comptime] has_d_last: bool,
         #[define(F)] _dtype: StorageType,
@@ -831,6 +854,7 @@ pub(crate) mod cube {
         y: &mut Tensor<F>,
         h_last: &mut Tensor<f32>,
         #[comptime] n_state: usize,
+        #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[define(F)] _dtype: StorageType,
     ) {
@@ -923,6 +947,7 @@ pub(crate) mod cube {
         #[comptime] n_state: usize,
         #[comptime] chunk: usize,
         #[comptime] units: usize,
+        #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[comptime] has_d_last: bool,
         #[define(F)] _dtype: StorageType,
@@ -1231,6 +1256,7 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
                 y.clone().into_tensor_arg(),
                 h_last.clone().into_tensor_arg(),
                 states,
+                SOURCE,
                 has_h0,
                 dtype.into(),
             );
@@ -1262,6 +1288,7 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
                 states,
                 FWD_UNITS,
                 pieces,
+                SOURCE,
                 has_h0,
                 dtype.into(),
             );
@@ -1293,6 +1320,7 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
             states,
             FWD_UNITS,
             tile,
+            SOURCE,
             has_h0,
             dtype.into(),
         );
@@ -1400,6 +1428,7 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
                 states,
                 chunk,
                 BWD_UNITS,
+                SOURCE,
                 has_h0,
                 has_d_last,
                 dtype.into(),

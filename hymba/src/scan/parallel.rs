@@ -42,6 +42,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim};
 
 use self::cube::{scan_backward_parallel_kernel, scan_forward_parallel_kernel};
+use super::kernel::SOURCE;
 
 /// Steps per unit per chunk in the forward kernel (registers: 3 per step).
 pub const FWD_ITEMS: usize = 8;
@@ -144,6 +145,7 @@ pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &
             states,
             threads,
             FWD_ITEMS,
+            SOURCE,
             x.has_h0,
             dtype.into(),
         );
@@ -223,6 +225,7 @@ pub(super) fn backward<R: CubeRuntime>(
             states,
             threads,
             BWD_ITEMS,
+            SOURCE,
             x.has_h0,
             has_d_last,
             dtype.into(),
@@ -323,6 +326,7 @@ mod cube {
         #[comptime] n_state: usize,
         #[comptime] threads: usize,
         #[comptime] items: usize,
+        #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[define(F)] _dtype: StorageType,
     ) {
@@ -468,6 +472,7 @@ mod cube {
         #[comptime] n_state: usize,
         #[comptime] threads: usize,
         #[comptime] items: usize,
+        #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[comptime] has_d_last: bool,
         #[define(F)] _dtype: StorageType,
