@@ -287,7 +287,7 @@ mod cube {
                     } else {
                         j -= d;
                     }
-                    b_own = a_own * sb[j] + b_own;
+                    b_own += a_own * sb[j];
                     a_own *= sa[j];
                 }
                 sa[dst + i] = a_own;
