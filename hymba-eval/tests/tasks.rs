@@ -51,8 +51,14 @@ fn by_hand(model: &Hymba<B>, ids: &[u32], start: usize) -> f64 {
         .sum()
 }
 
+/// Both tests seed the backend's process-wide RNG and then draw a model from it; run in
+/// parallel, one test's draws could land between the other's seed and its model (CI once
+/// saw the hand-computed model differ from the job's). Each test holds this for its whole run.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn tasks_accuracy_equals_hand_computation_and_bad_lines_are_numbered() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = hymba_datasets::default_tokenizer().expect("embedded tokenizer");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hand_made.jsonl");
@@ -119,6 +125,7 @@ fn tasks_accuracy_equals_hand_computation_and_bad_lines_are_numbered() {
 
 #[test]
 fn padded_batch_scores_equal_unpadded_ones() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = hymba_datasets::default_tokenizer().expect("embedded tokenizer");
     let config = config(tok.vocab_size());
     let device = Default::default();
