@@ -241,6 +241,37 @@ mod cube {
 
     use crate::scan::kernel::cube::{sigmoid, softplus};
 
+    /// Folds this unit's `items` steps from `t_first` into one `(a, b)` pair of state `s`
+    /// (decay `exp(Δ·A)`, input `Δ·u·B`) and stores it in the unit's slot of `sa`, `sb`:
+    /// the input of a forward [`scan_units`]. `b_row` is the offset of `B[b, s, 0]`.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn fold_steps<F: Float>(
+        bm: &Tensor<F>,
+        b_row: usize,
+        t_first: usize,
+        len: usize,
+        av: f32,
+        dt: &Array<f32>,
+        uu: &Array<f32>,
+        sa: &mut SharedMemory<f32>,
+        sb: &mut SharedMemory<f32>,
+        slot: usize,
+        #[comptime] items: usize,
+    ) {
+        let mut pa = 1.0f32;
+        let mut pb = 0.0f32;
+        #[unroll]
+        for i in 0..items {
+            let bvv = load::<F>(bm, b_row, t_first + i, bm.stride(2), len);
+            let e = f32::exp(dt[i] * av);
+            pa *= e;
+            pb = e * pb + dt[i] * uu[i] * bvv;
+        }
+        sa[slot] = pa;
+        sb[slot] = pb;
+    }
+
     /// Loads a `[b, c, T]` value at step `t` as f32, zero past the sequence.
     #[cube]
     fn load<F: Float>(x: &Tensor<F>, base: usize, t: usize, stride: usize, len: usize) -> f32 {
@@ -384,18 +415,20 @@ mod cube {
             }
             // This unit's steps folded into one pair per state.
             for s in 0..n_state {
-                let av = sav[s];
-                let mut pa = 1.0f32;
-                let mut pb = 0.0f32;
-                #[unroll]
-                for i in 0..items {
-                    let bvv = load::<F>(bm, b0 + s * bs, t_first + i, bt, len);
-                    let e = f32::exp(dt[i] * av);
-                    pa *= e;
-                    pb = e * pb + dt[i] * uu[i] * bvv;
-                }
-                sa[s * threads + lane] = pa;
-                sb[s * threads + lane] = pb;
+                let slot = s * threads + lane;
+                fold_steps::<F>(
+                    bm,
+                    b0 + s * bs,
+                    t_first,
+                    len,
+                    sav[s],
+                    &dt,
+                    &uu,
+                    &mut sa,
+                    &mut sb,
+                    slot,
+                    items,
+                );
             }
             sync_cube();
             let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
@@ -553,23 +586,20 @@ mod cube {
                     }
                     #[unroll]
                     for s in 0..n_state {
-                        let mut pa = 1.0f32;
-                        let mut pb = 0.0f32;
-                        #[unroll]
-                        for i in 0..items {
-                            let bvv = load::<F>(
-                                bm,
-                                b0 + s * bm.stride(1),
-                                t_first + i,
-                                bm.stride(2),
-                                len,
-                            );
-                            let e = f32::exp(dt[i] * av[s]);
-                            pa *= e;
-                            pb = e * pb + dt[i] * uu[i] * bvv;
-                        }
-                        sa[s * threads + lane] = pa;
-                        sb[s * threads + lane] = pb;
+                        let slot = s * threads + lane;
+                        fold_steps::<F>(
+                            bm,
+                            b0 + s * bm.stride(1),
+                            t_first,
+                            len,
+                            av[s],
+                            &dt,
+                            &uu,
+                            &mut sa,
+                            &mut sb,
+                            slot,
+                            items,
+                        );
                     }
                     sync_cube();
                     let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
@@ -663,23 +693,20 @@ mod cube {
                     // Forward pairs → each unit's start state.
                     #[unroll]
                     for s in 0..n_state {
-                        let mut pa = 1.0f32;
-                        let mut pb = 0.0f32;
-                        #[unroll]
-                        for i in 0..items {
-                            let bvv = load::<F>(
-                                bm,
-                                b0 + s * bm.stride(1),
-                                t_first + i,
-                                bm.stride(2),
-                                len,
-                            );
-                            let e = f32::exp(dt[i] * av[s]);
-                            pa *= e;
-                            pb = e * pb + dt[i] * uu[i] * bvv;
-                        }
-                        sa[s * threads + lane] = pa;
-                        sb[s * threads + lane] = pb;
+                        let slot = s * threads + lane;
+                        fold_steps::<F>(
+                            bm,
+                            b0 + s * bm.stride(1),
+                            t_first,
+                            len,
+                            av[s],
+                            &dt,
+                            &uu,
+                            &mut sa,
+                            &mut sb,
+                            slot,
+                            items,
+                        );
                     }
                     sync_cube();
                     let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
