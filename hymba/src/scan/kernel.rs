@@ -1364,16 +1364,7 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let Some(chunk) = chunk else {
         return selective_scan_reference_backward(input, dy, d_last_state);
     };
-    let dtypes = [
-        input.delta.dtype(),
-        input.a.dtype(),
-        input.b.dtype(),
-        input.c.dtype(),
-        input.d.dtype(),
-        input.z.dtype(),
-        input.delta_bias.dtype(),
-    ];
-    let h0_dtype = input.initial_state.as_ref().map(|h| h.dtype());
+    let (dtypes, h0_dtype) = input_dtypes(&input);
     let big = |t: CubeTensor<R>| cast(t, dtype);
     let (u, delta, z) = (input.u, big(input.delta), big(input.z));
     let (bm, cm) = (big(input.b), big(input.c));
@@ -1457,6 +1448,23 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     )
 }
 
+/// The dtypes the gradients go back to: delta, A, B, C, D, z, delta_bias, and the initial
+/// state's when there is one (what [`finish_backward`] casts to).
+fn input_dtypes<B: burn::tensor::backend::Backend>(
+    input: &ScanPrimitives<B>,
+) -> ([DType; 7], Option<DType>) {
+    let dtypes = [
+        input.delta.dtype(),
+        input.a.dtype(),
+        input.b.dtype(),
+        input.c.dtype(),
+        input.d.dtype(),
+        input.z.dtype(),
+        input.delta_bias.dtype(),
+    ];
+    (dtypes, input.initial_state.as_ref().map(|h| h.dtype()))
+}
+
 /// What a backward kernel leaves: the per-step gradients, dB | dC per cube
 /// (`[batch · blocks, 2S, T]`) and the per-channel time sums (`[batch, d, 2S + 2]`).
 struct KernelGrads<R: CubeRuntime> {
@@ -1524,16 +1532,7 @@ fn backward_parallel<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     d_last_state: Option<CubeTensor<R>>,
 ) -> ScanGrads<Cube<R, F, I, BT>> {
     let dtype = input.u.dtype();
-    let dtypes = [
-        input.delta.dtype(),
-        input.a.dtype(),
-        input.b.dtype(),
-        input.c.dtype(),
-        input.d.dtype(),
-        input.z.dtype(),
-        input.delta_bias.dtype(),
-    ];
-    let h0_dtype = input.initial_state.as_ref().map(|h| h.dtype());
+    let (dtypes, h0_dtype) = input_dtypes(&input);
     let big = |t: CubeTensor<R>| cast(t, dtype);
     let a = f32_(input.a);
     let has_h0 = input.initial_state.is_some();
