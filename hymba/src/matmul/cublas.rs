@@ -17,23 +17,43 @@
 //! does).
 //!
 //! # Ordering
-//! cubecl 0.10 does not expose the CUDA stream it enqueues on, so each product waits for
-//! the device to finish the work queued before it (`client.sync()`), runs on a stream of
-//! ours, and waits for the GEMM before returning. That costs a few tens of µs per call and
-//! is why tiny products stay on burn's kernel.
+//! cubecl 0.10 keeps the CUDA stream it enqueues on private, and cuBLAS runs on a stream of
+//! ours, so the two are ordered on the device through two 32-bit flags in a cubecl buffer
+//! (one pair per host thread and device), with no host sync:
+//!
+//! 1. a one-thread cubecl kernel on cubecl's stream stores the call's sequence number in
+//!    `ready` — it runs only once everything queued before the product is done;
+//! 2. our stream waits for `ready ≥ seq` (`cuStreamWaitValue32`), runs the GEMM, then
+//!    writes `done = seq` (`cuStreamWriteValue32`, with a memory barrier);
+//! 3. a second one-thread kernel on cubecl's stream spins until `done ≥ seq`, so whatever
+//!    cubecl queues after the product (including reuse of the inputs' memory, which its
+//!    stream-ordered pool allows once they are dropped) waits for the GEMM.
+//!
+//! The host only enqueues: it can run ahead of the device as it does for burn's own
+//! kernels. The whole host path of a product (buffer lookups, the two flag kernels, the
+//! cuBLAS call) runs on cubecl's runner thread for the device (`ComputeClient::exclusive`),
+//! where cubecl's own calls are direct instead of blocking round trips to that thread. The comparisons are cyclic (as `CU_STREAM_WAIT_VALUE_GEQ`'s), so the counter
+//! may wrap. `HYMBA_MATMUL_ORDER=sync` selects the previous scheme instead (the host waits
+//! for the device before the GEMM and for the GEMM after it: a few tens of µs and a device
+//! bubble per product), and it is also what runs when the driver refuses stream memory
+//! operations.
 //!
 //! `HYMBA_MATMUL=burn` turns the whole path off (burn's kernel everywhere), for comparisons.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as AtomicOrdering};
 
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::cuda::CudaRuntime;
+use cubecl::client::ComputeClient;
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::{CubeCount, CubeDim};
 use cudarc::cublas::{result as blas, sys};
 use cudarc::driver::{result as driver, sys as driver_sys};
 
@@ -153,38 +173,205 @@ pub fn supports(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) ->
     batch_ok && fits && m.saturating_mul(n).saturating_mul(k).saturating_mul(batch) >= MIN_MACS
 }
 
-thread_local! {
-    /// One cuBLAS handle and one stream per (host thread, device).
-    static HANDLES: RefCell<HashMap<usize, (sys::cublasHandle_t, driver_sys::CUstream)>> =
-        RefCell::new(HashMap::new());
+/// How a product is ordered against cubecl's stream (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ordering {
+    /// Device-side flags: no host sync (the default).
+    Flags,
+    /// Host syncs before and after each product (`HYMBA_MATMUL_ORDER=sync`).
+    Sync,
+    /// No ordering at all: wrong results. Exists only so that the ordering test can be
+    /// shown to fail (`HYMBA_MATMUL_ORDER=unordered`, honoured in debug builds only).
+    #[doc(hidden)]
+    Unordered,
 }
 
-/// Makes device `index`'s primary context (the one cubecl uses) current and returns this
-/// thread's cuBLAS handle and stream for it.
-fn handle(index: usize) -> (sys::cublasHandle_t, driver_sys::CUstream) {
+/// [`set_ordering`]'s choice: 0 none (the environment decides), 1 flags, 2 sync.
+static ORDER_OVERRIDE: AtomicU8 = AtomicU8::new(0);
+
+/// Overrides `HYMBA_MATMUL_ORDER` for the rest of the process (the ordering test runs the
+/// same work both ways and compares).
+pub fn set_ordering(order: Ordering) {
+    let code = match order {
+        Ordering::Flags => 1,
+        Ordering::Sync => 2,
+        Ordering::Unordered => 0,
+    };
+    ORDER_OVERRIDE.store(code, AtomicOrdering::Relaxed);
+}
+
+/// The ordering in force: [`set_ordering`]'s, else `HYMBA_MATMUL_ORDER` (`flags` or
+/// `sync`), else flags.
+pub fn ordering() -> Ordering {
+    static ORDER: OnceLock<Ordering> = OnceLock::new();
+    let env = *ORDER.get_or_init(|| match std::env::var("HYMBA_MATMUL_ORDER").as_deref() {
+        Ok("sync") => Ordering::Sync,
+        Ok("unordered") if cfg!(debug_assertions) => Ordering::Unordered,
+        _ => Ordering::Flags,
+    });
+    match ORDER_OVERRIDE.load(AtomicOrdering::Relaxed) {
+        _ if env == Ordering::Unordered => env,
+        1 => Ordering::Flags,
+        2 => Ordering::Sync,
+        _ => env,
+    }
+}
+
+/// Set once stream memory operations have failed: every later product syncs instead.
+static FLAGS_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Index of the flag cubecl's stream raises before the GEMM.
+const READY: usize = 0;
+/// Index of the flag our stream raises after the GEMM (another 32-byte sector than READY).
+const DONE: usize = 8;
+/// `u32`s in the flag buffer.
+const FLAG_WORDS: usize = 16;
+
+mod cube {
+    use cubecl::prelude::*;
+
+    /// Raises `flags[slot]` to `seq`: runs once the work queued before it on cubecl's stream
+    /// is done.
+    #[cube(launch_unchecked)]
+    pub fn raise_flag(flags: &mut Tensor<Atomic<u32>>, seq: u32, #[comptime] slot: usize) {
+        flags[slot].store(seq);
+    }
+
+    /// Spins until `flags[slot] ≥ seq` (cyclically, as `CU_STREAM_WAIT_VALUE_GEQ`), holding
+    /// back everything queued after it on cubecl's stream.
+    #[cube(launch_unchecked)]
+    pub fn wait_flag(flags: &Tensor<Atomic<u32>>, seq: u32, #[comptime] slot: usize) {
+        // An atomic load is an L2 access (`atomicAdd(p, 0)`) on every round: never cached.
+        let mut seen = flags[slot].load();
+        while seen - seq >= 0x8000_0000u32 {
+            seen = flags[slot].load();
+        }
+    }
+}
+
+/// One host thread's cuBLAS state for one device.
+struct Lane {
+    handle: sys::cublasHandle_t,
+    stream: driver_sys::CUstream,
+    /// `FLAG_WORDS` zeroed `u32`s, allocated by cubecl (so its kernels can take them);
+    /// never dropped, as thread-local destructors may run after cubecl's own.
+    flags: ManuallyDrop<CubeTensor<CudaRuntime>>,
+    /// Device address of `flags`.
+    flags_ptr: u64,
+    /// The last sequence number used.
+    seq: u32,
+}
+
+thread_local! {
+    /// One [`Lane`] per (host thread, device).
+    static LANES: RefCell<HashMap<usize, Lane>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` on this thread's [`Lane`] for `device`, creating the lane on first use. Called
+/// on cubecl's runner thread for the device (see [`matmul`]), so there is one lane per
+/// device in practice.
+fn with_lane<T>(
+    client: &ComputeClient<CudaRuntime>,
+    device: &CudaDevice,
+    f: impl FnOnce(&mut Lane) -> T,
+) -> T {
+    let index = device.index;
     let fail = |what: &str, e: &dyn std::fmt::Debug| -> ! {
         panic!("cuBLAS matmul on CUDA device {index}: {what} failed: {e:?}")
     };
-    // SAFETY: plain driver calls; cubecl has initialised the driver and retains the same
-    // primary context, so retaining it again only bumps its reference count.
-    unsafe {
-        driver::init().unwrap_or_else(|e| fail("cuInit", &e));
-        let dev = driver::device::get(index as i32).unwrap_or_else(|e| fail("cuDeviceGet", &e));
-        let ctx = driver::primary_ctx::retain(dev)
-            .unwrap_or_else(|e| fail("cuDevicePrimaryCtxRetain", &e));
-        driver::ctx::set_current(ctx).unwrap_or_else(|e| fail("cuCtxSetCurrent", &e));
-    }
-    HANDLES.with(|h| {
-        *h.borrow_mut().entry(index).or_insert_with(|| {
+    LANES.with(|lanes| {
+        let mut lanes = lanes.borrow_mut();
+        let lane = lanes.entry(index).or_insert_with(|| {
+            // SAFETY: plain driver calls. cubecl has initialised the driver and retains the
+            // device's primary context, and its runner thread already has it current:
+            // retaining it once more and making it current changes nothing for cubecl and
+            // makes the stream and handle below belong to the context cubecl allocates in.
+            unsafe {
+                driver::init().unwrap_or_else(|e| fail("cuInit", &e));
+                let dev =
+                    driver::device::get(index as i32).unwrap_or_else(|e| fail("cuDeviceGet", &e));
+                let ctx = driver::primary_ctx::retain(dev)
+                    .unwrap_or_else(|e| fail("cuDevicePrimaryCtxRetain", &e));
+                driver::ctx::set_current(ctx).unwrap_or_else(|e| fail("cuCtxSetCurrent", &e));
+            }
             let stream = driver::stream::create(driver::stream::StreamKind::NonBlocking)
                 .unwrap_or_else(|e| fail("cuStreamCreate", &e));
             let handle = blas::create_handle().unwrap_or_else(|e| fail("cublasCreate", &e));
             // SAFETY: both were just created on the current context.
             unsafe { blas::set_stream(handle, stream as sys::cudaStream_t) }
                 .unwrap_or_else(|e| fail("cublasSetStream", &e));
-            (handle, stream)
-        })
+            let buffer = client.create_from_slice(&[0u8; FLAG_WORDS * 4]);
+            let flags = CubeTensor::new_contiguous(
+                client.clone(),
+                device.clone(),
+                Shape::new([FLAG_WORDS]),
+                buffer,
+                DType::U32,
+            );
+            let flags_ptr = client
+                .get_resource(flags.handle.clone())
+                .unwrap_or_else(|e| fail("flag buffer lookup", &e))
+                .resource()
+                .ptr;
+            Lane {
+                handle,
+                stream,
+                flags: ManuallyDrop::new(flags),
+                flags_ptr,
+                seq: 0,
+            }
+        });
+        f(lane)
     })
+}
+
+impl Lane {
+    /// Step 1 and 2 of the flag ordering: our stream will wait for the work cubecl has
+    /// queued so far. Returns the sequence number, or `None` if the driver refused the
+    /// stream wait (then the caller syncs instead).
+    fn wait_for_cubecl(&mut self, client: &ComputeClient<CudaRuntime>) -> Option<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        // SAFETY: a 1×1 launch that stores to index READY of a FLAG_WORDS-long buffer.
+        unsafe {
+            cube::raise_flag::launch_unchecked::<CudaRuntime>(
+                client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(1),
+                (*self.flags).clone().into_tensor_arg(),
+                seq,
+                READY,
+            );
+        }
+        let ready = self.flags_ptr + (READY * 4) as u64;
+        let flag = driver_sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32;
+        // SAFETY: `ready` is a live, 4-byte aligned device address on this context.
+        let status = unsafe { driver_sys::cuStreamWaitValue32_v2(self.stream, ready, seq, flag) };
+        status.result().ok().map(|()| seq)
+    }
+
+    /// Step 2's end and step 3: our stream raises `done` after the GEMM, and cubecl's
+    /// stream waits for it.
+    fn release_cubecl(&mut self, client: &ComputeClient<CudaRuntime>, seq: u32) {
+        let done = self.flags_ptr + (DONE * 4) as u64;
+        let flag = driver_sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
+        // SAFETY: as in `wait_for_cubecl`.
+        let status = unsafe { driver_sys::cuStreamWriteValue32_v2(self.stream, done, seq, flag) };
+        if let Err(e) = status.result() {
+            panic!("cuBLAS matmul: cuStreamWriteValue32 failed after a successful wait: {e:?}");
+        }
+        // SAFETY: a 1×1 launch that loads index DONE of a FLAG_WORDS-long buffer.
+        unsafe {
+            cube::wait_flag::launch_unchecked::<CudaRuntime>(
+                client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(1),
+                (*self.flags).clone().into_tensor_arg(),
+                seq,
+                DONE,
+            );
+        }
+    }
 }
 
 /// `lhs · rhs` on cuBLAS. Call only when [`supports`] is true.
@@ -193,7 +380,6 @@ pub fn matmul(
     rhs: CubeTensor<CudaRuntime>,
 ) -> CubeTensor<CudaRuntime> {
     let dtype = lhs.dtype;
-    let ty = data_type(dtype).expect("checked by supports()");
     let (ls, rs) = (lhs.shape(), rhs.shape());
     let rank = ls.num_dims();
     let (m, k, n) = (ls[rank - 2], ls[rank - 1], rs[rank - 1]);
@@ -207,25 +393,117 @@ pub fn matmul(
     let l_batched = ls.as_slice()[..rank - 2].iter().any(|&d| d > 1);
     let r_batched = rs.as_slice()[..rank - 2].iter().any(|&d| d > 1);
 
-    let (l, r) = (operand(lhs), operand(rhs));
-    let client = l.tensor.client.clone();
-    let device = l.tensor.device.clone();
-    let out =
-        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::from(out_dims), dtype);
+    // The host path below makes three buffer lookups, each a blocking round trip to cubecl's
+    // runner thread for the device (≈ 0.13 ms each on the H100 box: 0.38 ms of host time per
+    // product, more than a 17,408 × 1,600 × 3,200 bf16 GEMM takes). Run on that thread,
+    // they are direct calls: one round trip per product.
+    let client = lhs.client.clone();
+    let run = move || {
+        let (l, r) = (operand(lhs), operand(rhs));
+        let client = l.tensor.client.clone();
+        let device = l.tensor.device.clone();
+        let out = empty_device_contiguous_dtype(
+            client.clone(),
+            device.clone(),
+            Shape::from(out_dims),
+            dtype,
+        );
+        enqueue(
+            &client,
+            &device,
+            &l,
+            &r,
+            &out,
+            [m, k, n],
+            batch,
+            (l_batched, r_batched),
+        );
+        out
+    };
+    client
+        .exclusive(run)
+        .unwrap_or_else(|e| panic!("cuBLAS matmul: cubecl's runner thread failed: {e:?}"))
+}
 
-    // Everything queued before this product must be done: cuBLAS runs on its own stream.
-    if let Err(e) = cubecl::future::block_on(client.sync()) {
-        panic!("cuBLAS matmul: device sync failed: {e:?}");
-    }
+/// Orders and enqueues the GEMM `out = l · r` (see the module docs, "Ordering").
+#[allow(clippy::too_many_arguments)]
+fn enqueue(
+    client: &ComputeClient<CudaRuntime>,
+    device: &CudaDevice,
+    l: &Operand,
+    r: &Operand,
+    out: &CubeTensor<CudaRuntime>,
+    [m, k, n]: [usize; 3],
+    batch: usize,
+    batched: (bool, bool),
+) {
+    let dtype = out.dtype;
     let resource = |t: &CubeTensor<CudaRuntime>| {
         client
             .get_resource(t.handle.clone())
             .unwrap_or_else(|e| panic!("cuBLAS matmul: buffer lookup failed: {e:?}"))
     };
-    let (lr, rr, or) = (resource(&l.tensor), resource(&r.tensor), resource(&out));
+    // `get_resource` makes this thread's cubecl stream wait for any other stream that
+    // wrote the buffers, and it returns once everything before it is enqueued.
+    let (lr, rr, or) = (resource(&l.tensor), resource(&r.tensor), resource(out));
     let (lp, rp, op) = (lr.resource().ptr, rr.resource().ptr, or.resource().ptr);
 
-    let (handle, stream) = handle(device.index);
+    with_lane(client, device, |lane| {
+        let seq = match ordering() {
+            Ordering::Flags if !FLAGS_REFUSED.load(AtomicOrdering::Relaxed) => {
+                let seq = lane.wait_for_cubecl(client);
+                if seq.is_none() {
+                    FLAGS_REFUSED.store(true, AtomicOrdering::Relaxed);
+                }
+                seq
+            }
+            _ => None,
+        };
+        let ordered = ordering() != Ordering::Unordered;
+        if seq.is_none() && ordered {
+            // Everything queued before this product must be done: cuBLAS runs on its own
+            // stream.
+            if let Err(e) = cubecl::future::block_on(client.sync()) {
+                panic!("cuBLAS matmul: device sync failed: {e:?}");
+            }
+        }
+        gemm(
+            lane.handle,
+            l,
+            r,
+            [m, k, n],
+            batch,
+            batched,
+            [lp, rp, op],
+            dtype,
+        );
+        match seq {
+            Some(seq) => lane.release_cubecl(client, seq),
+            // SAFETY: our own stream, created with the lane.
+            None if ordered => {
+                if let Err(e) = unsafe { driver::stream::synchronize(lane.stream) } {
+                    panic!("cuBLAS matmul: stream sync failed: {e:?}");
+                }
+            }
+            None => {}
+        }
+    });
+    drop((lr, rr, or));
+}
+
+/// Enqueues `O = L · R` on `handle`'s stream. `ptrs` are lhs, rhs and out.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    handle: sys::cublasHandle_t,
+    l: &Operand,
+    r: &Operand,
+    [m, k, n]: [usize; 3],
+    batch: usize,
+    (l_batched, r_batched): (bool, bool),
+    [lp, rp, op]: [u64; 3],
+    dtype: DType,
+) {
+    let ty = data_type(dtype).expect("checked by supports()");
     let op_of = |t: bool| {
         if t {
             sys::cublasOperation_t::CUBLAS_OP_T
@@ -247,9 +525,9 @@ pub fn matmul(
     let fold =
         !r_batched && l_batched && !l.transposed && batch_stride(&l.tensor) == Some(m * l.ld);
     let status = unsafe {
-        // SAFETY: the pointers are live cubecl allocations (pinned by the resources held
-        // above) of the shapes, strides and dtype described; all work on them is finished
-        // (sync above) and the GEMM is waited for below, before anything else can use them.
+        // SAFETY: the pointers are live cubecl allocations (pinned by the caller's resources)
+        // of the shapes, strides and dtype described; the stream this runs on waits for the
+        // work that writes them, and cubecl's stream waits for this (see the module docs).
         if batch == 1 || fold {
             let rows = if fold { batch * m } else { m };
             blas::gemm_ex(
@@ -292,11 +570,11 @@ pub fn matmul(
                 rp as *const c_void,
                 ty,
                 r.ld as i32,
-                stride(&r, r_batched),
+                stride(r, r_batched),
                 lp as *const c_void,
                 ty,
                 l.ld as i32,
-                stride(&l, l_batched),
+                stride(l, l_batched),
                 beta,
                 op as *mut c_void,
                 ty,
@@ -311,10 +589,4 @@ pub fn matmul(
     if let Err(e) = status {
         panic!("cuBLAS GemmEx failed for [{m}×{k}]·[{k}×{n}] ×{batch} ({dtype:?}): {e:?}");
     }
-    // SAFETY: our own stream, created above.
-    if let Err(e) = unsafe { driver::stream::synchronize(stream) } {
-        panic!("cuBLAS matmul: stream sync failed: {e:?}");
-    }
-    drop((lr, rr, or));
-    out
 }
