@@ -26,8 +26,10 @@
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
-# The binaries travel gzipped (the working tree that is sent is capped at 64 MiB).
+# The binaries travel gzipped or xz-compressed (the working tree that is sent is capped
+# at 64 MiB).
 for f in .gpu/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
+for f in .gpu/*.xz; do [ -f "$f" ] && python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$f" && rm -f "$f"; done
 chmod +x .gpu/* 2>/dev/null
 # cuBLAS: the system's, else the wheel PyTorch brought.
 CUBLAS_DIR=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(os.path.dirname(nvidia.cublas.__file__), "lib"))' 2>/dev/null || true)
@@ -35,17 +37,26 @@ export LD_LIBRARY_PATH=${CUBLAS_DIR}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 ldconfig -p | grep -E 'libcublas(Lt)?\.so' | head -3; ls "$CUBLAS_DIR" 2>/dev/null | head -3
 
-# The persistent kernel cache (see README): carried in .gpu/kernel-cache.tgz between calls.
+# The persistent kernel cache (see README): carried in .gpu/kernel-cache.t{gz,xz}.part-*
+# between calls (PTX text: xz makes it 2.4× smaller than gzip).
 use_cache() {
   export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
-  if [ ! -d "$HYMBA_KERNEL_CACHE" ] && ls .gpu/kernel-cache.tgz* >/dev/null 2>&1; then
-    mkdir -p target && cat .gpu/kernel-cache.tgz* | tar xz -C target
+  if [ ! -d "$HYMBA_KERNEL_CACHE" ]; then
+    mkdir -p target
+    if ls .gpu/kernel-cache.txz* >/dev/null 2>&1; then
+      cat .gpu/kernel-cache.txz* | python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.decompress(sys.stdin.buffer.read()))' | tar x -C target
+    elif ls .gpu/kernel-cache.tgz* >/dev/null 2>&1; then
+      cat .gpu/kernel-cache.tgz* | tar xz -C target
+    fi
   fi
 }
 # Files come back from $OUT at 16 MiB at most: the cache travels in 15 MB parts.
 save_cache() {
-  tar cz -C target kernel-cache 2>/dev/null | split -b 15M - "$OUT/kernel-cache.tgz.part-"
-  ls -la "$OUT"/kernel-cache.tgz.part-*
+  local xz="python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.compress(sys.stdin.buffer.read(), preset=2))'"
+  command -v xz >/dev/null && xz="xz -T0 -4"
+  tar c -C target kernel-cache 2>/dev/null | eval "$xz" \
+    | split -b 15M - "$OUT/kernel-cache.txz.part-"
+  ls -la "$OUT"/kernel-cache.txz.part-*
 }
 step() { echo; echo "=== $*"; local t0=$SECONDS; timeout "${LIMIT:-300}" "$@"; local rc=$?; echo "=== rc=$rc in $((SECONDS - t0)) s"; }
 
@@ -151,6 +162,71 @@ parallel)
   done
   LIMIT=${TEST_LIMIT:-240} step .gpu/scan_kernel --test-threads=1 ${TESTS:-kernel_} 2>&1 | grep -E "^test |test result|panicked|error" | tee "$OUT/test_scan_kernel_cuda.txt"
   save_cache
+  ;;
+order3)
+  # Session 7, last call: the host path of a product on cubecl's runner thread. Tests, the
+  # 1.5B products against PyTorch, and the training step in f32 and bf16.
+  use_cache
+  LIMIT=150 step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | tee "$OUT/test_matmul_cuda.txt" | grep -E "^test |ordering|test result|panicked|error"
+  LIMIT=${MATMUL_LIMIT:-150} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_cuda.json" 2>&1 | tail -17
+  LIMIT=40 step python3 bench/torch_matmul.py "$OUT/matmul_cuda.json" "$OUT/matmul_h100.json"
+  for p in ${STEP_PRECISIONS:-f32 bf16}; do
+    LIMIT=${STEP_LIMIT:-150} step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds ${ROUNDS:-3} --precision $p --out "$OUT/step_125m_${p}_flags.json" 2>&1 | tail -9
+  done
+  save_cache
+  ;;
+order2)
+  # Session 7, second call: the fixed matmul tests (aligned odd shapes through cuBLAS, the
+  # ordering test against host syncs, and its mutation check); the host time of one product
+  # without fusion; the 1.5B products against PyTorch (cuBLAS and cuBLASLt); the register-
+  # light time-parallel scan forward under Nsight Compute; the bf16 training step.
+  use_cache
+  LIMIT=150 step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | tee "$OUT/test_matmul_cuda.txt" | grep -E "^test |ordering|test result|panicked|error"
+  HYMBA_MATMUL_ORDER=unordered LIMIT=100 step .gpu/matmul_gpu --test-threads=1 --nocapture ordered 2>&1 | tee "$OUT/test_matmul_unordered_cuda.txt" | grep -E "^test |ordering|test result|panicked"
+  LIMIT=60 step .gpu/hymba-eval bench matmul --backend cuda-raw --presets hymba-1.5b --only out_proj 2>&1 | tail -4
+  LIMIT=${MATMUL_LIMIT:-200} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_cuda.json" 2>&1 | tail -17
+  LIMIT=60 step python3 bench/torch_matmul.py "$OUT/matmul_cuda.json" "$OUT/matmul_h100.json"
+  (cd bench && LIMIT=60 step python3 torch_blas_libs.py "$OUT/matmul_cuda.json" "$OUT/torch_blas_libs_h100.json")
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+  if [ -n "$NCU" ] && [ "${NCU_RUN:-1}" = 1 ]; then
+    LIMIT=${NCU_LIMIT:-90} step "$NCU" --kernel-name regex:forward_parallel --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis .gpu/hymba-eval bench scan --backend cuda --kernel parallel --no-reference --rounds 1 --warmup 0 > "$OUT/ncu_forward_parallel.txt" 2>&1
+    grep -E "Duration|Registers Per|Theoretical Occ|Achieved Occ|Spilling Requests  |Compute \(SM\) Thr|L1/TEX Cache Thr|Stall|Issued Warp" "$OUT/ncu_forward_parallel.txt" | head -30
+  fi
+  for p in ${STEP_PRECISIONS:-bf16}; do
+    LIMIT=${STEP_LIMIT:-150} step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds ${ROUNDS:-3} --precision $p --out "$OUT/step_125m_${p}_flags.json" 2>&1 | tail -9
+  done
+  save_cache
+  ;;
+order)
+  # Session 7: the cuBLAS products ordered on the device (flags) instead of by host syncs.
+  # 1. the matmul tests, then the ordering tests with the ordering switched off (they must
+  #    fail: the mutation check); 2. the matmul bench with PyTorch on the same shapes;
+  # 3. the scan kernels; 4. a training step with flags, with host syncs, and with burn's
+  #    matmul.
+  use_cache
+  if [ -x .gpu/matmul_gpu ]; then
+    LIMIT=150 step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | tee "$OUT/test_matmul_cuda.txt" | grep -E "^test |ordering|test result|panicked"
+    HYMBA_MATMUL_ORDER=unordered LIMIT=100 step .gpu/matmul_gpu --test-threads=1 --nocapture ordered 2>&1 | tee "$OUT/test_matmul_unordered_cuda.txt" | grep -E "^test |ordering|test result|panicked"
+  fi
+  if [ "${MATMUL:-1}" = 1 ]; then
+    LIMIT=${MATMUL_LIMIT:-240} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b ${MATMUL_ARGS:-} --out "$OUT/matmul_cuda.json" 2>&1 | tail -20
+    LIMIT=90 step python3 bench/torch_matmul.py "$OUT/matmul_cuda.json" "$OUT/matmul_h100.json"
+  fi
+  if [ "${SCAN:-1}" = 1 ]; then
+    LIMIT=${SCAN_LIMIT:-150} step .gpu/hymba-eval bench scan --backend cuda --kernel all --no-reference --out "$OUT/scan_all.json" 2>&1 | tail -20
+  fi
+  for v in ${STEP_VARIANTS:-flags sync burn}; do
+    case $v in
+      flags) unset HYMBA_MATMUL HYMBA_MATMUL_ORDER ;;
+      sync) unset HYMBA_MATMUL; export HYMBA_MATMUL_ORDER=sync ;;
+      burn) export HYMBA_MATMUL=burn; unset HYMBA_MATMUL_ORDER ;;
+    esac
+    for p in ${STEP_PRECISIONS:-f32}; do
+      LIMIT=${STEP_LIMIT:-200} step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds ${ROUNDS:-3} --precision $p --out "$OUT/step_125m_${p}_$v.json" 2>&1 | tail -9
+    done
+  done
+  unset HYMBA_MATMUL HYMBA_MATMUL_ORDER
+  [ "${SAVE_CACHE:-1}" = 1 ] && save_cache
   ;;
 profile)
   use_cache

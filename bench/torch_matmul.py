@@ -19,7 +19,9 @@ def operand(rows, cols, transposed, dtype):
     return torch.randn(rows, cols, device="cuda", dtype=dtype)
 
 
-def time_ms(fn, warmup, rounds):
+def time_ms(fn, warmup, rounds, calls):
+    """Median over rounds of (one round's event time) / calls: `calls` products queued back
+    to back per round, as `hymba-eval bench matmul --calls` times ours."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -27,10 +29,11 @@ def time_ms(fn, warmup, rounds):
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
 
 
@@ -43,7 +46,7 @@ def main():
         dtype = DTYPES[row["dtype"]]
         a = operand(row["m"], row["k"], row["lhs_transposed"], dtype)
         b = operand(row["k"], row["n"], row["rhs_transposed"], dtype)
-        ms = time_ms(lambda: torch.matmul(a, b), 3, report.get("rounds", 5))
+        ms = time_ms(lambda: torch.matmul(a, b), 3, report.get("rounds", 5), report.get("calls", 1))
         row["torch_ms"] = ms
         row["torch_tflops"] = 2.0 * row["m"] * row["n"] * row["k"] / ms / 1e9
         row["ours_pct_of_torch"] = 100.0 * row["ours_tflops"] / row["torch_tflops"]
