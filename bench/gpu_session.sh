@@ -167,6 +167,7 @@ order3)
   # Session 7, last call: the host path of a product on cubecl's runner thread. Tests, the
   # 1.5B products against PyTorch, and the training step in f32 and bf16.
   use_cache
+  export HYMBA_MATMUL_ORDER=flags  # (the default when this ran)
   LIMIT=150 step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | tee "$OUT/test_matmul_cuda.txt" | grep -E "^test |ordering|test result|panicked|error"
   LIMIT=${MATMUL_LIMIT:-150} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_cuda.json" 2>&1 | tail -17
   LIMIT=40 step python3 bench/torch_matmul.py "$OUT/matmul_cuda.json" "$OUT/matmul_h100.json"
@@ -184,6 +185,7 @@ order2)
   LIMIT=150 step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | tee "$OUT/test_matmul_cuda.txt" | grep -E "^test |ordering|test result|panicked|error"
   HYMBA_MATMUL_ORDER=unordered LIMIT=100 step .gpu/matmul_gpu --test-threads=1 --nocapture ordered 2>&1 | tee "$OUT/test_matmul_unordered_cuda.txt" | grep -E "^test |ordering|test result|panicked"
   LIMIT=60 step .gpu/hymba-eval bench matmul --backend cuda-raw --presets hymba-1.5b --only out_proj 2>&1 | tail -4
+  export HYMBA_MATMUL_ORDER=flags  # (the default when this ran)
   LIMIT=${MATMUL_LIMIT:-200} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_cuda.json" 2>&1 | tail -17
   LIMIT=60 step python3 bench/torch_matmul.py "$OUT/matmul_cuda.json" "$OUT/matmul_h100.json"
   (cd bench && LIMIT=60 step python3 torch_blas_libs.py "$OUT/matmul_cuda.json" "$OUT/torch_blas_libs_h100.json")
@@ -217,7 +219,7 @@ order)
   fi
   for v in ${STEP_VARIANTS:-flags sync burn}; do
     case $v in
-      flags) unset HYMBA_MATMUL HYMBA_MATMUL_ORDER ;;
+      flags) unset HYMBA_MATMUL; export HYMBA_MATMUL_ORDER=flags ;;
       sync) unset HYMBA_MATMUL; export HYMBA_MATMUL_ORDER=sync ;;
       burn) export HYMBA_MATMUL=burn; unset HYMBA_MATMUL_ORDER ;;
     esac

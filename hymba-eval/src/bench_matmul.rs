@@ -12,6 +12,7 @@
 //! same products.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -33,6 +34,9 @@ pub struct BenchMatmulArgs {
     /// With `--shapes full`: which presets' projections, comma separated.
     #[arg(long, default_value = "hymba-125m,hymba-350m,hymba-1.5b")]
     pub presets: String,
+    /// Only the products whose name contains this (e.g. `out_proj`, `8192`).
+    #[arg(long)]
+    pub only: Option<String>,
     /// Storage dtypes, comma separated: bf16, f16, f32.
     #[arg(long, default_value = "bf16")]
     pub dtypes: String,
@@ -45,6 +49,11 @@ pub struct BenchMatmulArgs {
     /// Untimed warm-up rounds (the first call JIT-compiles and autotunes burn's kernel).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Products per timed round, queued back to back with one device sync at the end: a
+    /// round's time over this count is the device's throughput, not one call's host
+    /// round trip (`bench/torch_matmul.py` times PyTorch the same way).
+    #[arg(long, default_value_t = 10)]
+    pub calls: usize,
 }
 
 /// One product `[m, k] · [k, n]`.
@@ -80,6 +89,11 @@ pub struct MatmulRow {
     pub ours_tflops: f64,
     /// The same for burn's.
     pub burn_tflops: f64,
+    /// Median host time to issue one of ours (the time to call `matmul`, before the sync).
+    /// On `cuda-raw` that is the whole host path (operands, buffers, ordering, the cuBLAS
+    /// call); under fusion only the op's registration, as the op runs at the sync. When it
+    /// approaches `ours_ms` the product is bound by the host, not the GPU.
+    pub ours_host_ms: f64,
 }
 
 /// The report written as JSON.
@@ -91,6 +105,8 @@ pub struct MatmulReport {
     pub device: String,
     /// Timed rounds per measurement.
     pub rounds: usize,
+    /// Products queued per round (the times are per product).
+    pub calls: usize,
     /// One row per (shape, dtype).
     pub rows: Vec<MatmulRow>,
 }
@@ -189,6 +205,7 @@ struct MatmulBenchJob {
     dtypes: Vec<DType>,
     rounds: usize,
     warmup: usize,
+    calls: usize,
 }
 
 /// A `[1, rows, cols]` operand, stored transposed (`[1, cols, rows]` seen through
@@ -223,10 +240,22 @@ impl BackendRunner for MatmulBenchJob {
                 let lhs = operand::<B>(shape.m, shape.k, shape.lhs_transposed, dtype, &device);
                 let rhs = operand::<B>(shape.k, shape.n, shape.rhs_transposed, dtype, &device);
                 let (w, r) = (self.warmup, self.rounds);
-                let ours_ms = time_ms::<B, _>(&device, w, r, || {
-                    hymba::matmul::matmul(lhs.clone(), rhs.clone())
-                });
-                let burn_ms = time_ms::<B, _>(&device, w, r, || lhs.clone().matmul(rhs.clone()));
+                let calls = self.calls;
+                let per_call = |ms: f64| ms / calls as f64;
+                let mut host_ms = Vec::new();
+                let ours_ms = per_call(time_ms::<B, _>(&device, w, r, || {
+                    let start = Instant::now();
+                    let out = (0..calls)
+                        .map(|_| hymba::matmul::matmul(lhs.clone(), rhs.clone()))
+                        .last();
+                    host_ms.push(per_call(start.elapsed().as_secs_f64() * 1e3));
+                    out
+                }));
+                host_ms.sort_by(f64::total_cmp);
+                let ours_host_ms = host_ms[host_ms.len() / 2];
+                let burn_ms = per_call(time_ms::<B, _>(&device, w, r, || {
+                    (0..calls).map(|_| lhs.clone().matmul(rhs.clone())).last()
+                }));
                 let flops = 2.0 * (shape.m * shape.n * shape.k) as f64;
                 let row = MatmulRow {
                     shape: shape.clone(),
@@ -235,9 +264,10 @@ impl BackendRunner for MatmulBenchJob {
                     burn_ms,
                     ours_tflops: flops / ours_ms / 1e9,
                     burn_tflops: flops / burn_ms / 1e9,
+                    ours_host_ms,
                 };
                 println!(
-                    "{:<28} {:>6} {:>6} {:>6} {:>5} | ours {:>8.3} ms {:>7.1} TFLOP/s | burn {:>8.3} ms {:>7.1} TFLOP/s",
+                    "{:<28} {:>6} {:>6} {:>6} {:>5} | ours {:>8.3} ms {:>7.1} TFLOP/s (host {:.3} ms) | burn {:>8.3} ms {:>7.1} TFLOP/s",
                     row.shape.name,
                     row.shape.m,
                     row.shape.n,
@@ -245,6 +275,7 @@ impl BackendRunner for MatmulBenchJob {
                     row.dtype,
                     row.ours_ms,
                     row.ours_tflops,
+                    row.ours_host_ms,
                     row.burn_ms,
                     row.burn_tflops
                 );
@@ -254,6 +285,7 @@ impl BackendRunner for MatmulBenchJob {
                         backend: self.backend.clone(),
                         device: format!("{device:?}"),
                         rounds: r,
+                        calls,
                         rows: rows.clone(),
                     };
                     // Best effort: the final write reports errors.
@@ -279,23 +311,42 @@ pub fn run(args: BenchMatmulArgs) -> Result<MatmulReport, BenchError> {
     if args.tokens == 0 {
         return Err(BenchError::Arg("--tokens must be positive".into()));
     }
+    if args.calls == 0 {
+        return Err(BenchError::Arg("--calls must be positive".into()));
+    }
     let job = MatmulBenchJob {
         partial_out: args.target.out.clone(),
         backend: kind.to_string(),
-        shapes: shapes(&args.shapes, &args.presets, args.tokens)?,
+        shapes: shapes(&args.shapes, &args.presets, args.tokens)?
+            .into_iter()
+            .filter(|s| {
+                args.only
+                    .as_ref()
+                    .is_none_or(|o| s.name.contains(o.as_str()))
+            })
+            .collect(),
         dtypes,
         rounds: args.rounds,
         warmup: args.warmup,
+        calls: args.calls,
     };
+    if job.shapes.is_empty() {
+        return Err(BenchError::Arg(format!(
+            "no product's name contains {:?} (see --shapes and --presets)",
+            args.only.as_deref().unwrap_or_default()
+        )));
+    }
     println!(
-        "matmul on {kind}: model's matmul (ours) vs burn's Tensor::matmul, median of {} rounds",
-        args.rounds
+        "matmul on {kind}: model's matmul (ours) vs burn's Tensor::matmul, median of {} rounds \
+         of {} products each",
+        args.rounds, args.calls
     );
     let (device, rows) = run_on(kind, args.target.device, job)?;
     let report = MatmulReport {
         backend: kind.to_string(),
         device,
         rounds: args.rounds,
+        calls: args.calls,
         rows,
     };
     if let Some(path) = &args.target.out {

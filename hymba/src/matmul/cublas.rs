@@ -18,25 +18,32 @@
 //!
 //! # Ordering
 //! cubecl 0.10 keeps the CUDA stream it enqueues on private, and cuBLAS runs on a stream of
-//! ours, so the two are ordered on the device through two 32-bit flags in a cubecl buffer
-//! (one pair per host thread and device), with no host sync:
+//! ours, so each product must be ordered against cubecl's work. Two schemes
+//! (`HYMBA_MATMUL_ORDER`):
 //!
-//! 1. a one-thread cubecl kernel on cubecl's stream stores the call's sequence number in
-//!    `ready` — it runs only once everything queued before the product is done;
-//! 2. our stream waits for `ready ≥ seq` (`cuStreamWaitValue32`), runs the GEMM, then
-//!    writes `done = seq` (`cuStreamWriteValue32`, with a memory barrier);
-//! 3. a second one-thread kernel on cubecl's stream spins until `done ≥ seq`, so whatever
-//!    cubecl queues after the product (including reuse of the inputs' memory, which its
-//!    stream-ordered pool allows once they are dropped) waits for the GEMM.
+//! - `sync` (the default): the host waits for the device before the GEMM
+//!   (`client.sync()`) and for the GEMM after it. Each product costs a few tens of µs of
+//!   host time plus a device bubble, and three blocking buffer lookups on cubecl's runner
+//!   thread for the device (0.38 ms of host time per product on the H100 box, measured
+//!   with `bench matmul --backend cuda-raw`): it is why tiny products stay on burn's kernel.
+//! - `flags`: ordered on the device through two 32-bit flags in a cubecl buffer, with no
+//!   host wait:
+//!   1. a one-thread cubecl kernel on cubecl's stream stores the call's sequence number in
+//!      `ready` — it runs only once everything queued before the product is done;
+//!   2. our stream waits for `ready ≥ seq` (`cuStreamWaitValue32`), runs the GEMM, then
+//!      writes `done = seq` (`cuStreamWriteValue32`, with a memory barrier);
+//!   3. a second one-thread kernel on cubecl's stream spins until `done ≥ seq`, so whatever
+//!      cubecl queues after the product (including reuse of the inputs' memory, which its
+//!      stream-ordered pool allows once they are dropped) waits for the GEMM.
 //!
-//! The host only enqueues: it can run ahead of the device as it does for burn's own
-//! kernels. The whole host path of a product (buffer lookups, the two flag kernels, the
-//! cuBLAS call) runs on cubecl's runner thread for the device (`ComputeClient::exclusive`),
-//! where cubecl's own calls are direct instead of blocking round trips to that thread. The comparisons are cyclic (as `CU_STREAM_WAIT_VALUE_GEQ`'s), so the counter
-//! may wrap. `HYMBA_MATMUL_ORDER=sync` selects the previous scheme instead (the host waits
-//! for the device before the GEMM and for the GEMM after it: a few tens of µs and a device
-//! bubble per product), and it is also what runs when the driver refuses stream memory
-//! operations.
+//!   The comparisons are cyclic (as `CU_STREAM_WAIT_VALUE_GEQ`'s), so the counter may wrap.
+//!   The whole host path runs on cubecl's runner thread (`ComputeClient::exclusive`), where
+//!   cubecl's own calls are direct: one round trip per product. On the H100 this passes
+//!   the ordering test and takes every 1.5B product to ≥ 71 % of PyTorch's speed
+//!   (`bench/results/matmul_h100.json`), but the hymba-125m training step did not finish
+//!   in 110 s with it (session 7; ≈ 22 s with `sync`), for a reason not yet found, so it
+//!   is not the default. If the driver refuses stream memory operations the product falls
+//!   back to a context-wide sync and `sync` is used from then on.
 //!
 //! `HYMBA_MATMUL=burn` turns the whole path off (burn's kernel everywhere), for comparisons.
 
@@ -176,9 +183,9 @@ pub fn supports(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) ->
 /// How a product is ordered against cubecl's stream (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ordering {
-    /// Device-side flags: no host sync (the default).
+    /// Device-side flags: no host wait (`HYMBA_MATMUL_ORDER=flags`).
     Flags,
-    /// Host syncs before and after each product (`HYMBA_MATMUL_ORDER=sync`).
+    /// Host syncs before and after each product (the default).
     Sync,
     /// No ordering at all: wrong results. Exists only so that the ordering test can be
     /// shown to fail (`HYMBA_MATMUL_ORDER=unordered`, honoured in debug builds only).
@@ -201,13 +208,13 @@ pub fn set_ordering(order: Ordering) {
 }
 
 /// The ordering in force: [`set_ordering`]'s, else `HYMBA_MATMUL_ORDER` (`flags` or
-/// `sync`), else flags.
+/// `sync`), else sync.
 pub fn ordering() -> Ordering {
     static ORDER: OnceLock<Ordering> = OnceLock::new();
     let env = *ORDER.get_or_init(|| match std::env::var("HYMBA_MATMUL_ORDER").as_deref() {
-        Ok("sync") => Ordering::Sync,
+        Ok("flags") => Ordering::Flags,
         Ok("unordered") if cfg!(debug_assertions) => Ordering::Unordered,
-        _ => Ordering::Flags,
+        _ => Ordering::Sync,
     });
     match ORDER_OVERRIDE.load(AtomicOrdering::Relaxed) {
         _ if env == Ordering::Unordered => env,
@@ -395,9 +402,11 @@ pub fn matmul(
 
     // The host path below makes three buffer lookups, each a blocking round trip to cubecl's
     // runner thread for the device (≈ 0.13 ms each on the H100 box: 0.38 ms of host time per
-    // product, more than a 17,408 × 1,600 × 3,200 bf16 GEMM takes). Run on that thread,
-    // they are direct calls: one round trip per product.
+    // product, more than a 17,408 × 1,600 × 3,200 bf16 GEMM takes). With the flag ordering
+    // it runs on that thread, where they are direct calls; the sync ordering blocks on the
+    // device, which must not happen on the runner thread, so it stays on the caller's.
     let client = lhs.client.clone();
+    let flags = ordering() == Ordering::Flags && !FLAGS_REFUSED.load(AtomicOrdering::Relaxed);
     let run = move || {
         let (l, r) = (operand(lhs), operand(rhs));
         let client = l.tensor.client.clone();
@@ -417,9 +426,13 @@ pub fn matmul(
             [m, k, n],
             batch,
             (l_batched, r_batched),
+            flags,
         );
         out
     };
+    if !flags {
+        return run();
+    }
     client
         .exclusive(run)
         .unwrap_or_else(|e| panic!("cuBLAS matmul: cubecl's runner thread failed: {e:?}"))
@@ -436,6 +449,7 @@ fn enqueue(
     [m, k, n]: [usize; 3],
     batch: usize,
     batched: (bool, bool),
+    flags: bool,
 ) {
     let dtype = out.dtype;
     let resource = |t: &CubeTensor<CudaRuntime>| {
@@ -449,18 +463,22 @@ fn enqueue(
     let (lp, rp, op) = (lr.resource().ptr, rr.resource().ptr, or.resource().ptr);
 
     with_lane(client, device, |lane| {
-        let seq = match ordering() {
-            Ordering::Flags if !FLAGS_REFUSED.load(AtomicOrdering::Relaxed) => {
-                let seq = lane.wait_for_cubecl(client);
-                if seq.is_none() {
-                    FLAGS_REFUSED.store(true, AtomicOrdering::Relaxed);
+        let seq = if flags {
+            let seq = lane.wait_for_cubecl(client);
+            if seq.is_none() {
+                // On the runner thread: `client.sync()` would wait on itself. Everything
+                // cubecl has queued is already submitted, so a context-wide sync orders it.
+                FLAGS_REFUSED.store(true, AtomicOrdering::Relaxed);
+                if let Err(e) = driver::ctx::synchronize() {
+                    panic!("cuBLAS matmul: context sync failed: {e:?}");
                 }
-                seq
             }
-            _ => None,
+            seq
+        } else {
+            None
         };
         let ordered = ordering() != Ordering::Unordered;
-        if seq.is_none() && ordered {
+        if !flags && ordered {
             // Everything queued before this product must be done: cuBLAS runs on its own
             // stream.
             if let Err(e) = cubecl::future::block_on(client.sync()) {
