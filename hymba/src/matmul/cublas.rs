@@ -40,9 +40,11 @@
 //!   The whole host path runs on cubecl's runner thread (`ComputeClient::exclusive`), where
 //!   cubecl's own calls are direct: one round trip per product. On the H100 this passes
 //!   the ordering test and takes every 1.5B product to ≥ 71 % of PyTorch's speed
-//!   (`bench/results/matmul_h100.json`), but the hymba-125m training step did not finish
-//!   in 110 s with it (session 7; ≈ 22 s with `sync`), for a reason not yet found, so it
-//!   is not the default. If the driver refuses stream memory operations the product falls
+//!   (`bench/results/matmul_flags_runnerthread_h100.json`). It is not the default: twice a
+//!   hymba-125m `bench step` with it did not finish (90 and 110 s), against 22 s with
+//!   `sync`. Both were the first step run of a freshly built binary, and the 22 s `sync`
+//!   run came after the first of them had filled the kernel cache, so whether it hangs or
+//!   was still compiling is not determined. If the driver refuses stream memory operations the product falls
 //!   back to a context-wide sync and `sync` is used from then on.
 //!
 //! `HYMBA_MATMUL=burn` turns the whole path off (burn's kernel everywhere), for comparisons.
