@@ -23,6 +23,11 @@
 #            GPU with each step's phases timed (HYMBA_STEP_TIMES=1), f32 and bf16.
 #   ddp:     hymba-125m pretraining on one GPU and data-parallel on two (nvidia-h100-x2),
 #            with a kernel cache carried in .gpu/kernel-cache.tgz if there is one.
+#   order, order2, order3: session 7's calls (cuBLAS ordering: tests with the mutation
+#            check, `bench matmul` with PyTorch, `bench scan --kernel all`, Nsight Compute
+#            on the parallel forward, `bench step` per ordering).
+#   flagstep: `bench step` with host syncs (fills the kernel cache), then with the flag
+#            ordering under a watchdog that dumps every thread's stack if it stalls.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -161,6 +166,34 @@ parallel)
     LIMIT=${SCAN_LIMIT:-200} step .gpu/hymba-eval bench scan --backend cuda --kernel $k --no-reference --out "$OUT/scan_$k.json" 2>&1 | tail -8
   done
   LIMIT=${TEST_LIMIT:-240} step .gpu/scan_kernel --test-threads=1 ${TESTS:-kernel_} 2>&1 | grep -E "^test |test result|panicked|error" | tee "$OUT/test_scan_kernel_cuda.txt"
+  save_cache
+  ;;
+flagstep)
+  # Does the flag ordering (HYMBA_MATMUL_ORDER=flags) hang in a training step, or were the
+  # session-7 runs still compiling? A sync-ordered step first fills the kernel cache for
+  # this binary; then the same step with flags, watched: if it has not finished after
+  # FLAG_LIMIT s, every thread's kernel stack (and gdb's backtraces, if gdb exists) and the
+  # GPU's state are written to $OUT before it is killed.
+  use_cache
+  for p in ${STEP_PRECISIONS:-f32}; do
+    args="bench step --backend cuda --preset hymba-125m --batch ${MB:-2} --seq 2048 --rounds ${ROUNDS:-3} --precision $p"
+    HYMBA_MATMUL_ORDER=sync LIMIT=${WARM_LIMIT:-300} step .gpu/hymba-eval $args --out "$OUT/step_125m_${p}_sync.json" 2>&1 | tail -9
+    echo "=== flags, $p"
+    HYMBA_MATMUL_ORDER=flags .gpu/hymba-eval $args --out "$OUT/step_125m_${p}_flags.json" > "$OUT/step_125m_${p}_flags.txt" 2>&1 &
+    pid=$!
+    t0=$SECONDS
+    while kill -0 $pid 2>/dev/null && [ $((SECONDS - t0)) -lt ${FLAG_LIMIT:-120} ]; do sleep 1; done
+    if kill -0 $pid 2>/dev/null; then
+      echo "=== still running after $((SECONDS - t0)) s: dumping threads"
+      for t in /proc/$pid/task/*; do echo "== $t $(cat $t/comm) wchan=$(cat $t/wchan 2>/dev/null)"; cat $t/stack 2>/dev/null; done > "$OUT/flags_stall_threads_$p.txt"
+      command -v gdb >/dev/null && gdb -p $pid -batch -ex "thread apply all bt 20" > "$OUT/flags_stall_gdb_$p.txt" 2>&1
+      nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >> "$OUT/flags_stall_threads_$p.txt"
+      kill -9 $pid
+    else
+      echo "=== finished in $((SECONDS - t0)) s"
+    fi
+    tail -9 "$OUT/step_125m_${p}_flags.txt"
+  done
   save_cache
   ;;
 order3)
