@@ -408,7 +408,10 @@ pub fn matmul(
     // it runs on that thread, where they are direct calls; the sync ordering blocks on the
     // device, which must not happen on the runner thread, so it stays on the caller's.
     let client = lhs.client.clone();
-    let flags = ordering() == Ordering::Flags && !FLAGS_REFUSED.load(AtomicOrdering::Relaxed);
+    let order = match ordering() {
+        Ordering::Flags if FLAGS_REFUSED.load(AtomicOrdering::Relaxed) => Ordering::Sync,
+        order => order,
+    };
     let run = move || {
         let (l, r) = (operand(lhs), operand(rhs));
         let client = l.tensor.client.clone();
@@ -428,11 +431,11 @@ pub fn matmul(
             [m, k, n],
             batch,
             (l_batched, r_batched),
-            flags,
+            order,
         );
         out
     };
-    if !flags {
+    if order != Ordering::Flags {
         return run();
     }
     client
@@ -451,7 +454,7 @@ fn enqueue(
     [m, k, n]: [usize; 3],
     batch: usize,
     batched: (bool, bool),
-    flags: bool,
+    order: Ordering,
 ) {
     let dtype = out.dtype;
     let resource = |t: &CubeTensor<CudaRuntime>| {
@@ -465,7 +468,7 @@ fn enqueue(
     let (lp, rp, op) = (lr.resource().ptr, rr.resource().ptr, or.resource().ptr);
 
     with_lane(client, device, |lane| {
-        let seq = if flags {
+        let seq = if order == Ordering::Flags {
             let seq = lane.wait_for_cubecl(client);
             if seq.is_none() {
                 // On the runner thread: `client.sync()` would wait on itself. Everything
@@ -479,8 +482,8 @@ fn enqueue(
         } else {
             None
         };
-        let ordered = ordering() != Ordering::Unordered;
-        if !flags && ordered {
+        let ordered = order != Ordering::Unordered;
+        if order == Ordering::Sync {
             // Everything queued before this product must be done: cuBLAS runs on its own
             // stream.
             if let Err(e) = cubecl::future::block_on(client.sync()) {
