@@ -272,6 +272,48 @@ mod cube {
         sb[slot] = pb;
     }
 
+    /// Every state's [`fold_steps`] for this unit (states unrolled, decays `av[s]` in
+    /// registers), then the cube's forward [`scan_units`]: the backward kernel's two passes
+    /// (chunk-start states, then each chunk's recomputed states) both start this way.
+    /// Returns the offset of the scanned copy. Call after a barrier; ends on one.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn fold_and_scan<F: Float>(
+        bm: &Tensor<F>,
+        b0: usize,
+        t_first: usize,
+        len: usize,
+        av: &Array<f32>,
+        dt: &Array<f32>,
+        uu: &Array<f32>,
+        sa: &mut SharedMemory<f32>,
+        sb: &mut SharedMemory<f32>,
+        lane: usize,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] items: usize,
+    ) -> usize {
+        #[unroll]
+        for s in 0..n_state {
+            let slot = s * threads + lane;
+            fold_steps::<F>(
+                bm,
+                b0 + s * bm.stride(1),
+                t_first,
+                len,
+                av[s],
+                dt,
+                uu,
+                sa,
+                sb,
+                slot,
+                items,
+            );
+        }
+        sync_cube();
+        scan_units(sa, sb, lane, n_state, threads, false)
+    }
+
     /// Loads a `[b, c, T]` value at step `t` as f32, zero past the sequence.
     #[cube]
     fn load<F: Float>(x: &Tensor<F>, base: usize, t: usize, stride: usize, len: usize) -> f32 {
@@ -584,25 +626,10 @@ mod cube {
                         }
                         dt[i] = d;
                     }
-                    #[unroll]
-                    for s in 0..n_state {
-                        let slot = s * threads + lane;
-                        fold_steps::<F>(
-                            bm,
-                            b0 + s * bm.stride(1),
-                            t_first,
-                            len,
-                            av[s],
-                            &dt,
-                            &uu,
-                            &mut sa,
-                            &mut sb,
-                            slot,
-                            items,
-                        );
-                    }
-                    sync_cube();
-                    let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+                    let res = fold_and_scan::<F>(
+                        bm, b0, t_first, len, &av, &dt, &uu, &mut sa, &mut sb, lane, n_state,
+                        threads, items,
+                    );
                     #[unroll]
                     for s in 0..n_state {
                         let last = res + s * threads + threads - 1;
@@ -691,25 +718,10 @@ mod cube {
                         ddt[i] = 0.0;
                     }
                     // Forward pairs → each unit's start state.
-                    #[unroll]
-                    for s in 0..n_state {
-                        let slot = s * threads + lane;
-                        fold_steps::<F>(
-                            bm,
-                            b0 + s * bm.stride(1),
-                            t_first,
-                            len,
-                            av[s],
-                            &dt,
-                            &uu,
-                            &mut sa,
-                            &mut sb,
-                            slot,
-                            items,
-                        );
-                    }
-                    sync_cube();
-                    let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+                    let res = fold_and_scan::<F>(
+                        bm, b0, t_first, len, &av, &dt, &uu, &mut sa, &mut sb, lane, n_state,
+                        threads, items,
+                    );
                     #[unroll]
                     for s in 0..n_state {
                         let mut h = sh[s];
