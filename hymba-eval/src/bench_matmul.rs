@@ -251,8 +251,12 @@ impl BackendRunner for MatmulBenchJob {
                     host_ms.push(per_call(start.elapsed().as_secs_f64() * 1e3));
                     out
                 }));
-                host_ms.sort_by(f64::total_cmp);
-                let ours_host_ms = host_ms[host_ms.len() / 2];
+                // The closure also ran for the warm-up rounds (JIT compilation on cuda-raw):
+                // the median is over the timed rounds only, as `ours_ms`'s.
+                let first_timed = w.min(host_ms.len().saturating_sub(1));
+                let timed = &mut host_ms[first_timed..];
+                timed.sort_by(f64::total_cmp);
+                let ours_host_ms = timed[timed.len() / 2];
                 let burn_ms = per_call(time_ms::<B, _>(&device, w, r, || {
                     (0..calls).map(|_| lhs.clone().matmul(rhs.clone())).last()
                 }));
