@@ -28,6 +28,8 @@
 #            on the parallel forward, `bench step` per ordering).
 #   flagstep: `bench step` with host syncs (fills the kernel cache), then with the flag
 #            ordering under a watchdog that dumps every thread's stack if it stalls.
+#   planes:  session 8: the scan-kernel tests on CUDA, `bench scan` with and without the
+#            plane-shuffle paths, Nsight Compute on the plane forward and the backward.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -66,6 +68,30 @@ save_cache() {
 step() { echo; echo "=== $*"; local t0=$SECONDS; timeout "${LIMIT:-300}" "$@"; local rc=$?; echo "=== rc=$rc in $((SECONDS - t0)) s"; }
 
 case $part in
+planes)
+  # Session 8: the plane-shuffle paths of the time-parallel scan. 1. the scan-kernel tests
+  # on CUDA (kernel level: both paths, several planes and chunks); 2. `bench scan` for every
+  # kernel with the plane paths, then the time-parallel kernels without them
+  # (HYMBA_SCAN_PLANES=0); 3. Nsight Compute on the plane forward and the backward.
+  use_cache
+  if [ -x .gpu/scan_kernel ]; then
+    LIMIT=${TEST_LIMIT:-200} step .gpu/scan_kernel --test-threads=1 ${TESTS:-kernel_} 2>&1 | grep -E "^test |test result|panicked|error|differ" | tee "$OUT/test_scan_kernel_cuda.txt"
+  fi
+  for kern in ${KERNELS:-parallel tiled}; do
+    LIMIT=${SCAN_LIMIT:-150} step .gpu/hymba-eval bench scan --backend cuda --kernel $kern --no-reference --out "$OUT/scan_planes_$kern.json" 2>&1 | tail -8
+  done
+  if [ "${NOPLANES:-1}" = 1 ]; then
+    HYMBA_SCAN_PLANES=0 LIMIT=${SCAN_LIMIT:-150} step .gpu/hymba-eval bench scan --backend cuda --kernel parallel --no-reference --out "$OUT/scan_noplanes.json" 2>&1 | tail -6
+  fi
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+  if [ -n "$NCU" ] && [ "${NCU_RUN:-1}" = 1 ]; then
+    for kern in ${NCU_KERNELS:-forward_plane backward_parallel}; do
+      LIMIT=${NCU_LIMIT:-100} step "$NCU" --clock-control none --kernel-name regex:$kern --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats .gpu/hymba-eval bench scan --backend cuda --kernel parallel --no-reference --rounds 1 --warmup 0 > "$OUT/ncu_$kern.txt" 2>&1
+      grep -E "Duration|Registers Per|Theoretical Occ|Achieved Occ|Compute \(SM\) Thr|L1/TEX Cache Thr|Memory Thr" "$OUT/ncu_$kern.txt"
+    done
+  fi
+  [ "${SAVE_CACHE:-1}" = 1 ] && save_cache
+  ;;
 kernels)
   LIMIT=120 step .gpu/scan_kernel --test-threads=1 2>&1 | tee "$OUT/test_scan_kernel_cuda.txt"
   LIMIT=120 step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | tee "$OUT/test_matmul_cuda.txt"
@@ -186,7 +212,8 @@ flagstep)
     if kill -0 $pid 2>/dev/null; then
       echo "=== still running after $((SECONDS - t0)) s: dumping threads"
       for t in /proc/$pid/task/*; do echo "== $t $(cat $t/comm) wchan=$(cat $t/wchan 2>/dev/null)"; cat $t/stack 2>/dev/null; done > "$OUT/flags_stall_threads_$p.txt"
-      command -v gdb >/dev/null && gdb -p $pid -batch -ex "thread apply all bt 20" > "$OUT/flags_stall_gdb_$p.txt" 2>&1
+      dbg=$(command -v gdb || command -v cuda-gdb || ls /usr/local/cuda/bin/cuda-gdb 2>/dev/null)
+      [ -n "$dbg" ] && timeout 60 "$dbg" -p $pid -batch -ex "thread apply all bt 20" > "$OUT/flags_stall_gdb_$p.txt" 2>&1
       nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >> "$OUT/flags_stall_threads_$p.txt"
       kill -9 $pid
     else

@@ -61,9 +61,11 @@ const MODEL_GRAD_TOL: f32 = TOL;
 static VARIANT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `check` with each kernel variant: tiled, direct, and the time-parallel kernels
-/// twice, with their automatic cube shape and with 4 units per cube and 3 channels per
+/// three times, with their automatic cube shape, with 4 units per cube and 3 channels per
 /// backward cube (so that even the short shapes span many chunks, chunks end past the
-/// sequence, and channel groups end past the last channel).
+/// sequence, and channel groups end past the last channel), and with 32 units (one plane:
+/// on CUDA the plane paths, which need whole planes; the automatic shape runs them with
+/// several planes on the longer sequences).
 fn with_each_kernel(check: impl Fn(&str)) {
     let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
     for (kernel, name) in [
@@ -77,6 +79,9 @@ fn with_each_kernel(check: impl Fn(&str)) {
     set_parallel_threads(4);
     set_parallel_group(3);
     check("parallel, 4 units, 3 channels");
+    // One plane: on CUDA the plane paths with a single plane per cube, several chunks.
+    set_parallel_threads(32);
+    check("parallel, 32 units, 3 channels");
     set_parallel_threads(0);
     set_parallel_group(0);
     set_scan_kernel(ScanKernel::Auto);
@@ -95,12 +100,14 @@ fn with_each_forward_kernel(check: impl Fn(&str)) {
 /// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64
 /// forward, 32 backward); T is not a multiple of the backward chunk (16 for S = 16, 32 for
 /// S = 3). The last one is long enough for the time-split forward (4 pieces of 76 steps,
-/// the last one 73), checked by `with_each_forward_kernel`.
-const SHAPES: [(usize, usize, usize, usize); 4] = [
+/// the last one 73), checked by `with_each_forward_kernel`. The last is longer than one
+/// chunk of the time-parallel forward at its automatic cube shape (4 planes × 8 steps × 32).
+const SHAPES: [(usize, usize, usize, usize); 5] = [
     (2, 70, 16, 53),
     (1, 5, 3, 37),
     (3, 33, 8, 1),
     (2, 33, 16, 301),
+    (1, 6, 16, 1100),
 ];
 
 fn random<Bk: Backend, const D: usize>(shape: [usize; D], device: &Bk::Device) -> Tensor<Bk, D> {
@@ -214,10 +221,13 @@ fn kernel_forward_equals_reference_cube() {
 fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
     let device = gpu_device();
     let cpu = Default::default();
-    // The long shape is there for the time-split forward; the backward is not split. Over
-    // its 2 × 301 steps the time-summed dA of kernel and (f32) reference drift apart by up
-    // to 4e-4 relative (lavapipe), which is summation order, not a different result.
-    for (k, &shape) in SHAPES.iter().take(3).enumerate() {
+    // The long shapes are there for the forward kernels; the backward is not split. Over
+    // 2 × 301 steps the time-summed dA of kernel and (f32) reference drift apart by up to
+    // 4e-4 relative (lavapipe), which is summation order, not a different result. The
+    // fourth shape gives the time-parallel backward several planes per cube (auto: 128
+    // units) and several chunks (32 units: 64 steps a chunk).
+    let shapes = SHAPES.iter().take(3).chain([&(1, 6, 16, 130)]);
+    for (k, &shape) in shapes.enumerate() {
         for (with_state, with_d_last, transposed) in [
             (false, false, false),
             (true, true, false),

@@ -21,13 +21,8 @@
 //! ours, so each product must be ordered against cubecl's work. Two schemes
 //! (`HYMBA_MATMUL_ORDER`):
 //!
-//! - `sync` (the default): the host waits for the device before the GEMM
-//!   (`client.sync()`) and for the GEMM after it. Each product costs a few tens of µs of
-//!   host time plus a device bubble, and three blocking buffer lookups on cubecl's runner
-//!   thread for the device (0.38 ms of host time per product on the H100 box, measured
-//!   with `bench matmul --backend cuda-raw`): it is why tiny products stay on burn's kernel.
-//! - `flags`: ordered on the device through two 32-bit flags in a cubecl buffer, with no
-//!   host wait:
+//! - `flags` (the default): ordered on the device through two 32-bit flags in a cubecl
+//!   buffer, with no host wait:
 //!   1. a one-thread cubecl kernel on cubecl's stream stores the call's sequence number in
 //!      `ready` — it runs only once everything queued before the product is done;
 //!   2. our stream waits for `ready ≥ seq` (`cuStreamWaitValue32`), runs the GEMM, then
@@ -38,14 +33,16 @@
 //!
 //!   The comparisons are cyclic (as `CU_STREAM_WAIT_VALUE_GEQ`'s), so the counter may wrap.
 //!   The whole host path runs on cubecl's runner thread (`ComputeClient::exclusive`), where
-//!   cubecl's own calls are direct: one round trip per product. On the H100 this passes
-//!   the ordering test and takes every 1.5B product to ≥ 71 % of PyTorch's speed
-//!   (`bench/results/matmul_flags_runnerthread_h100.json`). It is not the default: twice a
-//!   hymba-125m `bench step` with it did not finish (90 and 110 s), against 22 s with
-//!   `sync`. Both were the first step run of a freshly built binary, and the 22 s `sync`
-//!   run came after the first of them had filled the kernel cache, so whether it hangs or
-//!   was still compiling is not determined. If the driver refuses stream memory operations the product falls
-//!   back to a context-wide sync and `sync` is used from then on.
+//!   cubecl's own calls are direct: one round trip per product (2–3 µs of host time per
+//!   product on the H200). It passes the ordering test on an H100 and an H200, reaches
+//!   675 TFLOP/s at 8192³ bf16 on the H200 (`bench/results/matmul_flags_h200.json`), and
+//!   runs hymba-125m training steps (`bench/results/step_125m_*_h200.json`). If the
+//!   driver refuses stream memory operations the product falls back to a context-wide
+//!   sync and `sync` is used from then on.
+//! - `sync`: the host waits for the device before the GEMM (`client.sync()`) and for the
+//!   GEMM after it, on the calling thread. Each product costs a device bubble and three
+//!   blocking buffer lookups on cubecl's runner thread (0.38 ms of host time per product
+//!   on the H100 box, `bench matmul --backend cuda-raw`).
 //!
 //! `HYMBA_MATMUL=burn` turns the whole path off (burn's kernel everywhere), for comparisons.
 
@@ -185,9 +182,9 @@ pub fn supports(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) ->
 /// How a product is ordered against cubecl's stream (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ordering {
-    /// Device-side flags: no host wait (`HYMBA_MATMUL_ORDER=flags`).
+    /// Device-side flags: no host wait (the default; `HYMBA_MATMUL_ORDER=flags`).
     Flags,
-    /// Host syncs before and after each product (the default).
+    /// Host syncs before and after each product (`HYMBA_MATMUL_ORDER=sync`).
     Sync,
     /// No ordering at all: wrong results. Exists only so that the ordering test can be
     /// shown to fail (`HYMBA_MATMUL_ORDER=unordered`, honoured in debug builds only).
@@ -210,13 +207,13 @@ pub fn set_ordering(order: Ordering) {
 }
 
 /// The ordering in force: [`set_ordering`]'s, else `HYMBA_MATMUL_ORDER` (`flags` or
-/// `sync`), else sync.
+/// `sync`), else flags.
 pub fn ordering() -> Ordering {
     static ORDER: OnceLock<Ordering> = OnceLock::new();
     let env = *ORDER.get_or_init(|| match std::env::var("HYMBA_MATMUL_ORDER").as_deref() {
-        Ok("flags") => Ordering::Flags,
+        Ok("sync") => Ordering::Sync,
         Ok("unordered") if cfg!(debug_assertions) => Ordering::Unordered,
-        _ => Ordering::Sync,
+        _ => Ordering::Flags,
     });
     match ORDER_OVERRIDE.load(AtomicOrdering::Relaxed) {
         _ if env == Ordering::Unordered => env,

@@ -1,5 +1,6 @@
 //! CubeCL kernels of the selective scan: one `#[cube]` source for every CubeCL runtime
-//! (CUDA, wgpu/Vulkan, lavapipe on a CPU). No plane (warp) operations are used.
+//! (CUDA, wgpu/Vulkan, lavapipe on a CPU). The kernels here use no plane (warp) operations;
+//! the time-parallel ones ([`super::parallel`]) use them where the device has them.
 //!
 //! # Forward (`scan_forward_kernel`)
 //! One unit per (batch, channel), [`FWD_UNITS`] channels per cube; the state `h[S]` lives in

@@ -31,8 +31,16 @@
 //! Global memory written and read back inside a kernel (chunk-start states, the adjoint
 //! carry, the per-channel sums) is only ever read by the unit that wrote it, so no
 //! cross-unit memory fence is needed on any backend (Vulkan's barrier does not order
-//! buffer memory); values are shared between units through shared memory only. No plane
-//! operations are used, so the kernels also run on lavapipe.
+//! buffer memory); values are shared between units through shared memory (and plane
+//! shuffles, below) only.
+//!
+//! # Plane paths
+//! Where the device has plane (warp) operations with planes of 32 units and the cube is
+//! whole planes ([`use_planes`]: CUDA), the scan across units uses shuffles: the forward
+//! runs `scan_forward_plane_kernel` (one exponential per step and state, one barrier per
+//! state), the backward's three cube scans run `scan_units_plane`. Elsewhere (lavapipe has
+//! no plane operations; cubes of fewer than 32 units) the shared-memory scans run; the tests
+//! check both on CUDA.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -41,7 +49,9 @@ use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim};
 
-use self::cube::{scan_backward_parallel_kernel, scan_forward_parallel_kernel};
+use self::cube::{
+    scan_backward_parallel_kernel, scan_forward_parallel_kernel, scan_forward_plane_kernel,
+};
 use super::kernel::SOURCE;
 
 /// Steps per unit per chunk in the forward kernel (registers: 3 per step).
@@ -54,6 +64,10 @@ pub const MAX_THREADS: usize = 128;
 /// Cubes the backward kernel aims for (`batch · groups`): more than a large GPU holds at
 /// once at its register use, few enough to keep the per-cube dB/dC partials small.
 pub const BWD_TARGET_CUBES: usize = 1024;
+
+/// The plane (warp) width the plane paths are written for: CUDA's warp. They run only on
+/// devices whose planes are exactly this wide, with cubes of whole planes.
+pub const PLANE: usize = 32;
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 static GROUP: AtomicUsize = AtomicUsize::new(0);
@@ -95,6 +109,29 @@ pub fn group_for(batch: usize, channels: usize) -> usize {
     }
 }
 
+/// Whether a cube of `threads` units on `client`'s device scans across units with plane
+/// (warp) shuffles instead of through shared memory: the device has plane operations with
+/// planes of exactly [`PLANE`] units (CUDA; not lavapipe, which has none), the cube is whole
+/// planes, and `HYMBA_SCAN_PLANES=0` does not forbid it (`bench scan` compares both paths).
+///
+/// # Why
+/// The shared-memory Kogge–Stone scan kept an H100's L1/shared pipe 97.7 % busy in the
+/// session-7 profile of the forward kernel: 7 rounds of 4 reads and 2 writes per state and
+/// unit, each round behind a barrier. Shuffles move the same values between registers.
+pub fn use_planes<R: CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    threads: usize,
+) -> bool {
+    let props = client.properties();
+    let hw = &props.hardware;
+    props.features.plane.contains(cubecl::features::Plane::Ops)
+        && hw.plane_size_min as usize == PLANE
+        && hw.plane_size_max as usize == PLANE
+        && threads >= PLANE
+        && threads % PLANE == 0
+        && std::env::var("HYMBA_SCAN_PLANES").map_or(true, |v| v != "0")
+}
+
 /// Inputs of a launch, already in the kernels' dtypes (large tensors in the storage dtype,
 /// A, D, bias and states in f32).
 pub(super) struct Launch<R: CubeRuntime> {
@@ -124,6 +161,34 @@ pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &
         4 * states,
         max_shared.saturating_sub(8 * states),
     );
+    if use_planes(&client, threads) {
+        // SAFETY: as below; the cube is whole planes (`use_planes`).
+        unsafe {
+            scan_forward_plane_kernel::launch_unchecked::<R>(
+                &client,
+                CubeCount::Static(channels as u32, batch as u32, 1),
+                CubeDim::new_1d(threads as u32),
+                x.u.into_tensor_arg(),
+                x.delta.into_tensor_arg(),
+                x.z.into_tensor_arg(),
+                x.bm.into_tensor_arg(),
+                x.cm.into_tensor_arg(),
+                x.a.into_tensor_arg(),
+                x.dskip.into_tensor_arg(),
+                x.bias.into_tensor_arg(),
+                x.h0.into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+                h_last.clone().into_tensor_arg(),
+                states,
+                threads,
+                FWD_ITEMS,
+                SOURCE,
+                x.has_h0,
+                dtype.into(),
+            );
+        }
+        return;
+    }
     // SAFETY: every index is in bounds: steps past the sequence are masked, the cube grid
     // is exactly channels × batch, and outputs have the shapes indexed.
     unsafe {
@@ -198,6 +263,7 @@ pub(super) fn backward<R: CubeRuntime>(
         d_params: alloc(&[batch, channels, 2 * states + 2], DType::F32),
     };
     let bounds = alloc(&[batch, channels, n_chunks, states], DType::F32);
+    let planes = use_planes(&client, threads);
     // SAFETY: as for the forward; channels past the last are skipped by every unit alike
     // (the group loop's bound is uniform over the cube), and `d_bc` has a row per cube.
     unsafe {
@@ -228,6 +294,7 @@ pub(super) fn backward<R: CubeRuntime>(
             SOURCE,
             x.has_h0,
             has_d_last,
+            planes,
             dtype.into(),
         );
     }
@@ -239,6 +306,7 @@ pub(super) fn backward<R: CubeRuntime>(
 mod cube {
     use cubecl::prelude::*;
 
+    use super::PLANE;
     use crate::scan::kernel::cube::{sigmoid, softplus};
 
     /// Folds this unit's `items` steps from `t_first` into one `(a, b)` pair of state `s`
@@ -292,6 +360,7 @@ mod cube {
         #[comptime] n_state: usize,
         #[comptime] threads: usize,
         #[comptime] items: usize,
+        #[comptime] planes: bool,
     ) -> usize {
         #[unroll]
         for s in 0..n_state {
@@ -311,7 +380,7 @@ mod cube {
             );
         }
         sync_cube();
-        scan_units(sa, sb, lane, n_state, threads, false)
+        scan_units(sa, sb, lane, n_state, threads, false, planes)
     }
 
     /// Loads a `[b, c, T]` value at step `t` as f32, zero past the sequence.
@@ -324,6 +393,97 @@ mod cube {
         v
     }
 
+    /// Inclusive scan of one pair `(a, b)` per unit over the units of a plane, under the
+    /// composition of [`scan_units`]: forward (lane l composes lanes 0..=l) or, with
+    /// `reverse`, backward (lanes l..). Kogge–Stone with shuffles, log₂([`PLANE`]) rounds;
+    /// every unit of the plane must call it.
+    #[cube]
+    fn plane_scan_pair(a: f32, b: f32, #[comptime] reverse: bool) -> (f32, f32) {
+        let pl = UNIT_POS_PLANE;
+        let mut a = a;
+        let mut b = b;
+        let mut d = 1u32;
+        #[unroll]
+        for _round in 0..comptime!(PLANE.trailing_zeros()) {
+            let (an, bn, has) = if reverse {
+                (
+                    plane_shuffle_down(a, d),
+                    plane_shuffle_down(b, d),
+                    pl + d < comptime!(PLANE as u32),
+                )
+            } else {
+                (plane_shuffle_up(a, d), plane_shuffle_up(b, d), pl >= d)
+            };
+            if has {
+                b += a * bn;
+                a *= an;
+            }
+            d *= 2;
+        }
+        (a, b)
+    }
+
+    /// [`scan_units`] with plane shuffles: each plane scans its units' pairs in registers
+    /// ([`plane_scan_pair`]) and its edge unit leaves the plane's total in shared memory;
+    /// after one barrier every unit composes the totals of the planes before it (after it,
+    /// with `reverse`) into its own. Two barriers for all states, against log₂(threads).
+    /// The cube must be whole planes.
+    #[cube]
+    fn scan_units_plane(
+        sa: &mut SharedMemory<f32>,
+        sb: &mut SharedMemory<f32>,
+        lane: usize,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] reverse: bool,
+    ) -> usize {
+        let warps = comptime!(threads / PLANE);
+        let plane = comptime!(PLANE);
+        let copy = comptime!(n_state * threads);
+        let mut wa = SharedMemory::<f32>::new(comptime!(n_state * warps));
+        let mut wb = SharedMemory::<f32>::new(comptime!(n_state * warps));
+        let pl = UNIT_POS_PLANE;
+        let w = lane / plane;
+        let edge = comptime!(if reverse { 0u32 } else { PLANE as u32 - 1 });
+        for s in 0..n_state {
+            let i = s * threads + lane;
+            let (a, b) = plane_scan_pair(sa[i], sb[i], reverse);
+            sa[copy + i] = a;
+            sb[copy + i] = b;
+            if pl == edge {
+                wa[s * warps + w] = a;
+                wb[s * warps + w] = b;
+            }
+        }
+        sync_cube();
+        if comptime!(warps > 1) {
+            for s in 0..n_state {
+                let i = copy + s * threads + lane;
+                // The planes applied before this one, composed (identity for the first).
+                let mut pa = 1.0f32;
+                let mut pb = 0.0f32;
+                for vv in 0..warps {
+                    let mut v = vv;
+                    let mut before = vv < w;
+                    if reverse {
+                        v = warps - 1 - vv;
+                        before = v > w;
+                    }
+                    if before {
+                        let ta = wa[s * warps + v];
+                        pb = ta * pb + wb[s * warps + v];
+                        pa *= ta;
+                    }
+                }
+                let a = sa[i];
+                sb[i] = a * pb + sb[i];
+                sa[i] = a * pa;
+            }
+            sync_cube();
+        }
+        copy.runtime()
+    }
+
     /// Inclusive scan of the pairs `(sa[s·threads + j], sb[s·threads + j])` over units `j`,
     /// for every state `s`, under `(a₂, b₂) ∘ (a₁, b₁) = (a₂a₁, a₂b₁ + b₂)`: forward (unit j
     /// composes units 0..=j) or, with `reverse`, backward (units j..). Kogge–Stone,
@@ -331,8 +491,29 @@ mod cube {
     /// 0; each of the log₂(threads) rounds reads one copy and writes the other, so it needs
     /// one barrier and no registers per state (the states are a runtime loop). Returns the
     /// offset of the copy holding the result. Call after a barrier; ends on one.
+    ///
+    /// With `planes` (see [`super::use_planes`]) [`scan_units_plane`] does the same with warp
+    /// shuffles.
     #[cube]
     pub fn scan_units(
+        sa: &mut SharedMemory<f32>,
+        sb: &mut SharedMemory<f32>,
+        lane: usize,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] reverse: bool,
+        #[comptime] planes: bool,
+    ) -> usize {
+        if comptime!(planes) {
+            scan_units_plane(sa, sb, lane, n_state, threads, reverse)
+        } else {
+            scan_units_shared(sa, sb, lane, n_state, threads, reverse)
+        }
+    }
+
+    /// [`scan_units`] through shared memory: Kogge–Stone, one barrier per round.
+    #[cube]
+    fn scan_units_shared(
         sa: &mut SharedMemory<f32>,
         sb: &mut SharedMemory<f32>,
         lane: usize,
@@ -473,7 +654,7 @@ mod cube {
                 );
             }
             sync_cube();
-            let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false);
+            let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, false, false);
             for s in 0..n_state {
                 let av = sav[s];
                 let mut h = carry[s];
@@ -517,6 +698,170 @@ mod cube {
         }
     }
 
+    /// The forward of [`scan_forward_parallel_kernel`] with plane shuffles, as `mamba_ssm`'s
+    /// forward: one cube per (channel, batch), `threads` units (whole planes), each holding
+    /// `items` consecutive steps of every chunk. State by state, each unit computes its
+    /// steps' decays `exp(Δ·A)` and inputs `Δ·u·B` once, into registers, folds them into one
+    /// pair, the plane scans the pairs with shuffles ([`plane_scan_pair`]), the planes'
+    /// totals meet in shared memory behind one barrier, and the unit re-walks its steps from
+    /// its start state, adding `h·C` to y. One exponential per (step, state) and one barrier
+    /// per state, where the shared-memory kernel computes the exponential twice and passes
+    /// `2·log₂(threads)` barriers.
+    ///
+    /// The chunk's carry (`carry[parity · S + s]`) is double-buffered by chunk parity: unit 0
+    /// writes the next chunk's while the others still read this one's.
+    #[cube(
+        launch_unchecked,
+        fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+    )]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan_forward_plane_kernel<F: Float>(
+        u: &Tensor<F>,
+        delta: &Tensor<F>,
+        z: &Tensor<F>,
+        bm: &Tensor<F>,
+        cm: &Tensor<F>,
+        a: &Tensor<f32>,
+        dskip: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        y: &mut Tensor<F>,
+        h_last: &mut Tensor<f32>,
+        #[comptime] n_state: usize,
+        #[comptime] threads: usize,
+        #[comptime] items: usize,
+        #[comptime] _source: u64,
+        #[comptime] has_h0: bool,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let len = u.shape(2);
+        let c = CUBE_POS_X as usize;
+        let b = CUBE_POS_Y as usize;
+        let lane = UNIT_POS_X as usize;
+        let pl = UNIT_POS_PLANE;
+        let warps = comptime!(threads / PLANE);
+        let plane = comptime!(PLANE);
+        let w = lane / plane;
+        let mut wa = SharedMemory::<f32>::new(comptime!(n_state * warps));
+        let mut wb = SharedMemory::<f32>::new(comptime!(n_state * warps));
+        let mut sav = SharedMemory::<f32>::new(n_state);
+        let mut carry = SharedMemory::<f32>::new(comptime!(2 * n_state));
+
+        let mut s0 = lane;
+        while s0 < n_state {
+            sav[s0] = a[c * a.stride(0) + s0 * a.stride(1)];
+            let mut h = 0.0f32;
+            if has_h0 {
+                h = h0[b * h0.stride(0) + c * h0.stride(1) + s0 * h0.stride(2)];
+            }
+            carry[s0] = h;
+            s0 += threads;
+        }
+        let dv = dskip[c * dskip.stride(0)];
+        let bv = bias[c * bias.stride(0)];
+        let u0 = b * u.stride(0) + c * u.stride(1);
+        let d0 = b * delta.stride(0) + c * delta.stride(1);
+        let z0 = b * z.stride(0) + c * z.stride(1);
+        let y0 = b * y.stride(0) + c * y.stride(1);
+        let bs = bm.stride(1);
+        let bt = bm.stride(2);
+        let cs = cm.stride(1);
+        let ct = cm.stride(2);
+        let b0 = b * bm.stride(0);
+        let c0 = b * cm.stride(0);
+
+        let mut uu = Array::<f32>::new(items);
+        let mut dt = Array::<f32>::new(items);
+        let mut yv = Array::<f32>::new(items);
+        let mut ev = Array::<f32>::new(items);
+        let mut bx = Array::<f32>::new(items);
+        let chunk = comptime!(threads * items);
+        let n_chunks = (len + chunk - 1) / chunk;
+        sync_cube();
+        for k in 0..n_chunks {
+            let t_first = k * chunk + lane * items;
+            let cur = (k % 2) * n_state;
+            let next = comptime!(n_state) - cur;
+            // Steps past the sequence get Δ = 0, u = 0: the identity (1, 0).
+            #[unroll]
+            for i in 0..items {
+                let t = t_first + i;
+                uu[i] = load::<F>(u, u0, t, u.stride(2), len);
+                let mut d = 0.0f32;
+                if t < len {
+                    d = softplus(f32::cast_from(delta[d0 + t * delta.stride(2)]) + bv);
+                }
+                dt[i] = d;
+                yv[i] = dv * uu[i];
+            }
+            for s in 0..n_state {
+                let av = sav[s];
+                let mut pa = 1.0f32;
+                let mut pb = 0.0f32;
+                #[unroll]
+                for i in 0..items {
+                    let bvv = load::<F>(bm, b0 + s * bs, t_first + i, bt, len);
+                    let e = f32::exp(dt[i] * av);
+                    let x = dt[i] * uu[i] * bvv;
+                    ev[i] = e;
+                    bx[i] = x;
+                    pa *= e;
+                    pb = e * pb + x;
+                }
+                let (ia, ib) = plane_scan_pair(pa, pb, false);
+                // This unit's start within its plane: the previous lane's inclusive pair.
+                let xa = plane_shuffle_up(ia, 1u32);
+                let xb = plane_shuffle_up(ib, 1u32);
+                if pl == comptime!(PLANE as u32 - 1) {
+                    wa[s * warps + w] = ia;
+                    wb[s * warps + w] = ib;
+                }
+                sync_cube();
+                let mut h = carry[cur + s];
+                for v in 0..warps {
+                    if v < w {
+                        h = wa[s * warps + v] * h + wb[s * warps + v];
+                    }
+                }
+                if pl > 0 {
+                    h = xa * h + xb;
+                }
+                #[unroll]
+                for i in 0..items {
+                    let cvv = load::<F>(cm, c0 + s * cs, t_first + i, ct, len);
+                    h = ev[i] * h + bx[i];
+                    yv[i] += h * cvv;
+                }
+                if lane == 0 {
+                    let mut hc = carry[cur + s];
+                    for v in 0..warps {
+                        hc = wa[s * warps + v] * hc + wb[s * warps + v];
+                    }
+                    carry[next + s] = hc;
+                }
+            }
+            #[unroll]
+            for i in 0..items {
+                let t = t_first + i;
+                if t < len {
+                    let zz = f32::cast_from(z[z0 + t * z.stride(2)]);
+                    y[y0 + t * y.stride(2)] = F::cast_from(yv[i] * (zz * sigmoid(zz)));
+                }
+            }
+            // The plane totals of state s are rewritten in the next chunk (and, with one
+            // state, the next state's are these): everyone must have read them.
+            sync_cube();
+        }
+
+        let last = (n_chunks % 2) * n_state;
+        let mut s2 = lane;
+        while s2 < n_state {
+            h_last[b * h_last.stride(0) + c * h_last.stride(1) + s2 * h_last.stride(2)] =
+                carry[last + s2];
+            s2 += threads;
+        }
+    }
+
     /// One cube per (group of channels, batch); see the module docs. `d_params[b, c, :]` =
     /// `[dA (S) | adjoint carry → d initial_state (S) | dD | d delta_bias]`, slot `p` owned
     /// (written and read) by unit `p mod threads` only; `bounds[b, c, k, s]` (the state at
@@ -550,6 +895,7 @@ mod cube {
         #[comptime] _source: u64,
         #[comptime] has_h0: bool,
         #[comptime] has_d_last: bool,
+        #[comptime] planes: bool,
         #[define(F)] _dtype: StorageType,
     ) {
         let channels = u.shape(1);
@@ -628,7 +974,7 @@ mod cube {
                     }
                     let res = fold_and_scan::<F>(
                         bm, b0, t_first, len, &av, &dt, &uu, &mut sa, &mut sb, lane, n_state,
-                        threads, items,
+                        threads, items, planes,
                     );
                     #[unroll]
                     for s in 0..n_state {
@@ -720,7 +1066,7 @@ mod cube {
                     // Forward pairs → each unit's start state.
                     let res = fold_and_scan::<F>(
                         bm, b0, t_first, len, &av, &dt, &uu, &mut sa, &mut sb, lane, n_state,
-                        threads, items,
+                        threads, items, planes,
                     );
                     #[unroll]
                     for s in 0..n_state {
@@ -755,7 +1101,7 @@ mod cube {
                         sb[s * threads + lane] = pb;
                     }
                     sync_cube();
-                    let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, true);
+                    let res = scan_units(&mut sa, &mut sb, lane, n_state, threads, true, planes);
                     #[unroll]
                     for s in 0..n_state {
                         let mut r = sr[s];
