@@ -128,7 +128,7 @@ pub fn use_planes<R: CubeRuntime>(
         && hw.plane_size_min as usize == PLANE
         && hw.plane_size_max as usize == PLANE
         && threads >= PLANE
-        && threads % PLANE == 0
+        && threads.is_multiple_of(PLANE)
         && std::env::var("HYMBA_SCAN_PLANES").map_or(true, |v| v != "0")
 }
 
