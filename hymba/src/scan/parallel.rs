@@ -129,7 +129,14 @@ pub fn use_planes<R: CubeRuntime>(
         && hw.plane_size_max as usize == PLANE
         && threads >= PLANE
         && threads.is_multiple_of(PLANE)
-        && std::env::var("HYMBA_SCAN_PLANES").map_or(true, |v| v != "0")
+        && planes_allowed()
+}
+
+/// `HYMBA_SCAN_PLANES=0` forbids the plane paths; read once per process (this sits on the
+/// path of every scan launch).
+fn planes_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var("HYMBA_SCAN_PLANES").map_or(true, |v| v != "0"))
 }
 
 /// Inputs of a launch, already in the kernels' dtypes (large tensors in the storage dtype,
