@@ -195,6 +195,9 @@ pub struct ScanBenchReport {
     pub backend: String,
     /// burn's name of the device/backend.
     pub device: String,
+    /// The GPU's name as nvidia-smi gives it (CUDA only), so that a committed file says
+    /// which card it was measured on.
+    pub device_name: Option<String>,
     /// Peak bandwidth used for the percentages, GB/s.
     pub peak_gbps: Option<f64>,
     /// Timed rounds per measurement.
@@ -459,9 +462,13 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
         row.fwd_pct_peak = peak.map(|p| 100.0 * row.fwd_gbps / p);
         row.fwd_bwd_pct_peak = peak.map(|p| 100.0 * row.fwd_bwd_gbps / p);
     }
+    let device_name = matches!(kind, BackendKind::Cuda | BackendKind::CudaRaw)
+        .then(|| gpu_name(args.target.device))
+        .flatten();
     let report = ScanBenchReport {
         backend: kind.to_string(),
         device,
+        device_name,
         peak_gbps: peak,
         rounds: args.rounds,
         rows,

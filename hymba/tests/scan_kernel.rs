@@ -101,6 +101,33 @@ fn with_each_forward_kernel(check: impl Fn(&str)) {
     set_scan_split(false);
 }
 
+/// For the tests through burn's fusion backend: on CUDA every variant as
+/// [`with_each_kernel`] (`forward` adds the time-split one); elsewhere one, the time-parallel
+/// kernels at 4 units and 3 channels per cube (the most chunk and group boundaries).
+///
+/// # Why
+/// The fusion wrapper only hands the kernels their buffers: which kernel runs behind it
+/// changes nothing there, and the bare-backend tests check every kernel. On lavapipe every
+/// variant costs minutes of CI (the whole file took 8.5 of them).
+fn with_fusion_kernels(forward: bool, check: impl Fn(&str)) {
+    if cfg!(feature = "cuda") {
+        if forward {
+            with_each_forward_kernel(check);
+        } else {
+            with_each_kernel(check);
+        }
+        return;
+    }
+    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
+    set_scan_kernel(ScanKernel::Parallel);
+    set_parallel_threads(4);
+    set_parallel_group(3);
+    check("parallel, 4 units, 3 channels");
+    set_parallel_threads(0);
+    set_parallel_group(0);
+    set_scan_kernel(ScanKernel::Auto);
+}
+
 /// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64
 /// forward, 32 backward); T is not a multiple of the backward chunk (16 for S = 16, 32 for
 /// S = 3). The last one is long enough for the time-split forward (4 pieces of 76 steps,
@@ -113,9 +140,11 @@ const SHAPES: [(usize, usize, usize, usize); 4] = [
 ];
 
 /// Shapes for the plane paths (CUDA only, see [`with_each_kernel`]): longer than one chunk
-/// of the time-parallel forward at its automatic cube shape (4 planes × 8 steps × 32).
+/// of the time-parallel forward at its automatic cube shape (4 planes × 8 steps × 32). With
+/// time innermost the plane forward reads them in vectors of 4 steps (1100: rows of 4n
+/// steps) and of 8 (1536); transposed, one step at a time.
 #[cfg(feature = "cuda")]
-const PLANE_SHAPES: &[(usize, usize, usize, usize)] = &[(1, 6, 16, 1100)];
+const PLANE_SHAPES: &[(usize, usize, usize, usize)] = &[(1, 6, 16, 1100), (2, 3, 16, 1536)];
 #[cfg(not(feature = "cuda"))]
 const PLANE_SHAPES: &[(usize, usize, usize, usize)] = &[];
 
@@ -219,7 +248,9 @@ fn check_forward<Bk: ScanBackend<Device = Dev>>(name: &str) {
 
 #[test]
 fn kernel_forward_equals_reference_fusion() {
-    with_each_forward_kernel(|k| check_forward::<Fused>(&format!("{} [{k}]", gpu::NAME)));
+    with_fusion_kernels(true, |k| {
+        check_forward::<Fused>(&format!("{} [{k}]", gpu::NAME))
+    });
 }
 
 #[test]
@@ -233,10 +264,10 @@ fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
     // The long shapes are there for the forward kernels; the backward is not split. Over
     // 2 × 301 steps the time-summed dA of kernel and (f32) reference drift apart by up to
     // 4e-4 relative (lavapipe), which is summation order, not a different result. On CUDA
-    // a fourth shape gives the time-parallel backward several planes per cube (auto: 128
-    // units) and several chunks (32 units: 64 steps a chunk).
+    // the plane backward (8 steps per unit) gets one plane and one chunk (130 steps), then
+    // several planes and chunks with steps read 4 (1100) and 8 (1536) at a time.
     let plane_shape: &[(usize, usize, usize, usize)] = if cfg!(feature = "cuda") {
-        &[(1, 6, 16, 130)]
+        &[(1, 6, 16, 130), (1, 6, 16, 1100), (2, 3, 16, 1536)]
     } else {
         &[]
     };
@@ -296,7 +327,9 @@ fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
 
 #[test]
 fn kernel_backward_equals_reference_fusion() {
-    with_each_kernel(|k| check_backward::<Fused>(&format!("{} [{k}]", gpu::NAME)));
+    with_fusion_kernels(false, |k| {
+        check_backward::<Fused>(&format!("{} [{k}]", gpu::NAME))
+    });
 }
 
 #[test]
@@ -341,7 +374,9 @@ fn check_steps<Bk: ScanBackend<Device = Dev>>(name: &str) {
 
 #[test]
 fn kernel_step_equals_reference_fusion() {
-    with_each_kernel(|k| check_steps::<Fused>(&format!("{} [{k}]", gpu::NAME)));
+    with_fusion_kernels(false, |k| {
+        check_steps::<Fused>(&format!("{} [{k}]", gpu::NAME))
+    });
 }
 
 #[test]
@@ -437,7 +472,9 @@ fn grads_of<A: AutodiffBackend>(
 
 #[test]
 fn autodiff_kernel_gradients_equal_reference_fusion() {
-    with_each_kernel(|k| check_autodiff::<Fused>(&format!("Autodiff<{}> [{k}]", gpu::NAME)));
+    with_fusion_kernels(false, |k| {
+        check_autodiff::<Fused>(&format!("Autodiff<{}> [{k}]", gpu::NAME))
+    });
 }
 
 #[test]

@@ -85,8 +85,14 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
 /// name and comptime values only, so without it a changed kernel of the same name would be
 /// served from a cache filled by an older build (this happened: an H100 run of a rewritten
 /// kernel timed the cached previous version).
-pub const SOURCE: u64 =
-    fnv1a(concat!(include_str!("kernel.rs"), include_str!("parallel.rs")).as_bytes());
+pub const SOURCE: u64 = fnv1a(
+    concat!(
+        include_str!("kernel.rs"),
+        include_str!("parallel.rs"),
+        include_str!("plane_bwd.rs")
+    )
+    .as_bytes(),
+);
 
 /// Channels per cube of the forward kernel.
 pub const FWD_UNITS: usize = 32;
@@ -110,9 +116,10 @@ pub enum ScanKernel {
     Direct,
     /// Time split among the units of a cube, scanned in parallel ([`super::parallel`]).
     Parallel,
-    /// Per call: [`ScanKernel::Parallel`] when batch × channels is at most
-    /// [`PARALLEL_MAX_ROWS`] (too few sequences to fill a GPU one unit each), else
-    /// [`ScanKernel::Tiled`]. The default.
+    /// Per call: [`ScanKernel::Parallel`] on devices with the plane paths (CUDA: there it
+    /// was the faster one at every shape of `bench scan`), elsewhere when batch × channels
+    /// is at most [`PARALLEL_MAX_ROWS`] (too few sequences to fill a GPU one unit each),
+    /// else [`ScanKernel::Tiled`]. The default.
     Auto,
 }
 
@@ -123,10 +130,11 @@ pub enum ScanKernel {
 pub const PARALLEL_MAX_ROWS: usize = 8192;
 
 impl ScanKernel {
-    /// The concrete kernels for `rows` = batch × channels sequences.
-    pub fn resolve(self, rows: usize) -> ScanKernel {
+    /// The concrete kernels for `rows` = batch × channels sequences, on a device with
+    /// (`planes`) or without the plane paths ([`parallel::use_planes`]).
+    pub fn resolve(self, rows: usize, planes: bool) -> ScanKernel {
         match self {
-            ScanKernel::Auto if rows <= PARALLEL_MAX_ROWS => ScanKernel::Parallel,
+            ScanKernel::Auto if planes || rows <= PARALLEL_MAX_ROWS => ScanKernel::Parallel,
             ScanKernel::Auto => ScanKernel::Tiled,
             k => k,
         }
@@ -225,7 +233,8 @@ pub fn backward_chunk<R: CubeRuntime>(
 /// states (`pieces · FWD_UNITS · S` floats) within 32 KiB of shared memory. Only when
 /// [`scan_split`] allows it.
 pub fn forward_pieces(rows: usize, len: usize, states: usize) -> usize {
-    if scan_kernel().resolve(rows) != ScanKernel::Tiled || !scan_split() {
+    // Without the plane paths: where they exist, `Auto` never runs the tiled kernels.
+    if scan_kernel().resolve(rows, false) != ScanKernel::Tiled || !scan_split() {
         return 1;
     }
     let mut pieces = (131_072 / rows.max(1)).next_power_of_two().clamp(1, 8);
@@ -1219,7 +1228,8 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 
     let y = alloc_like(&z, dtype);
     let h_last = alloc(&u, &[batch, channels, states], DType::F32);
-    let kernel = scan_kernel().resolve(batch * channels);
+    let planes = parallel::use_planes(&u.client, parallel::PLANE);
+    let kernel = scan_kernel().resolve(batch * channels, planes);
     if kernel == ScanKernel::Parallel {
         let launch = parallel::Launch {
             u,
@@ -1352,7 +1362,8 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let dtype = input.u.dtype();
     let [batch, channels, len] = input.u.shape().dims::<3>();
     let states = input.a.shape().dims::<2>()[1];
-    let kernel = scan_kernel().resolve(batch * channels);
+    let planes = parallel::use_planes(&input.u.client, parallel::PLANE);
+    let kernel = scan_kernel().resolve(batch * channels, planes);
     if kernel == ScanKernel::Parallel {
         return backward_parallel(input, dy, d_last_state);
     }

@@ -26,6 +26,8 @@ pub mod fusion;
 pub mod kernel;
 #[cfg(feature = "cube")]
 pub mod parallel;
+#[cfg(feature = "cube")]
+mod plane_bwd;
 pub mod reference;
 pub mod reference_vjp;
 

@@ -38,9 +38,11 @@
 //! Where the device has plane (warp) operations with planes of 32 units and the cube is
 //! whole planes ([`use_planes`]: CUDA), the scan across units uses shuffles: the forward
 //! runs `scan_forward_plane_kernel` (one exponential per step and state, one barrier per
-//! state), the backward's three cube scans run `scan_units_plane`. Elsewhere (lavapipe has
-//! no plane operations; cubes of fewer than 32 units) the shared-memory scans run; the tests
-//! check both on CUDA.
+//! state, inputs read in vectors of steps where time is innermost: [`vector_width`]), and
+//! the backward runs `super::plane_bwd` (one channel per cube, 8 steps per unit, dB and dC
+//! added atomically) when the device adds f32 atomically, else this file's backward with
+//! its three cube scans in `scan_units_plane`. Elsewhere (lavapipe has no plane operations;
+//! cubes of fewer than 32 units) the shared-memory scans run; the tests check both on CUDA.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -132,6 +134,40 @@ pub fn use_planes<R: CubeRuntime>(
         && planes_allowed()
 }
 
+/// Steps per vector access in the plane forward (`scan_forward_plane_kernel`): the largest
+/// of `items`, 4, 2 that divides `items` and that every tensor allows, else 1. A tensor
+/// allows `w` when it lives on CUDA (cubecl's vectors of 8 are CUDA structs; WGSL has none
+/// wider than 4), its time stride is 1, its length, batch and channel strides are multiples
+/// of `w`, and its buffer offset is aligned to `w` elements — so that every access is one
+/// aligned vector either wholly inside the sequence or wholly past it.
+/// `HYMBA_SCAN_VECTOR=0` forces 1 (`bench scan` compares both).
+pub fn vector_width<R: CubeRuntime>(tensors: &[&CubeTensor<R>], items: usize) -> usize {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let allowed =
+        *ALLOWED.get_or_init(|| std::env::var("HYMBA_SCAN_VECTOR").map_or(true, |v| v != "0"));
+    let Some(first) = tensors.first() else {
+        return 1;
+    };
+    if !allowed || R::name(&first.client) != "cuda" {
+        return 1;
+    }
+    let fits = |w: usize, t: &CubeTensor<R>| {
+        let strides = t.meta.strides();
+        let len = t.shape().dims::<3>()[2];
+        let bytes = w * t.dtype.size();
+        strides.len() == 3
+            && strides[2] == 1
+            && len.is_multiple_of(w)
+            && strides[0].is_multiple_of(w)
+            && strides[1].is_multiple_of(w)
+            && (t.handle.offset_start.unwrap_or(0) as usize).is_multiple_of(bytes)
+    };
+    [items, 4, 2]
+        .into_iter()
+        .find(|&w| items.is_multiple_of(w) && tensors.iter().all(|t| fits(w, t)))
+        .unwrap_or(1)
+}
+
 /// `HYMBA_SCAN_PLANES=0` forbids the plane paths; read once per process (this sits on the
 /// path of every scan launch).
 fn planes_allowed() -> bool {
@@ -169,12 +205,15 @@ pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &
         max_shared.saturating_sub(8 * states),
     );
     if use_planes(&client, threads) {
-        // SAFETY: as below; the cube is whole planes (`use_planes`).
+        let vec = vector_width(&[&x.u, &x.delta, &x.z, &x.bm, &x.cm, y], FWD_ITEMS);
+        // SAFETY: as below; the cube is whole planes (`use_planes`), and with `vec > 1`
+        // every vector access is whole and aligned (`vector_width`).
         unsafe {
             scan_forward_plane_kernel::launch_unchecked::<R>(
                 &client,
                 CubeCount::Static(channels as u32, batch as u32, 1),
                 CubeDim::new_1d(threads as u32),
+                vec,
                 x.u.into_tensor_arg(),
                 x.delta.into_tensor_arg(),
                 x.z.into_tensor_arg(),
@@ -250,6 +289,10 @@ pub(super) fn backward<R: CubeRuntime>(
     let states = x.a.shape().dims::<2>()[1];
     let dtype = x.u.dtype();
     let client = x.u.client.clone();
+    let plane_threads = super::plane_bwd::threads(&client, len, states);
+    if super::plane_bwd::usable(&client, plane_threads) {
+        return super::plane_bwd::backward(x, dy, d_last, plane_threads, alloc_like, alloc);
+    }
     let max_shared = client
         .properties()
         .hardware
@@ -310,7 +353,7 @@ pub(super) fn backward<R: CubeRuntime>(
 
 // `div_ceil` is not a cube function.
 #[allow(clippy::manual_div_ceil)]
-mod cube {
+pub(crate) mod cube {
     use cubecl::prelude::*;
 
     use super::PLANE;
@@ -405,7 +448,7 @@ mod cube {
     /// `reverse`, backward (lanes l..). Kogge–Stone with shuffles, log₂([`PLANE`]) rounds;
     /// every unit of the plane must call it.
     #[cube]
-    fn plane_scan_pair(a: f32, b: f32, #[comptime] reverse: bool) -> (f32, f32) {
+    pub(crate) fn plane_scan_pair(a: f32, b: f32, #[comptime] reverse: bool) -> (f32, f32) {
         let pl = UNIT_POS_PLANE;
         let mut a = a;
         let mut b = b;
@@ -717,22 +760,28 @@ mod cube {
     ///
     /// The chunk's carry (`carry[parity · S + s]`) is double-buffered by chunk parity: unit 0
     /// writes the next chunk's while the others still read this one's.
+    ///
+    /// The large tensors are read and written as vectors of `N` steps ([`vector_width`]):
+    /// with time innermost, a unit's `items` consecutive steps of u, Δ, z, y and of every
+    /// state's B and C row are `items / N` vector accesses instead of `items` scalar ones.
+    /// B and C are read by every channel's cube (from L1/L2), so their loads are most of the
+    /// kernel's memory instructions. `N = 1` reads through any strides.
     #[cube(
         launch_unchecked,
         fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
     )]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn scan_forward_plane_kernel<F: Float>(
-        u: &Tensor<F>,
-        delta: &Tensor<F>,
-        z: &Tensor<F>,
-        bm: &Tensor<F>,
-        cm: &Tensor<F>,
+    pub(super) fn scan_forward_plane_kernel<F: Float, N: Size>(
+        u: &Tensor<Vector<F, N>>,
+        delta: &Tensor<Vector<F, N>>,
+        z: &Tensor<Vector<F, N>>,
+        bm: &Tensor<Vector<F, N>>,
+        cm: &Tensor<Vector<F, N>>,
         a: &Tensor<f32>,
         dskip: &Tensor<f32>,
         bias: &Tensor<f32>,
         h0: &Tensor<f32>,
-        y: &mut Tensor<F>,
+        y: &mut Tensor<Vector<F, N>>,
         h_last: &mut Tensor<f32>,
         #[comptime] n_state: usize,
         #[comptime] threads: usize,
@@ -771,9 +820,7 @@ mod cube {
         let z0 = b * z.stride(0) + c * z.stride(1);
         let y0 = b * y.stride(0) + c * y.stride(1);
         let bs = bm.stride(1);
-        let bt = bm.stride(2);
         let cs = cm.stride(1);
-        let ct = cm.stride(2);
         let b0 = b * bm.stride(0);
         let c0 = b * cm.stride(0);
 
@@ -782,6 +829,8 @@ mod cube {
         let mut yv = Array::<f32>::new(items);
         let mut ev = Array::<f32>::new(items);
         let mut bx = Array::<f32>::new(items);
+        let mut bb = Array::<f32>::new(items);
+        let mut cc = Array::<f32>::new(items);
         let chunk = comptime!(threads * items);
         let n_chunks = (len + chunk - 1) / chunk;
         sync_cube();
@@ -790,29 +839,26 @@ mod cube {
             let cur = (k % 2) * n_state;
             let next = comptime!(n_state) - cur;
             // Steps past the sequence get Δ = 0, u = 0: the identity (1, 0).
+            load_steps::<F, N>(u, u0, t_first, len, &mut uu, items);
+            // From here on `uu` holds Δ·u (shared by every state), and `sum_dt` makes the
+            // unit's decay product one exponential: Π exp(Δ·A) = exp(A·ΣΔ).
+            let sum_dt = load_dt::<F, N>(delta, d0, t_first, len, bv, &mut dt, items);
             #[unroll]
             for i in 0..items {
-                let t = t_first + i;
-                uu[i] = load::<F>(u, u0, t, u.stride(2), len);
-                let mut d = 0.0f32;
-                if t < len {
-                    d = softplus(f32::cast_from(delta[d0 + t * delta.stride(2)]) + bv);
-                }
-                dt[i] = d;
                 yv[i] = dv * uu[i];
+                uu[i] *= dt[i];
             }
             for s in 0..n_state {
                 let av = sav[s];
-                let mut pa = 1.0f32;
+                load_steps::<F, N>(bm, b0 + s * bs, t_first, len, &mut bb, items);
+                let pa = f32::exp(av * sum_dt);
                 let mut pb = 0.0f32;
                 #[unroll]
                 for i in 0..items {
-                    let bvv = load::<F>(bm, b0 + s * bs, t_first + i, bt, len);
                     let e = f32::exp(dt[i] * av);
-                    let x = dt[i] * uu[i] * bvv;
+                    let x = uu[i] * bb[i];
                     ev[i] = e;
                     bx[i] = x;
-                    pa *= e;
                     pb = e * pb + x;
                 }
                 let (ia, ib) = plane_scan_pair(pa, pb, false);
@@ -823,8 +869,11 @@ mod cube {
                     wa[s * warps + w] = ia;
                     wb[s * warps + w] = ib;
                 }
+                // C's loads go out before the barrier.
+                load_steps::<F, N>(cm, c0 + s * cs, t_first, len, &mut cc, items);
                 sync_cube();
                 let mut h = carry[cur + s];
+                #[unroll]
                 for v in 0..warps {
                     if v < w {
                         h = wa[s * warps + v] * h + wb[s * warps + v];
@@ -835,9 +884,8 @@ mod cube {
                 }
                 #[unroll]
                 for i in 0..items {
-                    let cvv = load::<F>(cm, c0 + s * cs, t_first + i, ct, len);
                     h = ev[i] * h + bx[i];
-                    yv[i] += h * cvv;
+                    yv[i] += h * cc[i];
                 }
                 if lane == 0 {
                     let mut hc = carry[cur + s];
@@ -847,14 +895,14 @@ mod cube {
                     carry[next + s] = hc;
                 }
             }
+            // y = (D·u + Σ h·C) · silu(z).
+            load_steps::<F, N>(z, z0, t_first, len, &mut bb, items);
             #[unroll]
             for i in 0..items {
-                let t = t_first + i;
-                if t < len {
-                    let zz = f32::cast_from(z[z0 + t * z.stride(2)]);
-                    y[y0 + t * y.stride(2)] = F::cast_from(yv[i] * (zz * sigmoid(zz)));
-                }
+                let zz = bb[i];
+                yv[i] *= zz * sigmoid(zz);
             }
+            store_steps::<F, N>(y, y0, t_first, len, &yv, items);
             // The plane totals of state s are rewritten in the next chunk (and, with one
             // state, the next state's are these): everyone must have read them.
             sync_cube();
@@ -866,6 +914,94 @@ mod cube {
             h_last[b * h_last.stride(0) + c * h_last.stride(1) + s2 * h_last.stride(2)] =
                 carry[last + s2];
             s2 += threads;
+        }
+    }
+
+    /// Loads `items` consecutive steps of a `[b, c, T]` row from `t_first` (`base` = the
+    /// element offset of step 0) into `out` as f32, zero past the sequence, `N` steps per
+    /// access. With `N > 1` the row's time stride is 1 and `N` divides the offsets and the
+    /// length ([`vector_width`]), so a vector is wholly inside or wholly past the sequence.
+    #[cube]
+    pub(crate) fn load_steps<F: Float, N: Size>(
+        x: &Tensor<Vector<F, N>>,
+        base: usize,
+        t_first: usize,
+        len: usize,
+        out: &mut Array<f32>,
+        #[comptime] items: usize,
+    ) {
+        let vec = x.vector_size();
+        let stride = x.stride(2);
+        #[unroll]
+        for j in 0..comptime!(items / vec) {
+            let t = t_first + j * vec;
+            if t < len {
+                let v = x[(base + t * stride) / vec];
+                #[unroll]
+                for i in 0..vec {
+                    out[j * vec + i] = f32::cast_from(v[i]);
+                }
+            } else {
+                #[unroll]
+                for i in 0..vec {
+                    out[j * vec + i] = 0.0;
+                }
+            }
+        }
+    }
+
+    /// Loads `items` steps of delta from `t_first` as [`load_steps`] and turns them into
+    /// `Δ = softplus(delta + bias)` (0 past the sequence: the identity step); returns their
+    /// sum (a unit's decay product over its steps is `exp(A·ΣΔ)`).
+    #[cube]
+    pub(crate) fn load_dt<F: Float, N: Size>(
+        delta: &Tensor<Vector<F, N>>,
+        base: usize,
+        t_first: usize,
+        len: usize,
+        bias: f32,
+        dt: &mut Array<f32>,
+        #[comptime] items: usize,
+    ) -> f32 {
+        load_steps::<F, N>(delta, base, t_first, len, dt, items);
+        let mut sum = 0.0f32;
+        #[unroll]
+        for i in 0..items {
+            let mut d = 0.0f32;
+            if t_first + i < len {
+                d = softplus(dt[i] + bias);
+            }
+            dt[i] = d;
+            sum += d;
+        }
+        sum
+    }
+
+    /// Stores `items` consecutive f32 steps from `t_first` into a `[b, c, T]` row in its
+    /// dtype, `N` steps per access, skipping steps past the sequence; the counterpart of
+    /// [`load_steps`], under the same conditions.
+    #[cube]
+    pub(crate) fn store_steps<F: Float, N: Size>(
+        x: &mut Tensor<Vector<F, N>>,
+        base: usize,
+        t_first: usize,
+        len: usize,
+        vals: &Array<f32>,
+        #[comptime] items: usize,
+    ) {
+        let vec = x.vector_size();
+        let stride = x.stride(2);
+        #[unroll]
+        for j in 0..comptime!(items / vec) {
+            let t = t_first + j * vec;
+            if t < len {
+                let mut v = Vector::<F, N>::empty();
+                #[unroll]
+                for i in 0..vec {
+                    v[i] = F::cast_from(vals[j * vec + i]);
+                }
+                x[(base + t * stride) / vec] = v;
+            }
         }
     }
 
