@@ -76,9 +76,7 @@ fn with_each_kernel(check: impl Fn(&str)) {
         set_scan_kernel(kernel);
         check(name);
     }
-    set_parallel_threads(4);
-    set_parallel_group(3);
-    check("parallel, 4 units, 3 channels");
+    with_small_parallel_cubes(&check);
     // One plane: the plane paths with a single plane per cube, several chunks. CUDA only:
     // lavapipe has no planes, and its shared-memory path is covered above (every barrier
     // is slow there: these configurations took the lavapipe run from ~5 to 21 minutes).
@@ -120,12 +118,19 @@ fn with_fusion_kernels(forward: bool, check: impl Fn(&str)) {
     }
     let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
     set_scan_kernel(ScanKernel::Parallel);
-    set_parallel_threads(4);
-    set_parallel_group(3);
-    check("parallel, 4 units, 3 channels");
+    with_small_parallel_cubes(&check);
     set_parallel_threads(0);
     set_parallel_group(0);
     set_scan_kernel(ScanKernel::Auto);
+}
+
+/// The time-parallel kernels at 4 units and 3 channels per cube, so that even the short
+/// shapes span many chunks, chunks end past the sequence, and channel groups end past the
+/// last channel. Leaves the cube shape set; the caller resets it.
+fn with_small_parallel_cubes(check: impl Fn(&str)) {
+    set_parallel_threads(4);
+    set_parallel_group(3);
+    check("parallel, 4 units, 3 channels");
 }
 
 /// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64

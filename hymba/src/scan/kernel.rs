@@ -1507,11 +1507,16 @@ fn finish_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEleme
     let states = (p - 2) / 2;
     let len = d_bc.shape().dims::<3>()[2];
     let [d_delta_t, a_t, b_t, c_t, d_t, z_t, bias_t] = dtypes;
-    // [batch·blocks, 2S, T] → Σ over cubes → [batch, 2S, T] = dB | dC.
-    let bc = tensor::<R, F, I, BT, 3>(d_bc)
-        .reshape([batch, blocks, 2 * states, len])
-        .sum_dim(1)
-        .reshape([batch, 2 * states, len]);
+    // [batch·blocks, 2S, T] → Σ over cubes → [batch, 2S, T] = dB | dC. One block per batch
+    // row (the plane backward adds over channels itself) is already the sum.
+    let bc = tensor::<R, F, I, BT, 3>(d_bc);
+    let bc = if blocks == 1 {
+        bc
+    } else {
+        bc.reshape([batch, blocks, 2 * states, len])
+            .sum_dim(1)
+            .reshape([batch, 2 * states, len])
+    };
     let db = bc.clone().slice(s![.., 0..states, ..]);
     let dc = bc.slice(s![.., states..2 * states, ..]);
     // [batch, d, 2S + 2] → Σ over batch, except the initial state's gradient.

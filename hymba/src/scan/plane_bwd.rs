@@ -61,8 +61,13 @@ pub fn threads<R: CubeRuntime>(
     states: usize,
 ) -> usize {
     let max_shared = client.properties().hardware.max_shared_memory_size;
+    // Per unit: the dB/dC transpose and the dA sums. Per cube, at most MAX_THREADS / PLANE
+    // planes: the four plane-total arrays and `red`, plus A, the two carries and the start
+    // states (f32 each).
     let per_unit = 2 * (ITEMS + 1) + states;
-    threads_for(len, ITEMS, per_unit, max_shared.saturating_sub(64 * states))
+    let warps = super::parallel::MAX_THREADS / PLANE;
+    let fixed = 4 * (4 * states * warps + (states + 2) * warps + 4 * states);
+    threads_for(len, ITEMS, per_unit, max_shared.saturating_sub(fixed))
 }
 
 /// Runs the plane backward; the outputs are those of [`super::parallel::backward`] with one
