@@ -45,7 +45,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 ldconfig -p | grep -E 'libcublas(Lt)?\.so' | head -3; ls "$CUBLAS_DIR" 2>/dev/null | head -3
 
 # The persistent kernel cache (see README): carried in .gpu/kernel-cache.t{gz,xz}.part-*
-# between calls (PTX text: xz makes it 2.4× smaller than gzip).
+# between calls (PTX text: xz makes it 2.4× smaller than gzip), with cubecl's autotune
+# cache (`target/autotune`, which cubecl keeps under the nearest Cargo project's target/):
+# without it every call benchmarks ~20 matmul kernels per shape that burn's matmul serves
+# (bf16: the LM head's and the small products), minutes per call.
 use_cache() {
   export CUBECL_AUTOTUNE_LEVEL=minimal HYMBA_KERNEL_CACHE=$PWD/target/kernel-cache
   if [ ! -d "$HYMBA_KERNEL_CACHE" ]; then
@@ -61,7 +64,7 @@ use_cache() {
 save_cache() {
   local xz="python3 -c 'import lzma, sys; sys.stdout.buffer.write(lzma.compress(sys.stdin.buffer.read(), preset=2))'"
   command -v xz >/dev/null && xz="xz -T0 -4"
-  tar c -C target kernel-cache 2>/dev/null | eval "$xz" \
+  tar c -C target kernel-cache $(cd target && ls -d autotune 2>/dev/null) 2>/dev/null | eval "$xz" \
     | split -b 15M - "$OUT/kernel-cache.txz.part-"
   ls -la "$OUT"/kernel-cache.txz.part-*
 }

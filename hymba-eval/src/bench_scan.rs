@@ -253,9 +253,14 @@ pub(crate) fn time_ms<B: Backend, T>(
 
 /// Random scan inputs of `shape` in `dtype` (A = −exp(N(0,1)), negative as the model's), and
 /// an output gradient of y's shape.
+///
+/// With `model_layout` the `[b, ·, T]` tensors are transposed views of `[b, T, ·]` storage,
+/// channels innermost, as the model's SSM heads pass them (they come out of `[b, T, ·]`
+/// projections); else time is innermost.
 pub(crate) fn inputs<B: Backend>(
     shape: ScanShape,
     dtype: DType,
+    model_layout: bool,
     device: &B::Device,
 ) -> (ScanInput<B>, Tensor<B, 3>) {
     let ScanShape {
@@ -265,7 +270,15 @@ pub(crate) fn inputs<B: Backend>(
         state: s,
     } = shape;
     let n = Distribution::Normal(0.0, 1.0);
-    let big = |dims: [usize; 3]| Tensor::<B, 3>::random(dims, n, device).cast(dtype);
+    let big = |[b, c, t]: [usize; 3]| {
+        if model_layout {
+            Tensor::<B, 3>::random([b, t, c], n, device)
+                .cast(dtype)
+                .swap_dims(1, 2)
+        } else {
+            Tensor::<B, 3>::random([b, c, t], n, device).cast(dtype)
+        }
+    };
     let input = ScanInput {
         u: big([b, d, t]),
         delta: big([b, d, t]),
@@ -333,7 +346,7 @@ impl BackendRunner for ScanBenchJob {
             } = shape;
             for &dtype in &dtypes {
                 B::seed(&device, 0);
-                let (x, dy) = inputs::<B>(shape, dtype, &device);
+                let (x, dy) = inputs::<B>(shape, dtype, false, &device);
                 let (mut ref_fwd_ms, mut ref_fwd_bwd_ms, mut ref_seq) = (None, None, None);
                 if self.reference {
                     let (rw, rr) = (w.min(1), r.min(3));

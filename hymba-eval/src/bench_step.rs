@@ -10,7 +10,8 @@
 //! - `forward + backward`: the step without data and optimizer; `optimizer` is the rest;
 //! - `matmul`: every projection product of one step (per layer in_proj, out_proj, FFN gate,
 //!   up and down; the LM head once), forward and both gradients, through the model's matmul;
-//! - `scan`: the selective scan forward and backward at each SSM layer's shape;
+//! - `scan`: the selective scan forward and backward at each SSM layer's shape, on inputs
+//!   laid out as the model passes them (transposed views, channels innermost);
 //! - `attention`: scores, mask, softmax and values, forward and backward, at each attention
 //!   layer's shape and mask (global or SWA with meta tokens);
 //! - `other`: forward + backward minus those three — embeddings, norms, convolution, gates,
@@ -184,7 +185,7 @@ impl StepBenchJob {
         }
         let (b, d, s) = (self.batch, c.d_inner(), c.mamba_d_state);
         let t = self.seq + c.num_memory_tokens;
-        let (input, dy) = inputs::<B>(ScanShape::new(b, d, t, s), self.compute, device);
+        let (input, dy) = inputs::<B>(ScanShape::new(b, d, t, s), self.compute, true, device);
         let ms = time_ms::<B, _>(device, self.warmup, self.rounds, || {
             let out = selective_scan(input.clone());
             (

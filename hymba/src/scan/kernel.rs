@@ -45,10 +45,12 @@
 //! gradients of the first ones) are read and written in their storage dtype (f32, f16,
 //! bf16); the small ones (A, D, bias, states) are converted to f32 on the host.
 //!
-//! All tensors are read through their strides, so the transposed views the model passes
-//! (`[b, T, d]` storage seen as `[b, d, T]`) need no copy; outputs are allocated in the
-//! layout of `z` (channels innermost when z is stored that way, which makes the per-step
-//! accesses of neighbouring units contiguous).
+//! The tiled and direct kernels read every tensor through its strides, so the transposed
+//! views the model passes (`[b, T, d]` storage seen as `[b, d, T]`) need no copy; their
+//! outputs are allocated in the layout of `z` (channels innermost when z is stored that
+//! way, which makes the per-step accesses of neighbouring units contiguous). The
+//! time-parallel kernels want the other layout, time innermost, and get it by a copy where
+//! an input lacks it (`time_inner`); their outputs are then time-innermost too.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -1187,6 +1189,24 @@ fn alloc_like<R: CubeRuntime>(like: &CubeTensor<R>, dtype: DType) -> CubeTensor<
     }
 }
 
+/// `t` (`[b, ·, T]`) with time innermost: `t` itself when its time stride is 1, else a
+/// contiguous copy.
+///
+/// # Why
+/// The time-parallel kernels give each unit consecutive steps of one channel, so with time
+/// innermost a plane's loads are one run of memory (and vectors of steps, see
+/// [`parallel::vector_width`]). The model passes transposed views (`[b, T, d]` storage seen
+/// as `[b, d, T]`, channels innermost: the layout the tiled kernels want), where the same
+/// loads touch one sector per step. A copy reads and writes each element once; the kernels
+/// read u, Δ, z, B, C and dy once per state or per sweep.
+fn time_inner<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.meta.strides()[2] == 1 {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
 fn alloc<R: CubeRuntime>(like: &CubeTensor<R>, shape: &[usize], dtype: DType) -> CubeTensor<R> {
     empty_device_contiguous_dtype(
         like.client.clone(),
@@ -1226,17 +1246,18 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let has_h0 = input.initial_state.is_some();
     let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
 
-    let y = alloc_like(&z, dtype);
     let h_last = alloc(&u, &[batch, channels, states], DType::F32);
     let planes = parallel::use_planes(&u.client, parallel::PLANE);
     let kernel = scan_kernel().resolve(batch * channels, planes);
     if kernel == ScanKernel::Parallel {
+        let z = time_inner(z);
+        let y = alloc_like(&z, dtype);
         let launch = parallel::Launch {
-            u,
-            delta,
+            u: time_inner(u),
+            delta: time_inner(delta),
             z,
-            bm,
-            cm,
+            bm: time_inner(bm),
+            cm: time_inner(cm),
             a,
             dskip,
             bias,
@@ -1246,6 +1267,7 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
         parallel::forward(launch, &y, &h_last);
         return (y, cast(h_last, dtype));
     }
+    let y = alloc_like(&z, dtype);
     let client = u.client.clone();
     if kernel == ScanKernel::Direct {
         let count = CubeCount::Static(channels.div_ceil(FWD_DIRECT_UNITS) as u32, batch as u32, 1);
@@ -1554,14 +1576,14 @@ fn backward_parallel<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     let a = f32_(input.a);
     let has_h0 = input.initial_state.is_some();
     let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
-    let z = big(input.z);
+    let z = time_inner(big(input.z));
     let like = z.clone();
     let launch = parallel::Launch {
-        u: input.u,
-        delta: big(input.delta),
+        u: time_inner(input.u),
+        delta: time_inner(big(input.delta)),
         z,
-        bm: big(input.b),
-        cm: big(input.c),
+        bm: time_inner(big(input.b)),
+        cm: time_inner(big(input.c)),
         a,
         dskip: f32_(input.d),
         bias: f32_(input.delta_bias),
@@ -1570,7 +1592,7 @@ fn backward_parallel<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEle
     };
     let out = parallel::backward(
         launch,
-        big(dy),
+        time_inner(big(dy)),
         d_last_state.map(f32_),
         |dt| alloc_like(&like, dt),
         |shape, dt| alloc(&like, shape, dt),

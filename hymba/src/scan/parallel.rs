@@ -102,6 +102,40 @@ pub fn threads_for(len: usize, items: usize, floats_per_unit: usize, max_shared:
     threads
 }
 
+/// Units per cube for the plane kernels at `items` steps per unit: whole planes, at most
+/// `max` (what [`threads_for`] allows), as many as pad a sequence of `len` steps least to
+/// whole chunks; ties go to more planes (fewer chunks, each paying its cross-plane scan
+/// once). With [`set_parallel_threads`] in force, or `max` under one plane, it is `max`.
+///
+/// # Why not a power of two
+/// Hymba's sequences carry 128 meta tokens: at 2,176 steps, 128 units of 8 steps make 3
+/// chunks of 1,024 with the last one 1/8 full, so 29 % of the work is padding; 96 units
+/// make 3 chunks of 768 (6 % padding). The plane kernels need whole planes, not powers of
+/// two.
+pub fn plane_threads(len: usize, items: usize, max: usize) -> usize {
+    if THREADS.load(Ordering::Relaxed) != 0 || max < PLANE {
+        return max;
+    }
+    (1..=max / PLANE)
+        .map(|planes| planes * PLANE)
+        .min_by_key(|&t| (len.div_ceil(t * items) * t, std::cmp::Reverse(t)))
+        .unwrap_or(max)
+}
+
+/// Steps per unit in the plane forward: [`FWD_ITEMS`], or `HYMBA_SCAN_ITEMS` (4, 8 or 16;
+/// read once per process) for comparisons in `bench scan`. More steps per unit spread the
+/// per-state cross-unit scan over more steps, at more registers per unit.
+pub fn plane_forward_items() -> usize {
+    static ITEMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ITEMS.get_or_init(|| {
+        std::env::var("HYMBA_SCAN_ITEMS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| [4, 8, 16].contains(n))
+            .unwrap_or(FWD_ITEMS)
+    })
+}
+
 /// Channels per backward cube: enough cubes ([`BWD_TARGET_CUBES`]) when batch × channels
 /// allows, one channel per cube otherwise.
 pub fn group_for(batch: usize, channels: usize) -> usize {
@@ -135,7 +169,7 @@ pub fn use_planes<R: CubeRuntime>(
 }
 
 /// Steps per vector access in the plane forward (`scan_forward_plane_kernel`): the largest
-/// of `items`, 4, 2 that divides `items` and that every tensor allows, else 1. A tensor
+/// of `items` (at most 8), 4, 2 that divides `items` and that every tensor allows, else 1. A tensor
 /// allows `w` when it lives on CUDA (cubecl's vectors of 8 are CUDA structs; WGSL has none
 /// wider than 4), its time stride is 1, its length, batch and channel strides are multiples
 /// of `w`, and its buffer offset is aligned to `w` elements — so that every access is one
@@ -162,7 +196,7 @@ pub fn vector_width<R: CubeRuntime>(tensors: &[&CubeTensor<R>], items: usize) ->
             && strides[1].is_multiple_of(w)
             && (t.handle.offset_start.unwrap_or(0) as usize).is_multiple_of(bytes)
     };
-    [items, 4, 2]
+    [items.min(8), 4, 2]
         .into_iter()
         .find(|&w| items.is_multiple_of(w) && tensors.iter().all(|t| fits(w, t)))
         .unwrap_or(1)
@@ -205,7 +239,9 @@ pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &
         max_shared.saturating_sub(8 * states),
     );
     if use_planes(&client, threads) {
-        let vec = vector_width(&[&x.u, &x.delta, &x.z, &x.bm, &x.cm, y], FWD_ITEMS);
+        let items = plane_forward_items();
+        let threads = plane_threads(len, items, threads);
+        let vec = vector_width(&[&x.u, &x.delta, &x.z, &x.bm, &x.cm, y], items);
         // SAFETY: as below; the cube is whole planes (`use_planes`), and with `vec > 1`
         // every vector access is whole and aligned (`vector_width`).
         unsafe {
@@ -227,7 +263,7 @@ pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &
                 h_last.clone().into_tensor_arg(),
                 states,
                 threads,
-                FWD_ITEMS,
+                items,
                 SOURCE,
                 x.has_h0,
                 dtype.into(),

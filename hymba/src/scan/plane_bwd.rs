@@ -36,6 +36,20 @@ use super::parallel::{BackwardOut, Launch, PLANE, threads_for, vector_width};
 /// Steps per unit per chunk.
 pub const ITEMS: usize = 8;
 
+/// Steps per unit per chunk in use: [`ITEMS`], or `HYMBA_SCAN_BWD_ITEMS` (4, 8 or 16; read
+/// once per process) for comparisons in `bench scan`: fewer steps per unit hold fewer
+/// registers (more cubes per SM) and pay the cross-unit scans more often.
+pub fn items() -> usize {
+    static ITEMS_IN_USE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ITEMS_IN_USE.get_or_init(|| {
+        std::env::var("HYMBA_SCAN_BWD_ITEMS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| [4, 8, 16].contains(n))
+            .unwrap_or(ITEMS)
+    })
+}
+
 /// Whether [`backward`] can run on `client`'s device at this cube size: the plane paths are
 /// allowed ([`super::parallel::use_planes`]) and the device adds f32 atomically.
 pub fn usable<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, threads: usize) -> bool {
@@ -50,9 +64,9 @@ pub fn usable<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, threads
             .contains(AtomicUsage::Add)
 }
 
-/// Units per cube for a sequence of `len` steps at `states` states: a power of two up to
-/// [`super::parallel::MAX_THREADS`] (or as [`super::parallel::set_parallel_threads`] says),
-/// within the device's shared memory (per unit: the dB/dC transpose and the dA sums). Under
+/// Units per cube for a sequence of `len` steps at `states` states: whole planes as
+/// [`super::parallel::plane_threads`] picks them, up to [`super::parallel::MAX_THREADS`] (or
+/// as [`super::parallel::set_parallel_threads`] says), within the device's shared memory (per unit: the dB/dC transpose and the dA sums). Under
 /// one plane (sequences of up to 128 steps) [`usable`] says no: the shared-memory backward
 /// runs.
 pub fn threads<R: CubeRuntime>(
@@ -64,10 +78,12 @@ pub fn threads<R: CubeRuntime>(
     // Per unit: the dB/dC transpose and the dA sums. Per cube, at most MAX_THREADS / PLANE
     // planes: the four plane-total arrays and `red`, plus A, the two carries and the start
     // states (f32 each).
-    let per_unit = 2 * (ITEMS + 1) + states;
+    let items = items();
+    let per_unit = 2 * (items + 1) + states;
     let warps = super::parallel::MAX_THREADS / PLANE;
     let fixed = 4 * (4 * states * warps + (states + 2) * warps + 4 * states);
-    threads_for(len, ITEMS, per_unit, max_shared.saturating_sub(fixed))
+    let max = threads_for(len, items, per_unit, max_shared.saturating_sub(fixed));
+    super::parallel::plane_threads(len, items, max)
 }
 
 /// Runs the plane backward; the outputs are those of [`super::parallel::backward`] with one
@@ -84,7 +100,8 @@ pub(super) fn backward<R: CubeRuntime>(
     let states = x.a.shape().dims::<2>()[1];
     let dtype = x.u.dtype();
     let client = x.u.client.clone();
-    let n_chunks = len.div_ceil(threads * ITEMS);
+    let items = items();
+    let n_chunks = len.div_ceil(threads * items);
     let has_d_last = d_last.is_some();
     let d_last = d_last.unwrap_or_else(|| x.a.clone());
     let d_bc = burn_cubecl::ops::numeric::zeros_client(
@@ -114,7 +131,7 @@ pub(super) fn backward<R: CubeRuntime>(
             &out.ddelta,
             &out.dz,
         ],
-        ITEMS,
+        items,
     );
     // SAFETY: the cube grid is exactly channels × batch, steps past the sequence are masked
     // (with `vec > 1` a vector is wholly inside or past it, and aligned: `vector_width`), the
@@ -144,7 +161,7 @@ pub(super) fn backward<R: CubeRuntime>(
             bounds.into_tensor_arg(),
             states,
             threads,
-            ITEMS,
+            items,
             SOURCE,
             x.has_h0,
             has_d_last,
