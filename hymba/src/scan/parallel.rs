@@ -127,13 +127,17 @@ pub fn plane_threads(len: usize, items: usize, max: usize) -> usize {
 /// per-state cross-unit scan over more steps, at more registers per unit.
 pub fn plane_forward_items() -> usize {
     static ITEMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ITEMS.get_or_init(|| {
-        std::env::var("HYMBA_SCAN_ITEMS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| [4, 8, 16].contains(n))
-            .unwrap_or(FWD_ITEMS)
-    })
+    *ITEMS.get_or_init(|| items_from_env("HYMBA_SCAN_ITEMS", FWD_ITEMS))
+}
+
+/// Steps per unit from the environment variable `var` when it holds 4, 8 or 16, else
+/// `default` (the plane kernels' comparison knobs).
+pub(super) fn items_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| [4, 8, 16].contains(n))
+        .unwrap_or(default)
 }
 
 /// Channels per backward cube: enough cubes ([`BWD_TARGET_CUBES`]) when batch × channels

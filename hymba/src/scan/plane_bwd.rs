@@ -41,13 +41,7 @@ pub const ITEMS: usize = 8;
 /// registers (more cubes per SM) and pay the cross-unit scans more often.
 pub fn items() -> usize {
     static ITEMS_IN_USE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ITEMS_IN_USE.get_or_init(|| {
-        std::env::var("HYMBA_SCAN_BWD_ITEMS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| [4, 8, 16].contains(n))
-            .unwrap_or(ITEMS)
-    })
+    *ITEMS_IN_USE.get_or_init(|| super::parallel::items_from_env("HYMBA_SCAN_BWD_ITEMS", ITEMS))
 }
 
 /// Whether [`backward`] can run on `client`'s device at this cube size: the plane paths are
@@ -66,9 +60,9 @@ pub fn usable<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, threads
 
 /// Units per cube for a sequence of `len` steps at `states` states: whole planes as
 /// [`super::parallel::plane_threads`] picks them, up to [`super::parallel::MAX_THREADS`] (or
-/// as [`super::parallel::set_parallel_threads`] says), within the device's shared memory (per unit: the dB/dC transpose and the dA sums). Under
-/// one plane (sequences of up to 128 steps) [`usable`] says no: the shared-memory backward
-/// runs.
+/// as [`super::parallel::set_parallel_threads`] says), within the device's shared memory
+/// (per unit: the dB/dC transpose and the dA sums). Under one plane (sequences of up to 128
+/// steps) [`usable`] says no: the shared-memory backward runs.
 pub fn threads<R: CubeRuntime>(
     client: &cubecl::client::ComputeClient<R>,
     len: usize,
