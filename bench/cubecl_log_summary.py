@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Summarises a CubeCL log (see bench/gpu_session.sh, `profile_log` and `compile_log`).
+"""Summarises a CubeCL log written with a `cubecl.toml` in the working directory (session 10's
+device calls wrote one before a `bench step` run; see bench/results/README.md).
 
     cubecl_log_summary.py profile LOG OUT.json [TOP]
         LOG holds CubeCL's profiling lines, `| <duration> | <kernel name>` (one per kernel
@@ -8,10 +9,9 @@
         largest first, with launches and share of the total; prints the TOP (default 30).
 
     cubecl_log_summary.py compile LOG OUT.json [TOP]
-        LOG holds CubeCL's compilation log (`[compilation.logger] level = "basic"`): the
-        source of every kernel compiled. Counts the compiled kernels by entry-point name
-        with the numeric suffixes folded, so that many variants of one kernel show as one
-        row.
+        LOG holds CubeCL's compilation log (`[compilation.logger] level = "basic"`): one
+        `[Compiling kernel] <type path>` line per kernel compiled. Counts them by kernel
+        type, so that many variants of one kernel show as one row.
 """
 import json
 import re
@@ -40,12 +40,12 @@ def profile(lines):
 
 
 def compile_(lines):
-    entry = re.compile(r"__global__\s+void\s+(\w+)\s*\(")
+    entry = re.compile(r"^\[Compiling kernel\]\s+(\S+)")
     counts = {}
     for line in lines:
-        m = entry.search(line)
+        m = entry.match(line)
         if m:
-            name = re.sub(r"_?[0-9a-f]{6,}|_\d+", "_#", m.group(1))
+            name = m.group(1)
             counts[name] = counts.get(name, 0) + 1
     rows = [{"kernel": k, "compiled": c} for k, c in sorted(counts.items(), key=lambda kv: -kv[1])]
     return {"compiled": sum(counts.values()), "kernels": rows}
