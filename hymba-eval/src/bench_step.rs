@@ -5,9 +5,10 @@
 //! - `step`: what hymba-train does per micro-batch when it also steps the optimizer: the
 //!   batch sent to the device, forward, loss, backward (`TrainStep` of the trainer's
 //!   `LanguageModel`) and the trainer's AdamW update, at `batch × seq` plus the meta tokens,
-//!   f32 weights (computing on their bf16 copy with `--precision bf16`);
+//!   f32 weights (computing on their bf16 copy with `--precision bf16`); it is the sum of
+//!   `data`, `forward + backward` and `optimizer`, each timed apart;
 //! - `data`: building the `[batch, seq + 1]` token-id tensor on the device from host memory;
-//! - `forward + backward`: the step without data and optimizer; `optimizer` is the rest;
+//! - `forward + backward`: `TrainStep` alone; `optimizer`: the AdamW update alone;
 //! - `matmul`: every projection product of one step (per layer in_proj, out_proj, FFN gate,
 //!   up and down; the LM head once), forward and both gradients, through the model's matmul;
 //! - `scan`: the selective scan forward and backward at each SSM layer's shape, on inputs
@@ -19,6 +20,10 @@
 //!
 //! The parts are timed in isolation, so they miss what the real step overlaps or fuses:
 //! `other` can come out small or even negative, and the report says so rather than hide it.
+//!
+//! A second list, `components`, times the model's own modules alone on leaf inputs (one
+//! decoder layer of each kind, the SSM heads, the FFN, the LM head with the loss), forward
+//! and backward: it says where `other` lives, which the kernel-level parts cannot.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,8 +34,12 @@ use burn::prelude::*;
 use burn::tensor::{DType, Distribution, TensorData};
 use burn::train::TrainStep;
 use hymba::attention::{KeySpan, hymba_mask, scaled_dot_product};
+use hymba::config::KvRole;
+use hymba::mixer::{AttentionContext, KeyValues, KvInput};
+use hymba::rope::Rope;
 use hymba::scan::{selective_scan, selective_scan_backward};
 use hymba::{BackendKind, BackendRunner, Hymba, HymbaBackend, HymbaConfig, run_on};
+use hymba_train::flops::train_flops_per_token;
 use hymba_train::model::{LanguageModel, LmBatch};
 use hymba_train::optim::LmOptimizer;
 use hymba_train::run_config::OptimizerSection;
@@ -68,6 +77,10 @@ pub struct BenchStepArgs {
     /// operands too).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     pub precision: String,
+    /// Peak dense TFLOP/s of the device, for MFU (`mfu_pct`); 0 = by backend, as
+    /// hymba-train does it: 989 on CUDA (H100/H200 bf16 dense), none elsewhere.
+    #[arg(long, default_value_t = 0.0)]
+    pub peak_tflops: f64,
 }
 
 /// One part of the step.
@@ -108,8 +121,17 @@ pub struct StepReport {
     pub fwd_bwd_ms: f64,
     /// Text tokens per second at `step_ms`.
     pub tokens_per_s: f64,
+    /// Model FLOPs utilisation, percent: `tokens_per_s` × the model's training FLOPs per
+    /// text token (`hymba_train::flops`, the FLOPs hymba-train's MFU counts) over the peak
+    /// (`None` when the peak is unknown).
+    pub mfu_pct: Option<f64>,
+    /// The peak the MFU is relative to, TFLOP/s.
+    pub peak_tflops: Option<f64>,
     /// The breakdown; see the module docs.
     pub parts: Vec<StepPart>,
+    /// The model's modules timed alone (forward + backward, per step: a layer kind's time
+    /// times its count); see the module docs.
+    pub components: Vec<StepPart>,
 }
 
 struct StepBenchJob {
@@ -122,6 +144,8 @@ struct StepBenchJob {
     device_index: usize,
     /// The compute dtype (f32 or bf16).
     compute: DType,
+    /// Peak dense TFLOP/s for MFU.
+    peak_tflops: Option<f64>,
 }
 
 /// Every projection product of one step, grouped by shape: `(product, how many per step)`.
@@ -153,6 +177,125 @@ fn step_products(c: &HymbaConfig, tokens: usize, text_tokens: usize) -> Vec<(Mat
 }
 
 impl StepBenchJob {
+    /// Forward + backward of the model's own modules, each on leaf inputs of its real shape
+    /// in the compute dtype: one decoder layer of each kind (global, SWA, and a KV consumer
+    /// reading a producer's keys), its SSM heads and its FFN, and the head (LM head and
+    /// cross-entropy). Returns `(name, ms per step, detail)`; a layer kind's time is
+    /// multiplied by the number of layers of that kind.
+    fn components<B: HymbaBackend>(
+        &self,
+        hymba: &Hymba<Autodiff<B>>,
+        device: &B::Device,
+    ) -> Vec<(String, f64, String)> {
+        type Ad<B> = Autodiff<B>;
+        let c = &self.config;
+        let m = c.num_memory_tokens;
+        let n = self.seq + m;
+        let b = self.batch;
+        let normal = Distribution::Normal(0.0, 1.0);
+        let leaf = |shape: [usize; 3]| {
+            Tensor::<Ad<B>, 3>::random(shape, normal, device)
+                .mul_scalar(0.1)
+                .cast(self.compute)
+                .require_grad()
+        };
+        let time = |f: &mut dyn FnMut() -> Tensor<Ad<B>, 1>| {
+            time_ms::<Ad<B>, _>(device, self.warmup, self.rounds, || f().backward())
+        };
+        let keys = KeySpan {
+            meta: m,
+            text: m..n,
+        };
+        let rope = Rope::<Ad<B>>::new(0, n, c.qk_head_dim(), c.rope_base(), self.compute, device);
+        let mut out = Vec::new();
+        // (kind, layers of that kind, first such layer)
+        let mut kinds: Vec<(&str, usize, usize)> = Vec::new();
+        for layer in 0..c.num_hidden_layers {
+            let kind = match (c.is_global(layer), c.kv_role(layer)) {
+                (true, _) => "layer (global)",
+                (false, KvRole::Owner) => "layer (SWA)",
+                (false, KvRole::Consumer { .. }) => "layer (SWA, KV consumer)",
+            };
+            match kinds.iter_mut().find(|(k, _, _)| *k == kind) {
+                Some(entry) => entry.1 += 1,
+                None => kinds.push((kind, 1, layer)),
+            }
+        }
+        let x = leaf([b, n, c.hidden_size]);
+        for (kind, count, layer) in kinds {
+            let window = (!c.is_global(layer)).then_some(c.sliding_window);
+            let mask = hymba_mask::<Ad<B>>(0..n, &keys, window, m);
+            let ctx = AttentionContext {
+                rope: &rope,
+                mask: &mask,
+            };
+            let module = &hymba.layers[layer];
+            let kv_leaf = |d: usize| {
+                Tensor::<Ad<B>, 4>::random([b, c.num_key_value_heads, n, d], normal, device)
+                    .cast(self.compute)
+                    .require_grad()
+            };
+            let shared = KeyValues {
+                k: kv_leaf(c.qk_head_dim()),
+                v: kv_leaf(c.v_head_dim()),
+                span: keys.clone(),
+            };
+            let ms = time(&mut || {
+                let kv = if module.mixer.owns_kv {
+                    KvInput::Own {
+                        past: None,
+                        new_span: keys.clone(),
+                    }
+                } else {
+                    KvInput::Shared(shared.clone())
+                };
+                module.forward(x.clone(), &ctx, kv, None).0.sum()
+            });
+            out.push((
+                kind.to_string(),
+                ms * count as f64,
+                format!("{count} × layer {layer} on [{b}, {n}, {}]", c.hidden_size),
+            ));
+        }
+        let layers = c.num_hidden_layers;
+        let first = &hymba.layers[0];
+        if let Some(ssm) = &first.mixer.ssm {
+            let (u, z) = (leaf([b, n, c.d_inner()]), leaf([b, n, c.d_inner()]));
+            let ms = time(&mut || ssm.forward(u.clone(), z.clone(), None).0.sum());
+            out.push((
+                "ssm heads".into(),
+                ms * layers as f64,
+                format!(
+                    "{layers} × conv, x_proj, dt_proj, norms, scan on [{b}, {n}, {}]",
+                    c.d_inner()
+                ),
+            ));
+        }
+        let ms = time(&mut || first.ffn.forward(first.ffn_norm.forward(x.clone())).sum());
+        out.push((
+            "ffn".into(),
+            ms * layers as f64,
+            format!(
+                "{layers} × RMSNorm + SwiGLU FFN on [{b}, {n}, {}]",
+                c.hidden_size
+            ),
+        ));
+        let t = self.seq;
+        let hidden = leaf([b, t + 1, c.hidden_size]);
+        let ids = Tensor::<Ad<B>, 2, Int>::random(
+            [b, t + 1],
+            Distribution::Uniform(0.0, c.vocab_size as f64),
+            device,
+        );
+        let ms = time(&mut || hymba.loss_from_hidden(hidden.clone(), ids.clone(), None));
+        out.push((
+            "head".into(),
+            ms,
+            format!("LM head + cross-entropy on [{b}, {t}, {}]", c.vocab_size),
+        ));
+        out
+    }
+
     fn matmul_ms<B: HymbaBackend>(&self, device: &B::Device) -> (f64, String) {
         let (b, t) = (self.batch, self.seq);
         let n = t + self.config.num_memory_tokens;
@@ -235,7 +378,7 @@ impl StepBenchJob {
                 continue;
             }
             let window = (!is_global).then_some(c.sliding_window);
-            let mask = hymba_mask::<Ad<B>>(0..n, &keys, window, m, device);
+            let mask = hymba_mask::<Ad<B>>(0..n, &keys, window, m);
             let ms = time_ms::<Ad<B>, _>(device, self.warmup, self.rounds, || {
                 scaled_dot_product(q.clone(), k.clone(), v.clone(), &mask)
                     .sum()
@@ -287,35 +430,35 @@ impl BackendRunner for StepBenchJob {
         };
 
         let data_ms = time_ms::<Ad<B>, _>(&device, self.warmup, self.rounds, || batch(&device).ids);
-        // Forward + backward and the whole step alternate within each round, so that drift
-        // of the machine (clocks, other load) hits both alike.
+        // Forward + backward and the optimizer are timed apart, the device synchronised
+        // after each: their sum is the step (a subtraction of two step timings drowned the
+        // optimizer in the noise of the second forward + backward).
         let (mut optim, _snapshot) = LmOptimizer::<Ad<B>>::new(&OptimizerSection::default());
         let mut model = model;
-        let (mut fwd_bwd, mut step) = (Vec::new(), Vec::new());
+        let (mut fwd_bwd, mut optimizer) = (Vec::new(), Vec::new());
         let sync_err = |e| BenchError::Arg(format!("device synchronisation: {e:?}"));
         for round in 0..self.warmup + self.rounds.max(1) {
             let start = Instant::now();
             let grads = TrainStep::step(&model, batch(&device)).grads;
             sync().map_err(sync_err)?;
             let mid = Instant::now();
-            drop(grads);
-            let out = TrainStep::step(&model, batch(&device));
-            model = optim.step(1e-4, model, out.grads);
+            model = optim.step(1e-4, model, grads);
             sync().map_err(sync_err)?;
             if round >= self.warmup {
                 fwd_bwd.push((mid - start).as_secs_f64() * 1e3);
-                step.push(mid.elapsed().as_secs_f64() * 1e3);
+                optimizer.push(mid.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let (fwd_bwd_ms, step_ms) = (median(fwd_bwd), median(step));
+        let (fwd_bwd_ms, optimizer_ms) = (median(fwd_bwd), median(optimizer));
+        let step_ms = data_ms + fwd_bwd_ms + optimizer_ms;
         let params = c.num_params();
+        let components = self.components(&model.compute_model(), &device);
         drop(model);
 
         let (matmul_ms, matmul_detail) = self.matmul_ms::<B>(&device);
         let (scan_ms, scan_detail) = self.scan_ms::<B>(&device);
         let (attention_ms, attention_detail) = self.attention_ms::<B>(&device);
         let other_ms = fwd_bwd_ms - matmul_ms - scan_ms - attention_ms;
-        let optimizer_ms = step_ms - fwd_bwd_ms - data_ms;
         let part = |name: &str, ms: f64, detail: String| StepPart {
             name: name.to_string(),
             ms,
@@ -339,9 +482,14 @@ impl BackendRunner for StepBenchJob {
             part(
                 "optimizer",
                 optimizer_ms,
-                "step − forward/backward − data (AdamW)".into(),
+                "AdamW update of the f32 master weights, timed alone".into(),
             ),
         ];
+        let components = components
+            .into_iter()
+            .map(|(name, ms, detail)| part(&name, ms, detail))
+            .collect();
+        let tokens_per_s = (b * t) as f64 / (step_ms * 1e-3);
         let device_name = crate::bench_scan::gpu_name(self.device_index)
             .filter(|_| B::name(&device).to_lowercase().contains("cuda"))
             .unwrap_or_else(|| B::name(&device));
@@ -356,8 +504,13 @@ impl BackendRunner for StepBenchJob {
             precision: format!("{:?}", self.compute).to_lowercase(),
             step_ms,
             fwd_bwd_ms,
-            tokens_per_s: (b * t) as f64 / (step_ms * 1e-3),
+            tokens_per_s,
+            mfu_pct: self
+                .peak_tflops
+                .map(|peak| 100.0 * tokens_per_s * train_flops_per_token(&c, t) / (peak * 1e12)),
+            peak_tflops: self.peak_tflops,
             parts,
+            components,
         })
     }
 }
@@ -391,14 +544,23 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
             "bf16" => DType::BF16,
             _ => DType::F32,
         },
+        peak_tflops: match (args.peak_tflops, kind) {
+            (p, _) if p > 0.0 => Some(p),
+            (_, BackendKind::Cuda | BackendKind::CudaRaw) => Some(989.0),
+            _ => None,
+        },
     };
     println!(
         "training step of {} on {kind}: batch {} × seq {}, {} compute, median of {} rounds",
         job.model_name, args.batch, args.seq, args.precision, args.rounds
     );
     let report = run_on(kind, args.target.device, job)??;
+    let mfu = report
+        .mfu_pct
+        .map(|m| format!(", MFU {m:.2} %"))
+        .unwrap_or_default();
     println!(
-        "step {:.1} ms ({:.0} text tokens/s), forward + backward {:.1} ms, {} parameters",
+        "step {:.1} ms ({:.0} text tokens/s{mfu}), forward + backward {:.1} ms, {} parameters",
         report.step_ms, report.tokens_per_s, report.fwd_bwd_ms, report.params
     );
     for p in &report.parts {
@@ -409,6 +571,13 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
         };
         println!(
             "  {:<10} {:>10.2} ms {:>6.1} %   {}{noise}",
+            p.name, p.ms, p.pct_of_step, p.detail
+        );
+    }
+    println!("  modules alone (forward + backward, per step):");
+    for p in &report.components {
+        println!(
+            "  {:<26} {:>10.2} ms {:>6.1} %   {}",
             p.name, p.ms, p.pct_of_step, p.detail
         );
     }

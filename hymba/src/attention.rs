@@ -10,8 +10,11 @@ use std::ops::Range;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use crate::matmul::{MatmulBackend, matmul};
+use crate::HymbaBackend;
+use crate::matmul::matmul;
 use crate::precision::upcast;
+pub use crate::softmax::MaskRule;
+use crate::softmax::masked_softmax;
 
 /// Where the keys of one attention call sit in the `[meta; text]` sequence: the `meta`
 /// meta-token positions `0..meta`, then the text positions `text`.
@@ -59,10 +62,26 @@ pub enum Mask<B: Backend> {
     /// Every key is visible.
     None,
     /// Keys are all positions `0..=q` for the last query: plain causal masking, aligned at
-    /// the bottom-right corner (no mask tensor to build or carry until the scores need it).
+    /// the bottom-right corner.
     Causal,
-    /// An explicit `[Tq, Tk]` mask, `true` = hidden.
+    /// The Hymba rule over positions (SWA band, meta tokens), evaluated per element by the
+    /// masked softmax: nothing of size `Tq × Tk` is built.
+    Rule(MaskRule),
+    /// An explicit `[Tq, Tk]` mask, `true` = hidden (any pattern; runs the tensor-op path).
     Explicit(Tensor<B, 2, Bool>),
+}
+
+impl<B: Backend> Mask<B> {
+    /// The mask as a [`MaskRule`] for `tq` queries and `tk` keys (`None` for an explicit
+    /// tensor, which no rule describes).
+    pub fn rule(&self, tq: usize, tk: usize) -> Option<MaskRule> {
+        match self {
+            Mask::None => Some(MaskRule::none(tk)),
+            Mask::Causal => Some(MaskRule::causal(tq, tk)),
+            Mask::Rule(rule) => Some(*rule),
+            Mask::Explicit(_) => None,
+        }
+    }
 }
 
 /// The Hymba mask (spec §2.3 step 4): key k is visible to query q iff
@@ -75,7 +94,6 @@ pub fn hymba_mask<B: Backend>(
     keys: &KeySpan,
     window: Option<usize>,
     num_meta: usize,
-    device: &B::Device,
 ) -> Mask<B> {
     let in_band = window.is_none_or(|w| {
         // No text key is older than the band of the last (farthest) query.
@@ -90,24 +108,13 @@ pub fn hymba_mask<B: Backend>(
             Mask::Causal
         };
     }
-    let key_positions = Tensor::cat(
-        vec![
-            Tensor::<B, 1, Int>::arange(0..keys.meta as i64, device),
-            Tensor::<B, 1, Int>::arange(keys.text.start as i64..keys.text.end as i64, device),
-        ],
-        0,
-    );
-    let (q, k) = position_grid(queries, key_positions, device);
-    let future = k.clone().greater(q.clone());
-    let hidden = match window {
-        None => future,
-        Some(w) => {
-            let too_far = q.sub(k.clone()).greater_elem(w as i64);
-            let is_text = k.greater_equal_elem(num_meta as i64);
-            future.bool_or(too_far.bool_and(is_text))
-        }
-    };
-    Mask::Explicit(hidden)
+    Mask::Rule(MaskRule {
+        q_start: queries.start,
+        key_meta: keys.meta,
+        text_start: keys.text.start,
+        window,
+        num_meta,
+    })
 }
 
 /// GQA: repeats each of the G KV heads H/G times (HF `repeat_kv`: query head h reads KV
@@ -143,7 +150,7 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, num_heads: usize) -> Tensor<B, 4> 
 /// # Shapes
 /// - `q`: `[batch, H, Tq, d_h]`, `k`: `[batch, H, Tk, d_h]`, `v`: `[batch, H, Tk, d_v]`
 /// - returns `[batch, H, Tq, d_v]`
-pub fn scaled_dot_product<B: MatmulBackend>(
+pub fn scaled_dot_product<B: HymbaBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -152,40 +159,20 @@ pub fn scaled_dot_product<B: MatmulBackend>(
     let [b, h, tq, d_h] = q.dims();
     let tk = k.dims()[2];
     let scale = (d_h as f64).sqrt().recip();
-    let scores = upcast(matmul(q.mul_scalar(scale), k.swap_dims(2, 3)));
-    let hidden = match mask {
-        Mask::None => None,
-        Mask::Causal => Some(causal_hidden::<B>(tq, tk, &scores.device())),
-        Mask::Explicit(m) => Some(m.clone()),
+    let scores = matmul(q.mul_scalar(scale), k.swap_dims(2, 3));
+    let probs = match mask.rule(tq, tk) {
+        Some(rule) => masked_softmax(scores, rule),
+        None => {
+            let hidden = match mask {
+                Mask::Explicit(m) => m.clone(),
+                _ => unreachable!("every other mask has a rule"),
+            };
+            let scores = upcast(scores).mask_fill(
+                hidden.reshape([1, 1, tq, tk]).expand([b, h, tq, tk]),
+                f32::NEG_INFINITY,
+            );
+            softmax(scores, 3)
+        }
     };
-    let scores = match hidden {
-        Some(m) => scores.mask_fill(
-            m.reshape([1, 1, tq, tk]).expand([b, h, tq, tk]),
-            f32::NEG_INFINITY,
-        ),
-        None => scores,
-    };
-    let probs = softmax(scores, 3).cast(v.dtype());
-    matmul(probs, v)
-}
-
-/// The bottom-right-aligned causal mask, `true` = hidden: query i (of `tq`, the last `tq`
-/// of `tk` positions) sees key j iff `j ≤ i + tk − tq`.
-fn causal_hidden<B: Backend>(tq: usize, tk: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
-    let keys = Tensor::<B, 1, Int>::arange(0..tk as i64, device);
-    let (q, k) = position_grid(tk - tq..tk, keys, device);
-    k.greater(q)
-}
-
-/// The positions of `queries` and of the keys (`[Tk]`), each broadcast to `[Tq, Tk]`.
-fn position_grid<B: Backend>(
-    queries: Range<usize>,
-    keys: Tensor<B, 1, Int>,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    let (tq, tk) = (queries.len(), keys.dims()[0]);
-    let q = Tensor::<B, 1, Int>::arange(queries.start as i64..queries.end as i64, device)
-        .reshape([tq, 1])
-        .expand([tq, tk]);
-    (q, keys.reshape([1, tk]).expand([tq, tk]))
+    matmul(probs.cast(v.dtype()), v)
 }

@@ -100,10 +100,11 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
     }
 }
 
-// `HymbaBackend` for the backends above: `NdArray` in `scan/mod.rs` (the tensor-op reference);
-// `burn::backend::{Wgpu, Cuda}` (= `Fusion<CubeBackend<R, ..>>`, any element types) through
-// the generic impls in `scan/kernel.rs` (CubeCL kernels) and `scan/fusion.rs` (custom fusion
-// op); `Autodiff<B, C>` over any of them in `scan/autodiff.rs`.
+// `HymbaBackend` for the backends above: `NdArray` in `scan/mod.rs` and `softmax/mod.rs`
+// (the tensor ops); `burn::backend::{Wgpu, Cuda}` (= `Fusion<CubeBackend<R, ..>>`, any
+// element types) through the generic impls in `scan/kernel.rs` and `softmax/kernel.rs`
+// (CubeCL kernels) and `scan/fusion.rs` and `softmax/fusion.rs` (custom fusion ops);
+// `Autodiff<B, C>` over any of them in `scan/autodiff.rs` and `softmax/autodiff.rs`.
 
 /// A persistent cache of compiled CUDA kernels, on by default.
 ///

@@ -20,10 +20,11 @@
 //! | backend flag | [`backend`] |
 //! | HF checkpoints: `config.json` + safetensors in and out | [`weights`] |
 //!
-//! The model is generic over `B: HymbaBackend` — a burn `Backend` with two extensions, the
-//! selective scan ([`scan::ScanBackend`]: CubeCL kernels on GPU backends) and the matmul of
-//! every projection ([`matmul::MatmulBackend`]: cuBLAS on CUDA) — and is written once for
-//! CPU, wgpu and CUDA.
+//! The model is generic over `B: HymbaBackend` — a burn `Backend` with three extensions, the
+//! selective scan ([`scan::ScanBackend`]: CubeCL kernels on GPU backends), the matmul of
+//! every projection ([`matmul::MatmulBackend`]: cuBLAS on CUDA) and the attention heads'
+//! masked softmax ([`softmax::AttentionBackend`]: one CubeCL kernel each way on GPU
+//! backends) — and is written once for CPU, wgpu and CUDA.
 
 pub mod attention;
 pub mod backend;
@@ -45,6 +46,7 @@ pub mod roadmap;
 pub mod rope;
 pub mod scan;
 pub mod score;
+pub mod softmax;
 pub mod ssm;
 pub mod weights;
 
@@ -56,11 +58,12 @@ pub use generate::{GenerationConfig, generate};
 pub use matmul::MatmulBackend;
 pub use model::Hymba;
 pub use scan::ScanBackend;
+pub use softmax::AttentionBackend;
 
-/// What the model needs from a burn backend: the scan and matmul extensions. Implemented
-/// for every backend that has both (ndarray f32/f64, wgpu, CUDA, their `Fusion` and
+/// What the model needs from a burn backend: the scan, matmul and masked-softmax
+/// extensions. Implemented for every backend that has all three (ndarray f32/f64, wgpu, CUDA, their `Fusion` and
 /// `Autodiff` wrappers).
-pub trait HymbaBackend: ScanBackend + MatmulBackend {}
+pub trait HymbaBackend: ScanBackend + MatmulBackend + AttentionBackend {}
 
-impl<B: ScanBackend + MatmulBackend> HymbaBackend for B {}
+impl<B: ScanBackend + MatmulBackend + AttentionBackend> HymbaBackend for B {}
 pub use weights::{SaveDtype, SaveOptions, hf_tensor_specs, load_pretrained, save_pretrained};

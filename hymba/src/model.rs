@@ -36,34 +36,6 @@ pub struct Hymba<B: Backend> {
     pub config: HymbaConfig,
 }
 
-/// Masks already built during one forward, keyed by key positions and window: every layer
-/// of the same kind reads the same keys, so each mask is built once per call.
-struct MaskCache<B: Backend> {
-    built: Vec<(KeySpan, Option<usize>, Mask<B>)>,
-}
-
-impl<B: Backend> MaskCache<B> {
-    fn get(
-        &mut self,
-        queries: std::ops::Range<usize>,
-        keys: &KeySpan,
-        window: Option<usize>,
-        num_meta: usize,
-        device: &B::Device,
-    ) -> Mask<B> {
-        if let Some((_, _, m)) = self
-            .built
-            .iter()
-            .find(|(k, w, _)| k == keys && *w == window)
-        {
-            return m.clone();
-        }
-        let mask = hymba_mask(queries, keys, window, num_meta, device);
-        self.built.push((keys.clone(), window, mask.clone()));
-        mask
-    }
-}
-
 impl<B: HymbaBackend> Hymba<B> {
     /// A randomly initialised model (spec §1.3 initialisation); validates the config first.
     pub fn new(config: &HymbaConfig, device: &B::Device) -> Result<Self> {
@@ -138,7 +110,6 @@ impl<B: HymbaBackend> Hymba<B> {
             &device,
         );
         let num_meta = self.meta_tokens.len();
-        let mut masks = MaskCache { built: Vec::new() };
         let mut produced: Vec<Option<KeyValues<B>>> = vec![None; self.layers.len()];
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -172,7 +143,7 @@ impl<B: HymbaBackend> Hymba<B> {
             };
             // An SSM-only layer reads no mask.
             let mask = if layer.mixer.has_attention {
-                masks.get(queries.clone(), &keys, window, num_meta, &device)
+                hymba_mask(queries.clone(), &keys, window, num_meta)
             } else {
                 Mask::None
             };
@@ -247,8 +218,26 @@ impl<B: HymbaBackend> Hymba<B> {
         ids: Tensor<B, 2, Int>,
         loss_mask: Option<Tensor<B, 2>>,
     ) -> Tensor<B, 1> {
+        let hidden = self.hidden(ids.clone(), None);
+        self.loss_from_hidden(hidden, ids, loss_mask)
+    }
+
+    /// The loss half of [`Self::forward_loss`]: LM head and cross-entropy on the final
+    /// hidden states of the text positions (`[batch, T, D]`, as [`Self::hidden`] returns
+    /// them). The head runs on the `T − 1` positions that have a target only: slicing the
+    /// logits instead would copy `[batch, T − 1, V]` (1 GB at batch 8 × 2048 in bf16) and
+    /// give the backward a zero-filled `[batch, T, V]` gradient to slice into.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, T, D]`, `ids`: `[batch, T]`, `loss_mask`: `[batch, T − 1]`
+    pub fn loss_from_hidden(
+        &self,
+        hidden: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+        loss_mask: Option<Tensor<B, 2>>,
+    ) -> Tensor<B, 1> {
         let [batch, t] = ids.dims();
-        let logits = self.forward(ids.clone()).narrow(1, 0, t - 1);
+        let logits = self.lm_head(hidden.narrow(1, 0, t - 1));
         let logp = log_softmax(upcast(logits), 2);
         let targets = ids.narrow(1, 1, t - 1).reshape([batch, t - 1, 1]);
         let nll = logp.gather(2, targets).reshape([batch, t - 1]).neg();

@@ -96,22 +96,28 @@ impl<B: HymbaBackend> SsmHeads<B> {
     /// `d_conv` shifted, per-channel-scaled copies: identical to `conv1d(groups=d_inner,
     /// padding=d_conv−1)` truncated to T, and the same code serves prefill and decode.
     ///
+    /// It works in the `[batch, T, d_inner]` layout that `in_proj` produces, channels
+    /// innermost: every element-wise pass (the taps, their gradients, SiLU) then reads and
+    /// writes contiguous rows, where the `[batch, d_inner, T]` view that `conv1d` wants would
+    /// make each of them a strided, unvectorised pass over a transposed tensor.
+    ///
     /// # Shapes
-    /// - `x`: `[batch, d_inner, T]`, `history`: `[batch, d_inner, d_conv − 1]`
-    /// - returns (`[batch, d_inner, T]`, new history)
+    /// - `x`: `[batch, T, d_inner]`, `history`: `[batch, d_inner, d_conv − 1]`
+    /// - returns (`[batch, T, d_inner]`, new history)
     fn conv(&self, x: Tensor<B, 3>, history: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let [_, di, t] = x.dims();
+        let [_, t, di] = x.dims();
         let k = self.d_conv;
-        let full = Tensor::cat(vec![history, x], 2); // [b, d, k − 1 + T]
-        let w = self.conv_weight.val().reshape([1, di, k]);
-        let mut y = full.clone().narrow(2, 0, t) * w.clone().narrow(2, 0, 1);
+        let full = Tensor::cat(vec![history.swap_dims(1, 2), x], 1); // [b, k − 1 + T, d]
+        let w = self.conv_weight.val().reshape([di, k]);
+        let tap = |j: usize| w.clone().narrow(1, j, 1).reshape([1, 1, di]);
+        let mut y = full.clone().narrow(1, 0, t) * tap(0);
         for j in 1..k {
-            y = y + full.clone().narrow(2, j, t) * w.clone().narrow(2, j, 1);
+            y = y + full.clone().narrow(1, j, t) * tap(j);
         }
         if let Some(bias) = &self.conv_bias {
-            y = y + bias.val().reshape([1, di, 1]);
+            y = y + bias.val().reshape([1, 1, di]);
         }
-        let history = full.narrow(2, t, k - 1);
+        let history = full.narrow(1, t, k - 1).swap_dims(1, 2);
         (silu(y), history)
     }
 
@@ -136,8 +142,8 @@ impl<B: HymbaBackend> SsmHeads<B> {
                 None,
             ),
         };
-        let (xc, conv) = self.conv(x.swap_dims(1, 2), history); // [b, d, T]
-        let xdbl = self.x_proj.forward(xc.clone().swap_dims(1, 2)); // [b, T, R + 2S]
+        let (xc, conv) = self.conv(x, history); // [b, T, d]
+        let xdbl = self.x_proj.forward(xc.clone()); // [b, T, R + 2S]
         let (r, s) = (self.dt_rank, self.d_state);
         let dt = self.dt_norm.forward(xdbl.clone().narrow(2, 0, r));
         let bm = self.b_norm.forward(xdbl.clone().narrow(2, r, s));
@@ -145,7 +151,7 @@ impl<B: HymbaBackend> SsmHeads<B> {
         let delta = self.dt_proj.forward(dt); // [b, T, d]
         let a = self.a_log.val().exp().neg();
         let (y, h) = selective_scan(ScanInput {
-            u: xc,
+            u: xc.swap_dims(1, 2),
             delta: delta.swap_dims(1, 2),
             a,
             b: bm.swap_dims(1, 2),
@@ -155,6 +161,14 @@ impl<B: HymbaBackend> SsmHeads<B> {
             delta_bias: self.dt_bias.val(),
             initial_state: h0,
         });
-        (y.swap_dims(1, 2), SsmState { conv, ssm: h })
+        // Back to `[b, T, d]`, made contiguous (a reshape copies a permuted tensor): the
+        // scan's output is time-innermost on the time-parallel kernels, and the RMSNorm
+        // after it reduces over channels, which would otherwise be a strided reduction.
+        let [_, d, t] = y.dims();
+        let y = y
+            .swap_dims(1, 2)
+            .reshape([batch * t, d])
+            .reshape([batch, t, d]);
+        (y, SsmState { conv, ssm: h })
     }
 }

@@ -45,7 +45,7 @@ fn attention_at_last(model: &Hymba<B>, layer: usize, u: Tensor<B, 3>) -> Vec<f32
         text: m..n,
     };
     let window = (!config.is_global(layer)).then_some(config.sliding_window);
-    let mask = hymba_mask::<B>(0..n, &span, window, m, &device());
+    let mask = hymba_mask::<B>(0..n, &span, window, m);
     let rope = Rope::new(
         0,
         n,

@@ -1,7 +1,7 @@
-//! The CubeCL selective-scan kernels (forward, backward, decode step) against the tensor-op
-//! reference, on wgpu — both the default fusion backend `Wgpu` and the bare
-//! `CubeBackend<WgpuRuntime, ..>` — and under `Autodiff<Wgpu>`, down to a whole model's
-//! loss and gradients.
+//! The CubeCL selective-scan kernels (forward, backward, decode step) and the attention
+//! heads' masked-softmax kernels (forward, backward) against their tensor-op references, on
+//! wgpu — both the default fusion backend `Wgpu` and the bare `CubeBackend<WgpuRuntime, ..>`
+//! — and under `Autodiff<Wgpu>`, down to a whole model's loss and gradients.
 //!
 //! On a machine without a GPU this runs on Mesa's lavapipe (software Vulkan, no plane ops).
 //! Built with the `cuda` feature, the same tests run on CUDA instead (`Cuda` and the bare
@@ -22,6 +22,10 @@ use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
 };
 use hymba::scan::{ScanBackend, ScanInput, selective_scan, selective_scan_backward};
+use hymba::softmax::{
+    AttentionBackend, MaskRule, masked_softmax, masked_softmax_backward,
+    masked_softmax_backward_reference, masked_softmax_reference,
+};
 use hymba::{Hymba, HymbaConfig};
 
 type Cpu = NdArray<f32>;
@@ -501,6 +505,69 @@ impl<A: AutodiffBackend> ModuleVisitor<A> for Grads<'_, A> {
         let g = param.val().grad(self.grads).map(host).unwrap_or_default();
         self.out.push((param.dims().to_vec(), g));
     }
+}
+
+/// Masks of every kind the model builds: causal with queries at the end of the keys (a
+/// cached call), SWA with meta tokens and a trimmed cache (keys after the meta tokens start
+/// later), SWA from position 0, and no mask.
+fn softmax_rules(tq: usize, tk: usize) -> Vec<(&'static str, MaskRule)> {
+    vec![
+        ("causal", MaskRule::causal(tq, tk)),
+        (
+            "swa, trimmed cache",
+            MaskRule {
+                q_start: 400,
+                key_meta: 5,
+                text_start: 400 + tq - (tk - 5),
+                window: Some(40),
+                num_meta: 5,
+            },
+        ),
+        (
+            "swa from 0",
+            MaskRule {
+                q_start: tk - tq,
+                key_meta: 7,
+                text_start: 7,
+                window: Some(100),
+                num_meta: 7,
+            },
+        ),
+        ("none", MaskRule::none(tk)),
+    ]
+}
+
+/// The kernels' forward and backward against the tensor ops on the CPU, at a row length
+/// that is no multiple of the cube size and spans two sweeps of it (301 keys).
+fn check_masked_softmax<Bk: AttentionBackend<Device = Dev>>() {
+    let device = gpu_device();
+    let cpu = Default::default();
+    Cpu::seed(&cpu, 17);
+    let (b, h, tq, tk) = (2, 3, 37, 301);
+    let scores = random::<Cpu, 4>([b, h, tq, tk], &cpu).mul_scalar(3.0);
+    let grad = random::<Cpu, 4>([b, h, tq, tk], &cpu);
+    for (name, rule) in softmax_rules(tq, tk) {
+        let want = masked_softmax_reference(scores.clone(), rule);
+        let got = masked_softmax(to::<Bk, 4>(&scores, &device), rule);
+        assert_close(
+            host(got.clone()),
+            host(want.clone()),
+            &format!("softmax, {name}"),
+        );
+        let want = masked_softmax_backward_reference(want, grad.clone());
+        let got = masked_softmax_backward(got, to::<Bk, 4>(&grad, &device));
+        assert_close(host(got), host(want), &format!("softmax backward, {name}"));
+    }
+}
+
+#[test]
+fn kernel_masked_softmax_equals_reference_fusion() {
+    check_masked_softmax::<Fused>();
+}
+
+#[test]
+fn kernel_masked_softmax_equals_reference_cube() {
+    check_masked_softmax::<Bare>();
 }
 
 fn model_loss_and_grads<A: AutodiffBackend + HymbaBackend>(
