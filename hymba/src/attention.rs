@@ -71,19 +71,6 @@ pub enum Mask<B: Backend> {
     Explicit(Tensor<B, 2, Bool>),
 }
 
-impl<B: Backend> Mask<B> {
-    /// The mask as a [`MaskRule`] for `tq` queries and `tk` keys (`None` for an explicit
-    /// tensor, which no rule describes).
-    pub fn rule(&self, tq: usize, tk: usize) -> Option<MaskRule> {
-        match self {
-            Mask::None => Some(MaskRule::none(tk)),
-            Mask::Causal => Some(MaskRule::causal(tq, tk)),
-            Mask::Rule(rule) => Some(*rule),
-            Mask::Explicit(_) => None,
-        }
-    }
-}
-
 /// The Hymba mask (spec §2.3 step 4): key k is visible to query q iff
 /// `k ≤ q ∧ (global ∨ q − k ≤ window ∨ k < num_meta)` — meta tokens are always visible,
 /// the SWA band holds the query and the `window` tokens before it.
@@ -160,19 +147,22 @@ pub fn scaled_dot_product<B: HymbaBackend>(
     let tk = k.dims()[2];
     let scale = (d_h as f64).sqrt().recip();
     let scores = matmul(q.mul_scalar(scale), k.swap_dims(2, 3));
-    let probs = match mask.rule(tq, tk) {
-        Some(rule) => masked_softmax(scores, rule),
-        None => {
-            let hidden = match mask {
-                Mask::Explicit(m) => m.clone(),
-                _ => unreachable!("every other mask has a rule"),
-            };
+    let rule = match mask {
+        Mask::None => MaskRule::none(tk),
+        Mask::Causal => MaskRule::causal(tq, tk),
+        Mask::Rule(rule) => *rule,
+        Mask::Explicit(hidden) => {
+            // Any pattern: the tensor ops.
             let scores = upcast(scores).mask_fill(
-                hidden.reshape([1, 1, tq, tk]).expand([b, h, tq, tk]),
+                hidden
+                    .clone()
+                    .reshape([1, 1, tq, tk])
+                    .expand([b, h, tq, tk]),
                 f32::NEG_INFINITY,
             );
-            softmax(scores, 3)
+            return matmul(softmax(scores, 3).cast(v.dtype()), v);
         }
     };
+    let probs = masked_softmax(scores, rule);
     matmul(probs.cast(v.dtype()), v)
 }

@@ -18,7 +18,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::{CubeCount, CubeDim};
 
 use self::cube::{masked_softmax_backward_kernel, masked_softmax_kernel};
-use super::{AttentionBackend, MaskRule};
+use super::{AttentionBackend, MaskRule, reference_backward_primitive, reference_primitive};
 
 /// Units per cube (per row). A power of two (the reductions halve it).
 pub const THREADS: usize = 256;
@@ -303,12 +303,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionB
         if supported(&scores) && rule_fits(&rule) {
             forward(scores, rule)
         } else {
-            let t = burn::tensor::Tensor::<Self, 4>::from_primitive(
-                burn::tensor::TensorPrimitive::Float(scores),
-            );
-            super::masked_softmax_reference(t, rule)
-                .into_primitive()
-                .tensor()
+            reference_primitive::<Self>(scores, rule)
         }
     }
 
@@ -319,14 +314,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionB
         if supported(&probs) {
             backward(probs, grad)
         } else {
-            let t = |p| {
-                burn::tensor::Tensor::<Self, 4>::from_primitive(
-                    burn::tensor::TensorPrimitive::Float(p),
-                )
-            };
-            super::masked_softmax_backward_reference(t(probs), t(grad))
-                .into_primitive()
-                .tensor()
+            reference_backward_primitive::<Self>(probs, grad)
         }
     }
 }

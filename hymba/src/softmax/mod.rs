@@ -135,10 +135,7 @@ pub trait AttentionBackend: Backend {
     /// # Shapes
     /// - `scores`: `[batch, H, Tq, Tk]` → `[batch, H, Tq, Tk]`
     fn masked_softmax(scores: FloatTensor<Self>, rule: MaskRule) -> FloatTensor<Self> {
-        let scores = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(scores));
-        masked_softmax_reference(scores, rule)
-            .into_primitive()
-            .tensor()
+        reference_primitive::<Self>(scores, rule)
     }
 
     /// The softmax's vector-Jacobian product from its output: `dS = P ⊙ (dP − Σₖ P ⊙ dP)`,
@@ -148,11 +145,30 @@ pub trait AttentionBackend: Backend {
         probs: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let t = |p| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(p));
-        masked_softmax_backward_reference(t(probs), t(grad))
-            .into_primitive()
-            .tensor()
+        reference_backward_primitive::<Self>(probs, grad)
     }
+}
+
+fn tensor<B: Backend>(p: FloatTensor<B>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// [`masked_softmax_reference`] on primitives: the trait's default body, and the kernels'
+/// fallback for what they do not take.
+pub fn reference_primitive<B: Backend>(scores: FloatTensor<B>, rule: MaskRule) -> FloatTensor<B> {
+    masked_softmax_reference(tensor::<B>(scores), rule)
+        .into_primitive()
+        .tensor()
+}
+
+/// [`masked_softmax_backward_reference`] on primitives (as [`reference_primitive`]).
+pub fn reference_backward_primitive<B: Backend>(
+    probs: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    masked_softmax_backward_reference(tensor::<B>(probs), tensor::<B>(grad))
+        .into_primitive()
+        .tensor()
 }
 
 /// The tensor-op masked softmax (the CPU path and the kernels' oracle).
