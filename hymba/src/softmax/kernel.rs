@@ -48,13 +48,8 @@ pub(crate) mod cube {
         }
         let mut vis = k <= qpos;
         if has_window {
-            if vis {
-                if qpos > k + window {
-                    if k >= num_meta {
-                        vis = false;
-                    }
-                }
-            }
+            let outside = qpos > k + window && k >= num_meta;
+            vis = vis && !outside;
         }
         vis
     }
