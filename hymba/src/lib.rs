@@ -11,7 +11,7 @@
 //! |---|---|
 //! | config, presets, layer plan (global/SWA, KV groups) | [`config`] |
 //! | meta tokens | [`meta_tokens`] |
-//! | attention heads: GQA, SWA + meta mask | [`attention`], [`rope`] |
+//! | attention heads: GQA, SWA + meta mask (a rule the masked softmax evaluates) | [`attention`], [`softmax`], [`rope`] |
 //! | SSM heads (Mamba-1) and the selective scan | [`ssm`], [`scan`] |
 //! | hybrid head: split → both branches → β-norm → average → out_proj | [`mixer`] |
 //! | decoder layer, FFN | [`layer`], [`ffn`] |
