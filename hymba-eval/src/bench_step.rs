@@ -257,20 +257,28 @@ impl StepBenchJob {
                 format!("{count} × layer {layer} on [{b}, {n}, {}]", c.hidden_size),
             ));
         }
-        let layers = c.num_hidden_layers;
-        let first = &hymba.layers[0];
-        if let Some(ssm) = &first.mixer.ssm {
+        // The SSM heads of the first layer that has them, times the layers that do (an
+        // ablation config may have attention-only layers).
+        let with_ssm: Vec<_> = hymba
+            .layers
+            .iter()
+            .filter_map(|l| l.mixer.ssm.as_ref())
+            .collect();
+        if let Some(ssm) = with_ssm.first() {
+            let count = with_ssm.len();
             let (u, z) = (leaf([b, n, c.d_inner()]), leaf([b, n, c.d_inner()]));
             let ms = time(&mut || ssm.forward(u.clone(), z.clone(), None).0.sum());
             out.push((
                 "ssm heads".into(),
-                ms * layers as f64,
+                ms * count as f64,
                 format!(
-                    "{layers} × conv, x_proj, dt_proj, norms, scan on [{b}, {n}, {}]",
+                    "{count} × conv, x_proj, dt_proj, norms, scan on [{b}, {n}, {}]",
                     c.d_inner()
                 ),
             ));
         }
+        let layers = c.num_hidden_layers;
+        let first = &hymba.layers[0];
         let ms = time(&mut || first.ffn.forward(first.ffn_norm.forward(x.clone())).sum());
         out.push((
             "ffn".into(),

@@ -61,8 +61,8 @@ pub use scan::ScanBackend;
 pub use softmax::AttentionBackend;
 
 /// What the model needs from a burn backend: the scan, matmul and masked-softmax
-/// extensions. Implemented for every backend that has all three (ndarray f32/f64, wgpu, CUDA, their `Fusion` and
-/// `Autodiff` wrappers).
+/// extensions. Implemented for every backend that has all three (ndarray f32/f64, wgpu,
+/// CUDA, their `Fusion` and `Autodiff` wrappers).
 pub trait HymbaBackend: ScanBackend + MatmulBackend + AttentionBackend {}
 
 impl<B: ScanBackend + MatmulBackend + AttentionBackend> HymbaBackend for B {}

@@ -174,10 +174,10 @@ pub fn use_planes<R: CubeRuntime>(
 
 /// Steps per vector access in the plane forward (`scan_forward_plane_kernel`): the largest
 /// of `items` (at most 8), 4, 2 that divides `items` and that every tensor allows, else 1.
-/// A tensor allows `w` when it lives on CUDA (cubecl's vectors of 8 are CUDA structs; WGSL has none
-/// wider than 4), its time stride is 1, its length, batch and channel strides are multiples
-/// of `w`, and its buffer offset is aligned to `w` elements — so that every access is one
-/// aligned vector either wholly inside the sequence or wholly past it.
+/// A tensor allows `w` when it lives on CUDA (cubecl's vectors of 8 are CUDA structs; WGSL
+/// has none wider than 4), its time stride is 1, its length, batch and channel strides are
+/// multiples of `w`, and its buffer offset is aligned to `w` elements — so that every access
+/// is one aligned vector either wholly inside the sequence or wholly past it.
 /// `HYMBA_SCAN_VECTOR=0` forces 1 (`bench scan` compares both).
 pub fn vector_width<R: CubeRuntime>(tensors: &[&CubeTensor<R>], items: usize) -> usize {
     static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
