@@ -8,6 +8,16 @@ device calls wrote one before a `bench step` run; see bench/results/README.md).
         kernels' total time grouped by name (the name's first line, cut at 160 characters),
         largest first, with launches and share of the total; prints the TOP (default 30).
 
+    cubecl_log_summary.py launches LOG OUT.json [TOP]
+        LOG written with `level = "full"`: each launch's record also holds the kernel's id
+        (for a fused kernel, the fused operations) and its `CubeCount`. Groups launches by
+        kernel name and cube count (the launch's size), largest total first, so that two
+        runs of the same step can be compared launch size by launch size.
+
+    cubecl_log_summary.py sequence LOG OUT.txt [COUNT]
+        The first COUNT (default 2000) launches of a `full`-level LOG in order, one line
+        each (duration, kernel name, cube count): which operations sit around a kernel.
+
     cubecl_log_summary.py compile LOG OUT.json [TOP]
         LOG holds CubeCL's compilation log (`[compilation.logger] level = "basic"`): one
         `[Compiling kernel] <type path>` line per kernel compiled. Counts them by kernel
@@ -39,6 +49,41 @@ def profile(lines):
     return {"total_ms": round(grand, 3), "kernels": rows}
 
 
+def records(lines):
+    """`(ms, name, cube count)` of each `full`-level record, in launch order."""
+    count_re = re.compile(r"CubeCount\s*(\S.*?)\s*$")
+    record = None
+    for line in lines:
+        m = DURATION.match(line)
+        if m:
+            if record is not None:
+                yield record
+            # `path::to::Kernel<Runtime>: id ...`: the type's last path segment.
+            name = re.sub(r"<.*", "", m.group(3).split(": ", 1)[0]).split("::")[-1]
+            record = [float(m.group(1)) * UNITS[m.group(2)], name, "?"]
+            line = m.group(3)
+        if record is not None and "CubeCount" in line:
+            c = count_re.search(line)
+            record[2] = c.group(1)[:60] if c else "?"
+    if record is not None:
+        yield record
+
+
+def launches(lines):
+    """Groups `full`-level records by kernel name and cube count."""
+    totals = {}
+    for ms, name, count in records(lines):
+        key = f"{name[:60]} @ {count}"
+        n, total = totals.get(key, (0, 0.0))
+        totals[key] = (n + 1, total + ms)
+    grand = sum(t for _, t in totals.values()) or 1.0
+    rows = [
+        {"launch": k, "launches": c, "total_ms": round(t, 3), "mean_us": round(1e3 * t / c, 1)}
+        for k, (c, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])
+    ]
+    return {"total_ms": round(grand, 3), "kernels": rows}
+
+
 def compile_(lines):
     entry = re.compile(r"^\[Compiling kernel\]\s+(\S+)")
     counts = {}
@@ -52,12 +97,21 @@ def compile_(lines):
 
 
 def main():
-    if len(sys.argv) < 4 or sys.argv[1] not in ("profile", "compile"):
+    modes = {"profile": profile, "launches": launches, "compile": compile_}
+    if len(sys.argv) >= 4 and sys.argv[1] == "sequence":
+        count = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
+        with open(sys.argv[2], encoding="utf-8", errors="replace") as f, open(sys.argv[3], "w") as out:
+            for i, (ms, name, cubes) in enumerate(records(f)):
+                if i >= count:
+                    break
+                out.write(f"{i:6d} {ms:10.3f} ms  {name} @ {cubes}\n")
+        return
+    if len(sys.argv) < 4 or sys.argv[1] not in modes:
         sys.exit(__doc__)
     mode, log, out = sys.argv[1:4]
     top = int(sys.argv[4]) if len(sys.argv) > 4 else 30
     with open(log, encoding="utf-8", errors="replace") as f:
-        summary = profile(f) if mode == "profile" else compile_(f)
+        summary = modes[mode](f)
     with open(out, "w") as f:
         json.dump(summary, f, indent=1)
     head = {k: v for k, v in summary.items() if k != "kernels"}

@@ -8,7 +8,9 @@
 //!   f32 weights (computing on their bf16 copy with `--precision bf16`); it is the sum of
 //!   `data`, `forward + backward` and `optimizer`, each timed apart;
 //! - `data`: building the `[batch, seq + 1]` token-id tensor on the device from host memory;
-//! - `forward + backward`: `TrainStep` alone; `optimizer`: the AdamW update alone;
+//! - `forward + backward`: `TrainStep` alone, its forward half (through the loss read back
+//!   to the host, as the trainer's `forward` phase) also reported apart; `optimizer`: the
+//!   AdamW update alone;
 //! - `matmul`: every projection product of one step (per layer in_proj, out_proj, FFN gate,
 //!   up and down; the LM head once), forward and both gradients, through the model's matmul;
 //! - `scan`: the selective scan forward and backward at each SSM layer's shape, on inputs
@@ -24,6 +26,9 @@
 //! A second list, `components`, times the model's own modules alone on leaf inputs (one
 //! decoder layer of each kind, the SSM heads, the FFN, the LM head with the loss), forward
 //! and backward: it says where `other` lives, which the kernel-level parts cannot.
+//!
+//! `--step-only` skips both lists: the run then launches exactly the trainer's kernels,
+//! which is what a kernel profile of the step wants.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,7 +37,7 @@ use burn::backend::Autodiff;
 use burn::optim::Optimizer;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, TensorData};
-use burn::train::TrainStep;
+use burn::train::TrainOutput;
 use hymba::attention::{KeySpan, hymba_mask, scaled_dot_product};
 use hymba::config::KvRole;
 use hymba::mixer::{AttentionContext, KeyValues, KvInput};
@@ -81,6 +86,10 @@ pub struct BenchStepArgs {
     /// hymba-train does it: 989 on CUDA (H100/H200 bf16 dense), none elsewhere.
     #[arg(long, default_value_t = 0.0)]
     pub peak_tflops: f64,
+    /// Time the whole step only (data, forward, backward, optimizer): skip the isolated
+    /// parts and modules, e.g. to profile exactly the kernels of the trainer's steps.
+    #[arg(long)]
+    pub step_only: bool,
 }
 
 /// One part of the step.
@@ -119,6 +128,9 @@ pub struct StepReport {
     pub step_ms: f64,
     /// Forward + backward alone, ms.
     pub fwd_bwd_ms: f64,
+    /// Forward alone, through the loss read back to the host (the trainer's `forward`
+    /// phase), ms; the rest of `fwd_bwd_ms` is the backward pass.
+    pub forward_ms: f64,
     /// Text tokens per second at `step_ms`.
     pub tokens_per_s: f64,
     /// Model FLOPs utilisation, percent: `tokens_per_s` × the model's training FLOPs per
@@ -146,6 +158,8 @@ struct StepBenchJob {
     compute: DType,
     /// Peak dense TFLOP/s for MFU.
     peak_tflops: Option<f64>,
+    /// Skip the isolated parts and modules.
+    step_only: bool,
 }
 
 /// Every projection product of one step, grouped by shape: `(product, how many per step)`.
@@ -289,7 +303,7 @@ impl StepBenchJob {
             ),
         ));
         let t = self.seq;
-        let hidden = leaf([b, t + 1, c.hidden_size]);
+        let hidden = leaf([b, t, c.hidden_size]);
         let ids = Tensor::<Ad<B>, 2, Int>::random(
             [b, t + 1],
             Distribution::Uniform(0.0, c.vocab_size as f64),
@@ -443,56 +457,73 @@ impl BackendRunner for StepBenchJob {
         // optimizer in the noise of the second forward + backward).
         let (mut optim, _snapshot) = LmOptimizer::<Ad<B>>::new(&OptimizerSection::default());
         let mut model = model;
-        let (mut fwd_bwd, mut optimizer) = (Vec::new(), Vec::new());
+        let (mut forward, mut fwd_bwd, mut optimizer) = (Vec::new(), Vec::new(), Vec::new());
         let sync_err = |e| BenchError::Arg(format!("device synchronisation: {e:?}"));
         for round in 0..self.warmup + self.rounds.max(1) {
+            // `TrainStep::step` in the trainer's two halves: the forward ends with the loss
+            // read back to the host (a synchronisation), as the trainer's `forward` phase.
             let start = Instant::now();
-            let grads = TrainStep::step(&model, batch(&device)).grads;
+            let (loss, item) = model.loss(batch(&device));
+            let forwarded = Instant::now();
+            let grads = TrainOutput::new(&model, loss.backward(), item).grads;
             sync().map_err(sync_err)?;
             let mid = Instant::now();
             model = optim.step(1e-4, model, grads);
             sync().map_err(sync_err)?;
             if round >= self.warmup {
+                forward.push((forwarded - start).as_secs_f64() * 1e3);
                 fwd_bwd.push((mid - start).as_secs_f64() * 1e3);
                 optimizer.push(mid.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let (fwd_bwd_ms, optimizer_ms) = (median(fwd_bwd), median(optimizer));
+        let (forward_ms, fwd_bwd_ms) = (median(forward), median(fwd_bwd));
+        let optimizer_ms = median(optimizer);
         let step_ms = data_ms + fwd_bwd_ms + optimizer_ms;
         let params = c.num_params();
-        let components = self.components(&model.compute_model(), &device);
-        drop(model);
-
-        let (matmul_ms, matmul_detail) = self.matmul_ms::<B>(&device);
-        let (scan_ms, scan_detail) = self.scan_ms::<B>(&device);
-        let (attention_ms, attention_detail) = self.attention_ms::<B>(&device);
-        let other_ms = fwd_bwd_ms - matmul_ms - scan_ms - attention_ms;
         let part = |name: &str, ms: f64, detail: String| StepPart {
             name: name.to_string(),
             ms,
             pct_of_step: 100.0 * ms / step_ms,
             detail,
         };
-        let parts = vec![
-            part(
-                "data",
-                data_ms,
-                format!("[{b}, {}] token ids to the device", t + 1),
-            ),
-            part("matmul", matmul_ms, matmul_detail),
-            part("scan", scan_ms, scan_detail),
-            part("attention", attention_ms, attention_detail),
-            part(
-                "other",
-                other_ms,
-                "forward + backward − matmul − scan − attention".into(),
-            ),
-            part(
-                "optimizer",
-                optimizer_ms,
-                "AdamW update of the f32 master weights, timed alone".into(),
-            ),
-        ];
+        let data = part(
+            "data",
+            data_ms,
+            format!("[{b}, {}] token ids to the device", t + 1),
+        );
+        let optimizer = part(
+            "optimizer",
+            optimizer_ms,
+            "AdamW update of the f32 master weights, timed alone".into(),
+        );
+        let (parts, components) = if self.step_only {
+            let fwd_bwd = part(
+                "forward + backward",
+                fwd_bwd_ms,
+                "the trainer's step, not split further (--step-only)".into(),
+            );
+            (vec![data, fwd_bwd, optimizer], Vec::new())
+        } else {
+            let components = self.components(&model.compute_model(), &device);
+            drop(model);
+            let (matmul_ms, matmul_detail) = self.matmul_ms::<B>(&device);
+            let (scan_ms, scan_detail) = self.scan_ms::<B>(&device);
+            let (attention_ms, attention_detail) = self.attention_ms::<B>(&device);
+            let other_ms = fwd_bwd_ms - matmul_ms - scan_ms - attention_ms;
+            let parts = vec![
+                data,
+                part("matmul", matmul_ms, matmul_detail),
+                part("scan", scan_ms, scan_detail),
+                part("attention", attention_ms, attention_detail),
+                part(
+                    "other",
+                    other_ms,
+                    "forward + backward − matmul − scan − attention".into(),
+                ),
+                optimizer,
+            ];
+            (parts, components)
+        };
         let components = components
             .into_iter()
             .map(|(name, ms, detail)| part(&name, ms, detail))
@@ -512,6 +543,7 @@ impl BackendRunner for StepBenchJob {
             precision: format!("{:?}", self.compute).to_lowercase(),
             step_ms,
             fwd_bwd_ms,
+            forward_ms,
             tokens_per_s,
             mfu_pct: self
                 .peak_tflops
@@ -557,6 +589,7 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
             (_, BackendKind::Cuda | BackendKind::CudaRaw) => Some(989.0),
             _ => None,
         },
+        step_only: args.step_only,
     };
     println!(
         "training step of {} on {kind}: batch {} × seq {}, {} compute, median of {} rounds",
@@ -568,8 +601,9 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
         .map(|m| format!(", MFU {m:.2} %"))
         .unwrap_or_default();
     println!(
-        "step {:.1} ms ({:.0} text tokens/s{mfu}), forward + backward {:.1} ms, {} parameters",
-        report.step_ms, report.tokens_per_s, report.fwd_bwd_ms, report.params
+        "step {:.1} ms ({:.0} text tokens/s{mfu}), forward + backward {:.1} ms \
+         (forward {:.1} ms), {} parameters",
+        report.step_ms, report.tokens_per_s, report.fwd_bwd_ms, report.forward_ms, report.params
     );
     for p in &report.parts {
         let noise = if p.ms < 0.0 {
@@ -582,7 +616,9 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
             p.name, p.ms, p.pct_of_step, p.detail
         );
     }
-    println!("  modules alone (forward + backward, per step):");
+    if !report.components.is_empty() {
+        println!("  modules alone (forward + backward, per step):");
+    }
     for p in &report.components {
         println!(
             "  {:<26} {:>10.2} ms {:>6.1} %   {}",

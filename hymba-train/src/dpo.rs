@@ -71,7 +71,9 @@ pub fn response_logprobs<B: HymbaBackend>(
     response_mask: Tensor<B, 2>,
 ) -> Tensor<B, 1> {
     let [batch, t] = ids.dims();
-    let logits = upcast(model.forward(ids.clone()).narrow(1, 0, t - 1));
+    // The model runs on the input positions only, as `Hymba::forward_loss` does (causality
+    // makes it the same log-probs; see there why the length matters).
+    let logits = upcast(model.forward(ids.clone().narrow(1, 0, t - 1)));
     let targets = ids.narrow(1, 1, t - 1).reshape([batch, t - 1, 1]);
     let logp = log_softmax(logits, 2)
         .gather(2, targets)

@@ -26,6 +26,7 @@ use crate::checkpoint;
 use crate::data::{BatchLoader, TrainData};
 use crate::error::TrainError;
 use crate::flops::train_flops_per_token;
+use crate::logger::ExperimentLog;
 use crate::metrics::StatMetric;
 use crate::model::LanguageModel;
 use crate::optim::LmOptimizer;
@@ -555,7 +556,10 @@ where
         validate: has_valid,
     };
     let mut training =
-        SupervisedTraining::new(&run.out_dir, Arc::new(train_loader), Arc::new(valid_loader));
+        SupervisedTraining::new(&run.out_dir, Arc::new(train_loader), Arc::new(valid_loader))
+            .with_application_logger(Some(Box::new(ExperimentLog::new(
+                run.out_dir.join("experiment.log"),
+            ))));
     if !std::io::stdout().is_terminal() {
         training = training.renderer(LineRenderer::new(run.log_every));
     }

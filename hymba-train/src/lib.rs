@@ -10,6 +10,7 @@ pub mod dpo;
 pub mod error;
 pub mod flops;
 pub mod job;
+pub mod logger;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -179,6 +179,10 @@ where
     }
 }
 
+/// Elements per concatenated buffer in [`clip_global_norm`]: 2²⁸ f32 values, 1 GiB, bounds
+/// the transient copy (hymba-125m's gradients fit in one buffer, hymba-1.5b's in six).
+const CLIP_CHUNK: usize = 1 << 28;
+
 /// Scales `grads` so that their global L2 norm is at most `max_norm` (0 = no clipping);
 /// returns the norm before clipping.
 pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -186,17 +190,41 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &mut GradientsParams,
     max_norm: f64,
 ) -> f64 {
-    // The per-tensor sums stay on the device and are read back once: a read per tensor
-    // would synchronise the device hundreds of times per step.
-    struct SumSquares<'a, B: AutodiffBackend> {
+    clip_global_norm_chunked(model, grads, max_norm, CLIP_CHUNK)
+}
+
+/// [`clip_global_norm`] with buffers of at most `chunk` elements (a tensor larger than
+/// `chunk` gets a buffer of its own).
+///
+/// The sum of squares is taken over the gradients flattened and concatenated into a few
+/// large buffers, one fused square-and-sum each, read back once: a reduction per tensor
+/// costs a zero fill, a square, a sum and a copy into the result, ≈ 1,700 launches per step
+/// for hymba-125m's ≈ 290 tensors, ≈ 140 ms of host time on an H200 (session 12) for what
+/// is ≈ 0.2 ms of memory traffic; the concatenation is one copy launch per tensor.
+fn clip_global_norm_chunked<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+    chunk: usize,
+) -> f64 {
+    /// The gradients as flat f32 tensors, grouped into buffers of at most `chunk` elements.
+    struct Flatten<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
-        parts: Vec<Tensor<B::InnerBackend, 1>>,
+        chunk: usize,
+        groups: Vec<(usize, Vec<Tensor<B::InnerBackend, 1>>)>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                let g = g.cast(burn::tensor::DType::F32);
-                self.parts.push(g.square().sum());
+                let n = g.shape().num_elements();
+                let flat = g.cast(burn::tensor::DType::F32).reshape([n]);
+                match self.groups.last_mut() {
+                    Some((filled, group)) if *filled + n <= self.chunk => {
+                        *filled += n;
+                        group.push(flat);
+                    }
+                    _ => self.groups.push((n, vec![flat])),
+                }
             }
         }
     }
@@ -211,15 +239,21 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
     }
-    let mut sums = SumSquares::<B> {
+    let mut flat = Flatten::<B> {
         grads,
-        parts: Vec::new(),
+        chunk,
+        groups: Vec::new(),
     };
-    model.visit(&mut sums);
-    let norm = if sums.parts.is_empty() {
+    model.visit(&mut flat);
+    let sums: Vec<Tensor<B::InnerBackend, 1>> = flat
+        .groups
+        .into_iter()
+        .map(|(_, group)| Tensor::cat(group, 0).square().sum())
+        .collect();
+    let norm = if sums.is_empty() {
         0.0
     } else {
-        Tensor::cat(sums.parts, 0)
+        Tensor::cat(sums, 0)
             .sum()
             .into_scalar()
             .elem::<f64>()
@@ -232,4 +266,85 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
         });
     }
     norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use hymba::{Hymba, HymbaConfig};
+
+    type B = Autodiff<NdArray>;
+
+    /// A tiny model and the gradients of its loss on a fixed batch.
+    fn model_and_grads() -> (LanguageModel<B>, GradientsParams) {
+        let device = Default::default();
+        B::seed(&device, 3);
+        let model = LanguageModel::new(
+            Hymba::<B>::new(&HymbaConfig::tiny(), &device).expect("tiny model"),
+            None,
+        );
+        let ids: Vec<i64> = (0..2 * 24).map(|i| 1 + (i * 37 % 400) as i64).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
+        let loss = model.hymba.forward_loss(ids, None);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (model, grads)
+    }
+
+    /// Every gradient's values, in the model's parameter order.
+    fn grad_values(model: &LanguageModel<B>, grads: &GradientsParams) -> Vec<f64> {
+        struct Collect<'a>(&'a GradientsParams, Vec<f64>);
+        impl ModuleVisitor<B> for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if let Some(g) = self.0.get::<NdArray, D>(param.id) {
+                    self.1.extend(g.into_data().iter::<f64>());
+                }
+            }
+        }
+        let mut c = Collect(grads, Vec::new());
+        model.visit(&mut c);
+        c.1
+    }
+
+    #[test]
+    fn global_norm_is_the_l2_norm_of_every_gradient_in_any_chunking() {
+        let (model, mut grads) = model_and_grads();
+        let values = grad_values(&model, &grads);
+        assert!(values.len() > 10_000, "{} gradient values", values.len());
+        let want = values.iter().map(|v| v * v).sum::<f64>().sqrt();
+        // One buffer, and buffers smaller than most tensors (each tensor its own buffer).
+        for chunk in [CLIP_CHUNK, 1000, 1] {
+            let got = clip_global_norm_chunked(&model, &mut grads, 0.0, chunk);
+            assert!(
+                (got - want).abs() <= 1e-4 * want,
+                "chunk {chunk}: {got} vs {want}"
+            );
+            // max_norm 0: nothing is scaled.
+            assert_eq!(grad_values(&model, &grads), values);
+        }
+    }
+
+    #[test]
+    fn clipping_scales_every_gradient_to_the_max_norm() {
+        let (model, mut grads) = model_and_grads();
+        let before = grad_values(&model, &grads);
+        let norm = clip_global_norm(&model, &mut grads, 1e9);
+        assert_eq!(
+            grad_values(&model, &grads),
+            before,
+            "under the limit: unchanged"
+        );
+        let max = norm / 4.0;
+        assert_eq!(clip_global_norm(&model, &mut grads, max), norm);
+        let after = grad_values(&model, &grads);
+        for (a, b) in after.iter().zip(&before) {
+            assert!(
+                (a - b / 4.0).abs() <= 1e-6 * b.abs().max(1e-6),
+                "{a} vs {}",
+                b / 4.0
+            );
+        }
+        let clipped = clip_global_norm(&model, &mut grads, 0.0);
+        assert!((clipped - max).abs() <= 1e-4 * max, "{clipped} vs {max}");
+    }
 }

@@ -211,6 +211,13 @@ impl<B: HymbaBackend> Hymba<B> {
     /// Next-token cross-entropy over the text positions, averaged over the target tokens
     /// whose `loss_mask` is 1 (all of them when `None`).
     ///
+    /// The model runs on the `T − 1` input positions `ids[:, ..T-1]` only: the last token is
+    /// a target and nothing else, and by causality no other position's output depends on
+    /// it, so the loss is the one of a forward over all `T`. Besides saving a position, this
+    /// keeps the sequence at `T − 1` + meta tokens — 2,048 + 128 for windows of 2,049 ids —
+    /// a multiple of 8 that cuBLAS's tensor-core GEMMs take for the attention products
+    /// (2,177 rows sent them to burn's slower kernel: `matmul::cublas::supports`).
+    ///
     /// # Shapes
     /// - `ids`: `[batch, T]`, `loss_mask`: `[batch, T − 1]` (weights of targets `ids[:, 1..]`)
     pub fn forward_loss(
@@ -218,18 +225,17 @@ impl<B: HymbaBackend> Hymba<B> {
         ids: Tensor<B, 2, Int>,
         loss_mask: Option<Tensor<B, 2>>,
     ) -> Tensor<B, 1> {
-        let hidden = self.hidden(ids.clone(), None);
+        let t = ids.dims()[1];
+        let hidden = self.hidden(ids.clone().narrow(1, 0, t - 1), None);
         self.loss_from_hidden(hidden, ids, loss_mask)
     }
 
     /// The loss half of [`Self::forward_loss`]: LM head and cross-entropy on the final
-    /// hidden states of the text positions (`[batch, T, D]`, as [`Self::hidden`] returns
-    /// them). The head runs on the `T − 1` positions that have a target only: slicing the
-    /// logits instead would copy `[batch, T − 1, V]` (1 GB at batch 8 × 2048 in bf16) and
-    /// give the backward a zero-filled `[batch, T, V]` gradient to slice into.
+    /// hidden states of the input positions `ids[:, ..T-1]` (as [`Self::hidden`] returns
+    /// them for those ids), against the targets `ids[:, 1..]`.
     ///
     /// # Shapes
-    /// - `hidden`: `[batch, T, D]`, `ids`: `[batch, T]`, `loss_mask`: `[batch, T − 1]`
+    /// - `hidden`: `[batch, T − 1, D]`, `ids`: `[batch, T]`, `loss_mask`: `[batch, T − 1]`
     pub fn loss_from_hidden(
         &self,
         hidden: Tensor<B, 3>,
@@ -237,7 +243,7 @@ impl<B: HymbaBackend> Hymba<B> {
         loss_mask: Option<Tensor<B, 2>>,
     ) -> Tensor<B, 1> {
         let [batch, t] = ids.dims();
-        let logits = self.lm_head(hidden.narrow(1, 0, t - 1));
+        let logits = self.lm_head(hidden);
         let logp = log_softmax(upcast(logits), 2);
         let targets = ids.narrow(1, 1, t - 1).reshape([batch, t - 1, 1]);
         let nll = logp.gather(2, targets).reshape([batch, t - 1]).neg();

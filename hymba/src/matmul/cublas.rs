@@ -333,9 +333,12 @@ fn with_lane<T>(
 
 impl Lane {
     /// Step 1 and 2 of the flag ordering: our stream will wait for the work cubecl has
-    /// queued so far. Returns the sequence number, or `None` if the driver refused the
+    /// queued so far. Returns the sequence number, or the driver's error if it refused the
     /// stream wait (then the caller syncs instead).
-    fn wait_for_cubecl(&mut self, client: &ComputeClient<CudaRuntime>) -> Option<u32> {
+    fn wait_for_cubecl(
+        &mut self,
+        client: &ComputeClient<CudaRuntime>,
+    ) -> Result<u32, driver::DriverError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         // SAFETY: a 1×1 launch that stores to index READY of a FLAG_WORDS-long buffer.
@@ -353,7 +356,7 @@ impl Lane {
         let flag = driver_sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32;
         // SAFETY: `ready` is a live, 4-byte aligned device address on this context.
         let status = unsafe { driver_sys::cuStreamWaitValue32_v2(self.stream, ready, seq, flag) };
-        status.result().ok().map(|()| seq)
+        status.result().map(|()| seq)
     }
 
     /// Step 2's end and step 3: our stream raises `done` after the GEMM, and cubecl's
@@ -466,16 +469,27 @@ fn enqueue(
 
     with_lane(client, device, |lane| {
         let seq = if order == Ordering::Flags {
-            let seq = lane.wait_for_cubecl(client);
-            if seq.is_none() {
-                // On the runner thread: `client.sync()` would wait on itself. Everything
-                // cubecl has queued is already submitted, so a context-wide sync orders it.
-                FLAGS_REFUSED.store(true, AtomicOrdering::Relaxed);
-                if let Err(e) = driver::ctx::synchronize() {
-                    panic!("cuBLAS matmul: context sync failed: {e:?}");
+            match lane.wait_for_cubecl(client) {
+                Ok(seq) => Some(seq),
+                Err(e) => {
+                    if !FLAGS_REFUSED.swap(true, AtomicOrdering::Relaxed) {
+                        // Once per process: every later product waits on the host, which
+                        // can cost much of a step's time, and the user should know why.
+                        eprintln!(
+                            "warning: cuBLAS matmul: the driver refused a stream wait \
+                             (cuStreamWaitValue32: {e:?}); each product now synchronises \
+                             the device"
+                        );
+                    }
+                    // On the runner thread: `client.sync()` would wait on itself. Everything
+                    // cubecl has queued is already submitted, so a context-wide sync orders
+                    // it.
+                    if let Err(e) = driver::ctx::synchronize() {
+                        panic!("cuBLAS matmul: context sync failed: {e:?}");
+                    }
+                    None
                 }
             }
-            seq
         } else {
             None
         };
