@@ -31,22 +31,29 @@ UNITS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 DURATION = re.compile(r"^\|\s*([0-9.]+)(ns|µs|us|ms|s)\s*\|\s*(.+?)\s*$")
 
 
-def profile(lines):
+def grouped(items, label):
+    """Totals `(key, ms)` pairs by key: rows with launches, total and mean time, and each
+    key's share of the whole, largest total first; `label` names the key column."""
     totals = {}
-    for line in lines:
-        m = DURATION.match(line)
-        if not m:
-            continue
-        ms = float(m.group(1)) * UNITS[m.group(2)]
-        name = m.group(3)[:160]
-        count, total = totals.get(name, (0, 0.0))
-        totals[name] = (count + 1, total + ms)
+    for key, ms in items:
+        count, total = totals.get(key, (0, 0.0))
+        totals[key] = (count + 1, total + ms)
     grand = sum(t for _, t in totals.values()) or 1.0
     rows = [
-        {"kernel": k, "launches": c, "total_ms": round(t, 3), "pct": round(100 * t / grand, 2)}
+        {label: k, "launches": c, "total_ms": round(t, 3), "mean_us": round(1e3 * t / c, 1),
+         "pct": round(100 * t / grand, 2)}
         for k, (c, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])
     ]
     return {"total_ms": round(grand, 3), "kernels": rows}
+
+
+def profile(lines):
+    """Groups `basic`-level lines by kernel name (its first line, cut at 160 characters)."""
+    matches = (DURATION.match(line) for line in lines)
+    return grouped(
+        ((m.group(3)[:160], float(m.group(1)) * UNITS[m.group(2)]) for m in matches if m),
+        "kernel",
+    )
 
 
 def records(lines):
@@ -71,17 +78,9 @@ def records(lines):
 
 def launches(lines):
     """Groups `full`-level records by kernel name and cube count."""
-    totals = {}
-    for ms, name, count in records(lines):
-        key = f"{name[:60]} @ {count}"
-        n, total = totals.get(key, (0, 0.0))
-        totals[key] = (n + 1, total + ms)
-    grand = sum(t for _, t in totals.values()) or 1.0
-    rows = [
-        {"launch": k, "launches": c, "total_ms": round(t, 3), "mean_us": round(1e3 * t / c, 1)}
-        for k, (c, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])
-    ]
-    return {"total_ms": round(grand, 3), "kernels": rows}
+    return grouped(
+        ((f"{name[:60]} @ {count}", ms) for ms, name, count in records(lines)), "launch"
+    )
 
 
 def compile_(lines):

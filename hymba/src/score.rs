@@ -69,7 +69,8 @@ pub fn score_continuations<B: HymbaBackend>(
     }
     let device = model.embed_tokens.val().device();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, len]), &device);
-    let logits = upcast(model.forward(ids.clone()).narrow(1, 0, len - 1));
+    // The model runs on the input positions only, as `Hymba::forward_loss` does.
+    let logits = upcast(model.forward(ids.clone().narrow(1, 0, len - 1)));
     let greedy_ids = logits.clone().argmax(2).reshape([batch, len - 1]);
     let targets = ids.narrow(1, 1, len - 1);
     let logp = log_softmax(logits, 2)
