@@ -30,6 +30,11 @@
 #            ordering under a watchdog that dumps every thread's stack if it stalls.
 #   planes:  session 8: the scan-kernel tests on CUDA, `bench scan` with and without the
 #            plane-shuffle paths, Nsight Compute on the plane forward and the backward.
+#   launches: session 12: hymba-125m bf16 at 8 × 2048, the trainer (phases timed, then
+#            plain, summarised by train_summary.py) and `bench step --step-only`, then one
+#            `bench step` round and three trainer steps under CubeCL's `full`-level profiler,
+#            grouped by kernel and size (`cubecl_log_summary.py launches`) and listed in order
+#            (`sequence`), so the two can be compared launch by launch.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -318,6 +323,27 @@ profile)
     LIMIT=${TRAIN_LIMIT:-200} step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-6} $common precision=$p out_dir=/tmp/pt_$p 2>&1 | tee "$OUT/pretrain_125m_1gpu_${p}_phases${TAG:-}.txt" | tail -16
   done
   save_cache
+  ;;
+launches)
+  use_cache
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
+  bench="bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --step-only"
+  HYMBA_STEP_TIMES=1 LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=8 $train out_dir=/tmp/lt_phases 2>&1 | grep -E "phases|^step|tokens/s|warning" | tee "$OUT/train_phases.txt"
+  LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=12 $train out_dir=/tmp/lt_plain 2>&1 | grep -E "^step|tokens/s|step time|valid|unigram|warning" | tee "$OUT/train_plain.txt"
+  python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 "$OUT/train_plain.txt"
+  LIMIT=${STEP_LIMIT:-200} step .gpu/hymba-eval $bench --rounds 5 --out "$OUT/step_only.json" 2>&1 | grep -E "^step|warning"
+  for run in bench train; do
+    printf '[profiling.logger]\nlevel = "full"\nfile = "/tmp/profile_%s.log"\n' $run > cubecl.toml
+    if [ $run = bench ]; then
+      LIMIT=200 step .gpu/hymba-eval $bench --rounds 1 --warmup 0 2>&1 | tail -2
+    else
+      LIMIT=200 step .gpu/hymba-train pretrain --backend cuda steps=3 $train out_dir=/tmp/lt_profile 2>&1 | grep -E "^step"
+    fi
+    rm -f cubecl.toml
+    python3 bench/cubecl_log_summary.py launches /tmp/profile_$run.log "$OUT/launches_$run.json" 12 | cut -c1-200
+    python3 bench/cubecl_log_summary.py sequence /tmp/profile_$run.log "$OUT/sequence_$run.txt" 6000
+  done
+  [ "${SAVE_CACHE:-1}" = 1 ] && save_cache
   ;;
 probe)
   # Why a first step takes minutes: full logs of a non-fusion pretraining run and of an SFT
