@@ -35,6 +35,9 @@
 #            `bench step` round and three trainer steps under CubeCL's `full`-level profiler,
 #            grouped by kernel and size (`cubecl_log_summary.py launches`) and listed in order
 #            (`sequence`), so the two can be compared launch by launch.
+#   s13:     session 13: the cuBLAS tests, `check`, hymba-125m bf16 8 × 2048 trainer runs
+#            (phases, plain, host-synced products as the baseline), `bench step`, hymba-350m,
+#            and a `full`-level profile of three trainer steps.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -344,6 +347,40 @@ launches)
     python3 bench/cubecl_log_summary.py sequence /tmp/profile_$run.log "$OUT/sequence_$run.txt" 6000
   done
   [ "${SAVE_CACHE:-1}" = 1 ] && save_cache
+  ;;
+s13)
+  # Session 13: our own flag kernels instead of the driver's stream memory operations.
+  # 1. the cuBLAS tests (the ordering test now also fails if the flags fell back to host
+  # syncs); 2. `check` against the CPU; 3. hymba-125m bf16 at 8 × 2048: the trainer with
+  # phases, plain (summarised), then with host-synced products (the baseline, same call);
+  # 4. `bench step`; 5. hymba-350m at the same shape; 6. three trainer steps under CubeCL's
+  # `full`-level profiler, grouped by kernel and size. Logs go to one file (a call returns
+  # at most 8 files).
+  use_cache
+  log="$OUT/s13_log.txt"
+  if [ -x .gpu/matmul_gpu ]; then
+    LIMIT=150 step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | grep -E "^test |ordering|error|test result|panicked|warning" | tee -a "$log"
+  fi
+  [ -x .gpu/scan_kernel ] && LIMIT=200 step .gpu/scan_kernel --test-threads=1 model_on_autodiff_gpu_equals_ndarray 2>&1 | grep -E "^test |test result|panicked" | tee -a "$log"
+  [ "${CHECK:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval check --backend cuda --preset hymba-125m --batch 2 --len 300 2>&1 | tail -4 | tee -a "$log"
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
+  keep="^step|tokens/s|step time|valid|unigram|warning|rror"
+  HYMBA_STEP_TIMES=1 LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=8 $train out_dir=/tmp/s13_phases 2>&1 | grep -E "phases|$keep" | tee -a "$log"
+  LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=12 $train out_dir=/tmp/s13_plain 2>&1 | grep -E "$keep" | tee /tmp/train_plain.txt | tee -a "$log"
+  NOTE="session 13: own flag kernels; hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), 12 steps; one GPU" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_plain.txt
+  HYMBA_MATMUL_ORDER=sync LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=12 $train out_dir=/tmp/s13_sync 2>&1 | grep -E "$keep" | tee -a "$log"
+  [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -20 | tee -a "$log"
+  if [ "${M350:-1}" = 1 ]; then
+    LIMIT=240 step .gpu/hymba-train pretrain --backend cuda steps=10 ${train/hymba-125m/hymba-350m} out_dir=/tmp/s13_350 2>&1 | grep -E "$keep" | tee /tmp/train_350m.txt | tee -a "$log"
+    NOTE="session 13: own flag kernels; hymba-train pretrain, hymba-350m, bf16, 8 x 2048 (+128 meta), 10 steps; one GPU" python3 bench/train_summary.py "$OUT/pretrain_350m_1gpu_bf16_b8.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-350m 8 2048 /tmp/train_350m.txt
+  fi
+  if [ "${PROFILE:-1}" = 1 ]; then
+    printf '[profiling.logger]\nlevel = "full"\nfile = "/tmp/profile_train.log"\n' > cubecl.toml
+    LIMIT=200 step .gpu/hymba-train pretrain --backend cuda steps=3 $train out_dir=/tmp/s13_profile 2>&1 | grep -E "^step" | tee -a "$log"
+    rm -f cubecl.toml
+    python3 bench/cubecl_log_summary.py launches /tmp/profile_train.log "$OUT/launches_train.json" 25 | cut -c1-220 | tee -a "$log"
+  fi
+  [ "${SAVE_CACHE:-0}" = 1 ] && save_cache
   ;;
 probe)
   # Why a first step takes minutes: full logs of a non-fusion pretraining run and of an SFT

@@ -217,6 +217,12 @@ fn check_ordering<Bk: MatmulBackend<Device = CudaDevice>>(name: &str) {
         err <= 1e-5,
         "{name}: flag ordering differs from host syncs by {err}"
     );
+    // Had the flag kernels failed to load or launch, every product would have fallen back
+    // to host syncs and the comparison above would compare syncs with syncs.
+    assert!(
+        !cublas::flags_refused(),
+        "{name}: the flag ordering fell back to host syncs"
+    );
 }
 
 #[test]

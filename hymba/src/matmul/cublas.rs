@@ -25,20 +25,24 @@
 //!   buffer, with no host wait:
 //!   1. a one-thread cubecl kernel on cubecl's stream stores the call's sequence number in
 //!      `ready` — it runs only once everything queued before the product is done;
-//!   2. our stream waits for `ready ≥ seq` (`cuStreamWaitValue32`), runs the GEMM, then
-//!      writes `done = seq` (`cuStreamWriteValue32`, with a memory barrier);
-//!   3. a second one-thread kernel on cubecl's stream spins until `done ≥ seq`, so whatever
-//!      cubecl queues after the product (including reuse of the inputs' memory, which its
-//!      stream-ordered pool allows once they are dropped) waits for the GEMM.
+//!   2. a one-thread kernel of ours on our stream spins until `ready ≥ seq`, then the GEMM
+//!      runs, then another one-thread kernel stores `seq` in `done` (release order at GPU
+//!      scope, so the GEMM's writes are visible before the flag is);
+//!   3. a second one-thread cubecl kernel on cubecl's stream spins until `done ≥ seq`, so
+//!      whatever cubecl queues after the product (including reuse of the inputs' memory,
+//!      which its stream-ordered pool allows once they are dropped) waits for the GEMM.
 //!
-//!   The comparisons are cyclic (as `CU_STREAM_WAIT_VALUE_GEQ`'s), so the counter may wrap.
-//!   The whole host path runs on cubecl's runner thread (`ComputeClient::exclusive`), where
-//!   cubecl's own calls are direct: one round trip per product (2–3 µs of host time per
-//!   product on the H200). It passes the ordering test on an H100 and an H200, reaches
-//!   675 TFLOP/s at 8192³ bf16 on the H200 (`bench/results/matmul_flags_h200.json`), and
-//!   runs hymba-125m training steps (`bench/results/step_125m_*_h200.json`). If the
-//!   driver refuses stream memory operations the product falls back to a context-wide
-//!   sync and `sync` is used from then on.
+//!   Our two kernels are a few lines of PTX (`FLAG_PTX`), loaded once per device by the
+//!   driver's JIT. Until session 12 step 2 used the driver's stream memory operations
+//!   (`cuStreamWaitValue32` / `cuStreamWriteValue32`), but the driver of session 12's H200
+//!   machines (580.159.04) refused the wait on the flag's address with
+//!   `CUDA_ERROR_INVALID_VALUE`, so every product synchronised the host. cubecl's buffers
+//!   come from a stream-ordered pool (`cuMemAllocAsync`), which may be why (not verified);
+//!   a kernel takes any device address. The comparisons are cyclic (`seen − seq` as a signed
+//!   number), so the counter may wrap. The whole host path runs on cubecl's runner thread
+//!   (`ComputeClient::exclusive`), where cubecl's own calls are direct: one round trip per
+//!   product. If the PTX cannot be loaded the product falls back to a context-wide sync
+//!   and `sync` is used from then on, with one warning.
 //! - `sync`: the host waits for the device before the GEMM (`client.sync()`) and for the
 //!   GEMM after it, on the calling thread. Each product costs a device bubble and three
 //!   blocking buffer lookups on cubecl's runner thread (0.38 ms of host time per product
@@ -170,7 +174,11 @@ pub fn supports(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) ->
     let batch: usize = lb.iter().zip(rb).map(|(&a, &b)| a.max(b)).product();
     // cuBLAS's tensor-core kernels want 16-byte aligned rows; with an odd dim (the LM
     // head's 32,001) it falls back to kernels slower than burn's (H100, bf16: 96 vs 270
-    // TFLOP/s at 17,408 × 32,001 × 1,600), so such products stay on burn's kernel.
+    // TFLOP/s at 17,408 × 32,001 × 1,600), so such products stay on burn's kernel. Padding
+    // only the leading dimensions does not help: with operands copied to a 32,008 pitch
+    // and the output written pitched, hymba-125m's LM-head products ran at 91, 127 and 148
+    // TFLOP/s on an H200 (forward, dX, dW; burn's kernel: 205, 219, 190;
+    // `bench/results/matmul_125m_pitched_s13_h200.json`): the dimension itself decides.
     let align = 16 / lhs.dtype.size();
     if [m, n, k].iter().any(|&d| d % align != 0) {
         return false;
@@ -223,8 +231,16 @@ pub fn ordering() -> Ordering {
     }
 }
 
-/// Set once stream memory operations have failed: every later product syncs instead.
+/// Set once the flag kernels have failed to load or launch: every later product syncs
+/// instead.
 static FLAGS_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the flag ordering has fallen back to host syncs in this process (its kernels
+/// could not be loaded or launched; a warning said so). The ordering test checks it, so
+/// that it cannot pass by comparing host syncs with host syncs.
+pub fn flags_refused() -> bool {
+    FLAGS_REFUSED.load(AtomicOrdering::Relaxed)
+}
 
 /// Index of the flag cubecl's stream raises before the GEMM.
 const READY: usize = 0;
@@ -255,6 +271,85 @@ mod cube {
     }
 }
 
+/// The two flag kernels of our stream (see the module docs, "Ordering"), as PTX for the
+/// driver to JIT (sm_70 and up: `ld.acquire`/`st.release` need it). Both take the flag's
+/// device address and the sequence number and run as one thread.
+///
+/// - `hymba_flag_wait` spins until `*flag − seq ≥ 0` (signed, so the counter may wrap),
+///   reading at GPU scope with acquire order: the GEMM after it sees what was written
+///   before the flag was raised.
+/// - `hymba_flag_store` stores `seq` with release order at GPU scope: everything the
+///   kernels before it on the stream wrote is visible before the flag is.
+const FLAG_PTX: &std::ffi::CStr = c".version 7.0
+.target sm_70
+.address_size 64
+
+.visible .entry hymba_flag_wait(.param .u64 flag, .param .u32 seq)
+{
+    .reg .pred %p;
+    .reg .b32 %r<4>;
+    .reg .b64 %rd<3>;
+    ld.param.u64 %rd1, [flag];
+    ld.param.u32 %r1, [seq];
+    cvta.to.global.u64 %rd2, %rd1;
+SPIN:
+    ld.acquire.gpu.global.u32 %r2, [%rd2];
+    sub.s32 %r3, %r2, %r1;
+    setp.lt.s32 %p, %r3, 0;
+    @%p bra SPIN;
+    ret;
+}
+
+.visible .entry hymba_flag_store(.param .u64 flag, .param .u32 seq)
+{
+    .reg .b32 %r<2>;
+    .reg .b64 %rd<3>;
+    ld.param.u64 %rd1, [flag];
+    ld.param.u32 %r1, [seq];
+    cvta.to.global.u64 %rd2, %rd1;
+    st.release.gpu.global.u32 [%rd2], %r1;
+    ret;
+}
+";
+
+/// [`FLAG_PTX`]'s kernels, loaded on the device's primary context.
+#[derive(Clone, Copy)]
+struct FlagKernels {
+    wait: driver_sys::CUfunction,
+    store: driver_sys::CUfunction,
+}
+
+impl FlagKernels {
+    /// Loads [`FLAG_PTX`] on the current context.
+    fn load() -> Result<Self, driver::DriverError> {
+        // SAFETY: a NUL-terminated PTX image; the module is never unloaded (the functions
+        // live as long as the process's lanes).
+        unsafe {
+            let module = driver::module::load_data(FLAG_PTX.as_ptr().cast())?;
+            let wait = driver::module::get_function(module, c"hymba_flag_wait".into())?;
+            let store = driver::module::get_function(module, c"hymba_flag_store".into())?;
+            Ok(Self { wait, store })
+        }
+    }
+
+    /// Enqueues `f(flag, seq)` as one thread on `stream`.
+    fn launch(
+        f: driver_sys::CUfunction,
+        stream: driver_sys::CUstream,
+        flag: u64,
+        seq: u32,
+    ) -> Result<(), driver::DriverError> {
+        let (mut flag, mut seq) = (flag, seq);
+        let mut params = [
+            (&raw mut flag).cast::<c_void>(),
+            (&raw mut seq).cast::<c_void>(),
+        ];
+        // SAFETY: `f` is one of FLAG_PTX's kernels, whose parameters are a u64 and a u32;
+        // the driver copies them before returning.
+        unsafe { driver::launch_kernel(f, (1, 1, 1), (1, 1, 1), 0, stream, &mut params) }
+    }
+}
+
 /// One host thread's cuBLAS state for one device.
 struct Lane {
     handle: sys::cublasHandle_t,
@@ -264,6 +359,8 @@ struct Lane {
     flags: ManuallyDrop<CubeTensor<CudaRuntime>>,
     /// Device address of `flags`.
     flags_ptr: u64,
+    /// Our stream's flag kernels, or the driver's error if the PTX did not load.
+    kernels: Result<FlagKernels, driver::DriverError>,
     /// The last sequence number used.
     seq: u32,
 }
@@ -324,6 +421,7 @@ fn with_lane<T>(
                 stream,
                 flags: ManuallyDrop::new(flags),
                 flags_ptr,
+                kernels: FlagKernels::load(),
                 seq: 0,
             }
         });
@@ -333,12 +431,13 @@ fn with_lane<T>(
 
 impl Lane {
     /// Step 1 and 2 of the flag ordering: our stream will wait for the work cubecl has
-    /// queued so far. Returns the sequence number, or the driver's error if it refused the
-    /// stream wait (then the caller syncs instead).
+    /// queued so far. Returns the sequence number, or the driver's error if our flag
+    /// kernels are unusable (then the caller syncs instead).
     fn wait_for_cubecl(
         &mut self,
         client: &ComputeClient<CudaRuntime>,
     ) -> Result<u32, driver::DriverError> {
+        let kernels = self.kernels?;
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         // SAFETY: a 1×1 launch that stores to index READY of a FLAG_WORDS-long buffer.
@@ -353,21 +452,20 @@ impl Lane {
             );
         }
         let ready = self.flags_ptr + (READY * 4) as u64;
-        let flag = driver_sys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32;
-        // SAFETY: `ready` is a live, 4-byte aligned device address on this context.
-        let status = unsafe { driver_sys::cuStreamWaitValue32_v2(self.stream, ready, seq, flag) };
-        status.result().map(|()| seq)
+        FlagKernels::launch(kernels.wait, self.stream, ready, seq).map(|()| seq)
     }
 
     /// Step 2's end and step 3: our stream raises `done` after the GEMM, and cubecl's
     /// stream waits for it.
     fn release_cubecl(&mut self, client: &ComputeClient<CudaRuntime>, seq: u32) {
         let done = self.flags_ptr + (DONE * 4) as u64;
-        let flag = driver_sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
-        // SAFETY: as in `wait_for_cubecl`.
-        let status = unsafe { driver_sys::cuStreamWriteValue32_v2(self.stream, done, seq, flag) };
-        if let Err(e) = status.result() {
-            panic!("cuBLAS matmul: cuStreamWriteValue32 failed after a successful wait: {e:?}");
+        let stored = self
+            .kernels
+            .and_then(|k| FlagKernels::launch(k.store, self.stream, done, seq));
+        if let Err(e) = stored {
+            // The wait kernel of the same module launched a moment ago: this is a broken
+            // context, and cubecl's stream would spin forever on `done`.
+            panic!("cuBLAS matmul: the flag store failed after a successful wait: {e:?}");
         }
         // SAFETY: a 1×1 launch that loads index DONE of a FLAG_WORDS-long buffer.
         unsafe {
@@ -476,8 +574,8 @@ fn enqueue(
                         // Once per process: every later product waits on the host, which
                         // can cost much of a step's time, and the user should know why.
                         eprintln!(
-                            "warning: cuBLAS matmul: the driver refused a stream wait \
-                             (cuStreamWaitValue32: {e:?}); each product now synchronises \
+                            "warning: cuBLAS matmul: the flag kernels could not be \
+                             loaded or launched ({e:?}); each product now synchronises \
                              the device"
                         );
                     }
