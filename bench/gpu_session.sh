@@ -37,7 +37,10 @@
 #            (`sequence`), so the two can be compared launch by launch.
 #   s13:     session 13: the cuBLAS tests, `check`, hymba-125m bf16 8 × 2048 trainer runs
 #            (phases, plain, host-synced products as the baseline), `bench step`, hymba-350m,
-#            and a `full`-level profile of three trainer steps.
+#            and a `full`-level profile of three trainer steps (PHASES=0, SYNC=0, M350=0,
+#            PROFILE=0 leave parts out).
+#   s13ab:   session 13: the LM head's vocabulary padding on and off (HYMBA_PAD_VOCAB=0) in
+#            alternating trainer runs and `bench step`, hymba-125m bf16 8 × 2048.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -365,10 +368,10 @@ s13)
   [ "${CHECK:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval check --backend cuda --preset hymba-125m --batch 2 --len 300 2>&1 | tail -4 | tee -a "$log"
   train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
   keep="^step|tokens/s|step time|valid|unigram|warning|rror"
-  HYMBA_STEP_TIMES=1 LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=8 $train out_dir=/tmp/s13_phases 2>&1 | grep -E "phases|$keep" | tee -a "$log"
+  [ "${PHASES:-1}" = 1 ] && HYMBA_STEP_TIMES=1 LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=8 $train out_dir=/tmp/s13_phases 2>&1 | grep -E "phases|$keep" | tee -a "$log"
   LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=12 $train out_dir=/tmp/s13_plain 2>&1 | grep -E "$keep" | tee /tmp/train_plain.txt | tee -a "$log"
   NOTE="session 13: own flag kernels; hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), 12 steps; one GPU" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_plain.txt
-  HYMBA_MATMUL_ORDER=sync LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=12 $train out_dir=/tmp/s13_sync 2>&1 | grep -E "$keep" | tee -a "$log"
+  [ "${SYNC:-1}" = 1 ] && HYMBA_MATMUL_ORDER=sync LIMIT=${TRAIN_LIMIT:-300} step .gpu/hymba-train pretrain --backend cuda steps=12 $train out_dir=/tmp/s13_sync 2>&1 | grep -E "$keep" | tee -a "$log"
   [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -20 | tee -a "$log"
   if [ "${M350:-1}" = 1 ]; then
     LIMIT=240 step .gpu/hymba-train pretrain --backend cuda steps=10 ${train/hymba-125m/hymba-350m} out_dir=/tmp/s13_350 2>&1 | grep -E "$keep" | tee /tmp/train_350m.txt | tee -a "$log"
@@ -381,6 +384,23 @@ s13)
     python3 bench/cubecl_log_summary.py launches /tmp/profile_train.log "$OUT/launches_train.json" 25 | cut -c1-220 | tee -a "$log"
   fi
   [ "${SAVE_CACHE:-0}" = 1 ] && save_cache
+  ;;
+s13ab)
+  # Session 13: the LM head's vocabulary padding (`matmul_wt_padded`) against none
+  # (HYMBA_PAD_VOCAB=0) in one call, alternating, since whole calls differ by up to 1.5×:
+  # hymba-125m bf16 8 × 2048 trainer runs (pad, none, pad, none), then `bench step` each way.
+  use_cache
+  log="$OUT/s13ab_log.txt"
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
+  for round in $(seq ${ROUNDS:-2}); do
+    for pad in 1 0; do
+      HYMBA_PAD_VOCAB=$pad LIMIT=${TRAIN_LIMIT:-200} step .gpu/hymba-train pretrain --backend cuda steps=12 $train out_dir=/tmp/ab_${pad}_$round 2>&1 | grep -E "^step|tokens/s|step time|valid|warning|rror" | tee /tmp/train_pad$pad.txt | sed "s/^/[pad=$pad round $round] /" | tee -a "$log"
+      [ $round = "${ROUNDS:-2}" ] && NOTE="session 13: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), 12 steps, one GPU; HYMBA_PAD_VOCAB=$pad (1: the LM head pads the vocabulary to 32,008), last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_pad$pad.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_pad$pad.txt
+    done
+  done
+  [ "${BENCH_STEP:-1}" = 1 ] && for pad in 1 0; do
+    HYMBA_PAD_VOCAB=$pad LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16_pad$pad.json" 2>&1 | grep -vE "^\s*$" | tail -16 | sed "s/^/[pad=$pad] /" | tee -a "$log"
+  done
   ;;
 probe)
   # Why a first step takes minutes: full logs of a non-fusion pretraining run and of an SFT

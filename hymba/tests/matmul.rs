@@ -105,3 +105,61 @@ fn untracked_weight_gets_no_gradient_and_tracked_input_does() {
         );
     }
 }
+
+/// The LM head's padding (`matmul_wt_padded`: W's rows padded with zeros to a multiple, the
+/// padding's columns cut off again) gives `x · Wᵀ` and the same gradients for x and W, with
+/// an odd number of rows as the 32,001-word vocabulary has, padded to 8 and to 16; a
+/// multiple W's rows already are is the plain product.
+#[test]
+fn padded_output_rows_give_the_plain_product_and_gradients() {
+    use hymba::matmul::{matmul_wt, matmul_wt_padded};
+    let device = Default::default();
+    B64::seed(&device, 17);
+    let x = Tensor::<B64, 3>::random([2, 3, 6], burn::tensor::Distribution::Default, &device);
+    let w = Tensor::<B64, 2>::random([13, 6], burn::tensor::Distribution::Default, &device);
+    // A weighting of the outputs, so that every logit's gradient differs.
+    let mix = Tensor::<B64, 3>::random([2, 3, 13], burn::tensor::Distribution::Default, &device);
+    let run = |multiple: Option<usize>| {
+        let (x, w) = (
+            Tensor::<AB, 3>::from_inner(x.clone()).require_grad(),
+            Tensor::<AB, 2>::from_inner(w.clone()).require_grad(),
+        );
+        let y = match multiple {
+            Some(m) => matmul_wt_padded(x.clone(), w.clone(), m),
+            None => matmul_wt(x.clone(), w.clone()),
+        };
+        assert_eq!(y.dims(), [2, 3, 13]);
+        let grads = (y.clone() * Tensor::from_inner(mix.clone()))
+            .sum()
+            .backward();
+        let values = |t: Tensor<B64, 3>| t.into_data().to_vec::<f64>().expect("f64");
+        (
+            values(y.inner()),
+            values(x.grad(&grads).expect("x grad")),
+            w.grad(&grads)
+                .expect("w grad")
+                .into_data()
+                .to_vec::<f64>()
+                .expect("f64"),
+        )
+    };
+    let plain = run(None);
+    for multiple in [8, 16, 13, 1] {
+        let padded = run(Some(multiple));
+        for (what, got, want) in [
+            ("output", &padded.0, &plain.0),
+            ("d x", &padded.1, &plain.1),
+            ("d w", &padded.2, &plain.2),
+        ] {
+            assert_eq!(got.len(), want.len(), "{what}, multiple {multiple}");
+            let diff = got
+                .iter()
+                .zip(want)
+                .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-12,
+                "{what}, multiple {multiple}: max |diff| {diff}"
+            );
+        }
+    }
+}

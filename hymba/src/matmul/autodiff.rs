@@ -74,6 +74,10 @@ impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
         B::has_fast_matmul()
     }
 
+    fn matmul_dim_multiple() -> usize {
+        B::matmul_dim_multiple()
+    }
+
     fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         use burn::tensor::ops::FloatTensorOps;
         if !B::has_fast_matmul() {

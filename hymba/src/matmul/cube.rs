@@ -25,6 +25,10 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MatmulBack
         false
     }
 
+    fn matmul_dim_multiple() -> usize {
+        if Self::has_fast_matmul() { 8 } else { 1 }
+    }
+
     fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         #[cfg(feature = "cuda")]
         if Self::has_fast_matmul() {

@@ -51,6 +51,10 @@ impl<B: FusionBackend + MatmulBackend> MatmulBackend for Fusion<B> {
         B::has_fast_matmul()
     }
 
+    fn matmul_dim_multiple() -> usize {
+        B::matmul_dim_multiple()
+    }
+
     fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         if !B::has_fast_matmul() {
             return <Self as FloatTensorOps<Self>>::float_matmul(lhs, rhs);

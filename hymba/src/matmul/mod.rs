@@ -36,6 +36,15 @@ pub trait MatmulBackend: Backend {
         false
     }
 
+    /// The multiple that every dimension of a product should be for
+    /// [`fast_matmul`](Self::fast_matmul) to run at full speed; 1 when any size is as fast.
+    /// On CUDA it is 8: cuBLAS's tensor-core kernels need 16-byte rows (8 bf16 values), and
+    /// `cublas::supports` sends products with another dimension to burn's own kernel,
+    /// 2–4× slower. The LM head pads its 32,001-word vocabulary to it ([`matmul_wt_padded`]).
+    fn matmul_dim_multiple() -> usize {
+        1
+    }
+
     /// `lhs · rhs` over the last two dims, broadcasting leading dims (as `float_matmul`).
     fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
@@ -90,6 +99,48 @@ pub fn matmul_wt<B: MatmulBackend, const D: usize>(
     let rows = x.shape().num_elements() / d_in.max(1);
     dims[D - 1] = w.dims()[0];
     matmul(x.reshape([rows, d_in]), w.transpose()).reshape(dims)
+}
+
+/// The multiple the LM head pads the vocabulary to ([`matmul_wt_padded`]): the backend's
+/// [`MatmulBackend::matmul_dim_multiple`], or 1 (no padding) when `HYMBA_PAD_VOCAB=0`, for
+/// comparisons.
+pub fn vocab_multiple<B: MatmulBackend>() -> usize {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("HYMBA_PAD_VOCAB").is_ok_and(|v| v == "0")) {
+        1
+    } else {
+        B::matmul_dim_multiple()
+    }
+}
+
+/// [`matmul_wt`] with W's rows — the output's columns — padded with zero rows to a
+/// multiple of `multiple`, and those columns cut off the result (a view).
+///
+/// This is how the tied LM head reaches cuBLAS: with a vocabulary of 32,001 its three
+/// products (logits, dX, dW) have a dimension that is no multiple of 8 and run burn's own
+/// kernel at about 200 TFLOP/s on an H200; padding the leading dimensions alone does not
+/// help, as cuBLAS picks its slow kernels for the size itself (91–148 TFLOP/s,
+/// `bench/results/matmul_125m_pitched_s13_h200.json`). Padded to 32,008, every product is
+/// aligned: the forward multiplies by seven zero rows, the backward's gradient of the cut
+/// is the logits' gradient with seven zero columns, so dX gains nothing from them and dW's
+/// extra rows are dropped with the padding. The cost is a copy of W per call and a
+/// zero-padded copy of the logits' gradient.
+///
+/// # Shapes
+/// - `x`: `[..., in]`, `w`: `[out, in]` → `[..., out]`
+pub fn matmul_wt_padded<B: MatmulBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Tensor<B, 2>,
+    multiple: usize,
+) -> Tensor<B, D> {
+    let [out, d_in] = w.dims();
+    let padded = out.next_multiple_of(multiple.max(1));
+    if padded == out {
+        return matmul_wt(x, w);
+    }
+    // In W's dtype: under mixed precision W is bf16, a fresh tensor the device's default.
+    let zeros = Tensor::<B, 2>::zeros([padded - out, d_in], &w.device()).cast(w.dtype());
+    matmul_wt(x, Tensor::cat(vec![w, zeros], 0)).narrow(D - 1, 0, out)
 }
 
 #[cfg(feature = "ndarray")]
