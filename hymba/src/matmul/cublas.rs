@@ -33,7 +33,7 @@
 //!      which its stream-ordered pool allows once they are dropped) waits for the GEMM.
 //!
 //!   Our two kernels are a few lines of PTX (`FLAG_PTX`), loaded once per device by the
-//!   driver's JIT. Until session 12 step 2 used the driver's stream memory operations
+//!   driver's JIT. Through session 12, step 2 used the driver's stream memory operations
 //!   (`cuStreamWaitValue32` / `cuStreamWriteValue32`), but the driver of session 12's H200
 //!   machines (580.159.04) refused the wait on the flag's address with
 //!   `CUDA_ERROR_INVALID_VALUE`, so every product synchronised the host. cubecl's buffers
