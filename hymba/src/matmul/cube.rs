@@ -26,7 +26,11 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MatmulBack
     }
 
     fn matmul_dim_multiple() -> usize {
-        if Self::has_fast_matmul() { 8 } else { 1 }
+        #[cfg(feature = "cuda")]
+        if Self::has_fast_matmul() {
+            return super::cublas::DIM_MULTIPLE;
+        }
+        1
     }
 
     fn fast_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {

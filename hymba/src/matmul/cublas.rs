@@ -67,6 +67,12 @@ use cubecl::{CubeCount, CubeDim};
 use cudarc::cublas::{result as blas, sys};
 use cudarc::driver::{result as driver, sys as driver_sys};
 
+/// The multiple that every dimension of a product must be for [`supports`] to take it in
+/// any dtype: cuBLAS's tensor-core kernels want 16-byte rows, 8 values of bf16/f16 (4 of
+/// f32, for which 8 is also a multiple). What `MatmulBackend::matmul_dim_multiple` reports
+/// on CUDA, so that the LM head can pad its vocabulary to it.
+pub const DIM_MULTIPLE: usize = 8;
+
 /// Products with fewer multiply-adds than this stay on burn's kernel (the host syncs of
 /// this path would dominate).
 pub const MIN_MACS: usize = 1 << 22;
