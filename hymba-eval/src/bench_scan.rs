@@ -15,8 +15,12 @@
 //! is linear in T), and the row says so (`ref_fwd_bwd_seq`).
 //!
 //! On wgpu and CUDA every kernel variant is timed by default (`--kernel all`): `tiled`
-//! (inputs staged through shared memory, one unit per channel), `direct` (untiled) and
-//! `parallel` (time split among a cube's units); see `hymba::scan::kernel`.
+//! (inputs staged through shared memory, one unit per channel), `direct` (untiled),
+//! `parallel` (time split among a cube's units) and `channel` (one unit per channel reading
+//! the channels-innermost layout, loads a tile ahead); see `hymba::scan::kernel`. Each in
+//! both input layouts by default (`--layout both`): time innermost, as `mamba_ssm` takes its
+//! inputs, and the model's (channels innermost); a kernel that wants the other layout makes
+//! its copies inside the timed call.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -84,10 +88,15 @@ pub struct BenchScanArgs {
     /// nvidia-smi on CUDA, else unknown).
     #[arg(long)]
     pub peak_gbps: Option<f64>,
-    /// Kernel variants on wgpu/cuda: tiled, direct, parallel, auto (per shape, the default
-    /// outside this bench), or all three of the first.
+    /// Kernel variants on wgpu/cuda: tiled, direct, parallel, channel, auto (per shape and
+    /// layout, the default outside this bench), or all four of the first.
     #[arg(long, default_value = "all")]
     pub kernel: String,
+    /// Input layout: `time` (`[b, d, T]` contiguous, time innermost, as `mamba_ssm` takes
+    /// it), `model` (transposed views of `[b, T, d]` storage, channels innermost, as the
+    /// model's SSM heads pass them), or `both`.
+    #[arg(long, default_value = "both")]
+    pub layout: String,
     /// Skip the tensor-op reference (no speed-ups).
     #[arg(long)]
     pub no_reference: bool,
@@ -161,8 +170,11 @@ pub struct ScanBenchRow {
     pub shape: ScanShape,
     /// Storage dtype of u, delta, z, B, C, y (`f32` or `bf16`); compute is f32.
     pub dtype: String,
-    /// Scan kernel variant on CubeCL backends (`tiled`, `direct`, `parallel`); `-` elsewhere.
+    /// Scan kernel variant on CubeCL backends (`tiled`, `direct`, `parallel`, `channel`,
+    /// `auto`); `-` elsewhere.
     pub kernel: String,
+    /// Input layout: `time` (time innermost) or `model` (channels innermost).
+    pub layout: String,
     /// Forward, median ms.
     pub fwd_ms: f64,
     /// Forward + backward, median ms.
@@ -215,8 +227,10 @@ pub struct ScanBenchJob {
     pub rounds: usize,
     /// Warm-up rounds.
     pub warmup: usize,
-    /// Kernel variants to time (`tiled`, `direct`; `-` = the backend's only path).
+    /// Kernel variants to time (`tiled`, `direct`, ...; `-` = the backend's only path).
     pub kernels: Vec<String>,
+    /// Input layouts to time: `false` = time innermost, `true` = the model's.
+    pub layouts: Vec<bool>,
     /// Time the reference too.
     pub reference: bool,
     /// Memory budget of the reference's backward, bytes.
@@ -344,9 +358,12 @@ impl BackendRunner for ScanBenchJob {
                 seq,
                 state,
             } = shape;
-            for &dtype in &dtypes {
+            for (&dtype, &model_layout) in dtypes
+                .iter()
+                .flat_map(|d| self.layouts.iter().map(move |l| (d, l)))
+            {
                 B::seed(&device, 0);
-                let (x, dy) = inputs::<B>(shape, dtype, false, &device);
+                let (x, dy) = inputs::<B>(shape, dtype, model_layout, &device);
                 let (mut ref_fwd_ms, mut ref_fwd_bwd_ms, mut ref_seq) = (None, None, None);
                 if self.reference {
                     let (rw, rr) = (w.min(1), r.min(3));
@@ -382,6 +399,7 @@ impl BackendRunner for ScanBenchJob {
                         shape,
                         dtype: if dtype == DType::BF16 { "bf16" } else { "f32" }.to_string(),
                         kernel: kernel.clone(),
+                        layout: if model_layout { "model" } else { "time" }.to_string(),
                         fwd_ms,
                         fwd_bwd_ms,
                         fwd_gbps: fwd_bytes / (fwd_ms * 1e-3) / 1e9,
@@ -449,17 +467,30 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
     };
     let kernels: Vec<String> = match (kind, args.kernel.as_str()) {
         (BackendKind::NdArray, _) => vec!["-".into()],
-        (_, "all") => vec!["tiled".into(), "direct".into(), "parallel".into()],
-        (_, k @ ("tiled" | "direct" | "parallel" | "auto")) => vec![k.into()],
+        (_, "all") => ["tiled", "direct", "parallel", "channel"]
+            .map(String::from)
+            .to_vec(),
+        (_, k @ ("tiled" | "direct" | "parallel" | "channel" | "auto")) => vec![k.into()],
         (_, other) => {
             return Err(BenchError::Arg(format!(
-                "--kernel {other}: expected tiled, direct, parallel, auto or all"
+                "--kernel {other}: expected tiled, direct, parallel, channel, auto or all"
+            )));
+        }
+    };
+    let layouts = match args.layout.as_str() {
+        "time" => vec![false],
+        "model" => vec![true],
+        "both" => vec![false, true],
+        other => {
+            return Err(BenchError::Arg(format!(
+                "--layout {other}: expected time, model or both"
             )));
         }
     };
     let job = ScanBenchJob {
         shapes,
         kernels,
+        layouts,
         rounds: args.rounds,
         warmup: args.warmup,
         reference: !args.no_reference,
@@ -495,13 +526,14 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
         report.rounds
     );
     println!(
-        "{:>5} {:>6} {:>6} {:>3} {:>5} {:>6} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7} {:>7}",
+        "{:>5} {:>6} {:>6} {:>3} {:>5} {:>8} {:>6} | {:>9} {:>7} {:>6} | {:>9} {:>7} {:>6} | {:>10} {:>10} {:>7} {:>7}",
         "batch",
         "d",
         "seq",
         "S",
         "dtype",
         "kernel",
+        "layout",
         "fwd ms",
         "GB/s",
         "%peak",
@@ -516,13 +548,14 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
     for r in &report.rows {
         let s = r.shape;
         println!(
-            "{:>5} {:>6} {:>6} {:>3} {:>5} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>10} {:>10} {:>7} {:>7}",
+            "{:>5} {:>6} {:>6} {:>3} {:>5} {:>8} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>9.3} {:>7.1} {:>6} | {:>10} {:>10} {:>7} {:>7}",
             s.batch,
             s.d_inner,
             s.seq,
             s.state,
             r.dtype,
             r.kernel,
+            r.layout,
             r.fwd_ms,
             r.fwd_gbps,
             fmt_opt(r.fwd_pct_peak, 1),

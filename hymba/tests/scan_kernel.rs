@@ -64,18 +64,33 @@ const MODEL_GRAD_TOL: f32 = TOL;
 /// The kernel variant is process-wide: tests that pick one hold this lock.
 static VARIANT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `check` with each kernel variant: tiled, direct, and the time-parallel kernels
+/// Runs `check` with each kernel variant: tiled, direct, channel (its plane reduction on
+/// CUDA, shared memory on lavapipe), and the time-parallel kernels
 /// three times, with their automatic cube shape, with 4 units per cube and 3 channels per
 /// backward cube (so that even the short shapes span many chunks, chunks end past the
 /// sequence, and channel groups end past the last channel), and with 32 units (one plane:
 /// on CUDA the plane paths, which need whole planes; the automatic shape runs them with
 /// several planes on the longer sequences).
+///
+/// `HYMBA_TEST_SCAN_KERNELS=channel,tiled` limits the variants to those named, for a quick
+/// check of one kernel while working on it (the other settings are then skipped too).
 fn with_each_kernel(check: impl Fn(&str)) {
     let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(only) = std::env::var("HYMBA_TEST_SCAN_KERNELS") {
+        for name in only.split(',') {
+            let kernel = ScanKernel::from_name(name)
+                .unwrap_or_else(|| panic!("HYMBA_TEST_SCAN_KERNELS: unknown kernel {name}"));
+            set_scan_kernel(kernel);
+            check(name);
+        }
+        set_scan_kernel(ScanKernel::Auto);
+        return;
+    }
     for (kernel, name) in [
         (ScanKernel::Tiled, "tiled"),
         (ScanKernel::Direct, "direct"),
         (ScanKernel::Parallel, "parallel"),
+        (ScanKernel::Channel, "channel"),
     ] {
         set_scan_kernel(kernel);
         check(name);

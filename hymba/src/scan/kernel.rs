@@ -68,7 +68,7 @@ use self::cube::{
     scan_forward_kernel, scan_forward_split_kernel,
 };
 use super::reference::{selective_scan_reference_backward, selective_scan_reference_primitives};
-use super::{ScanBackend, ScanGrads, ScanPrimitives, parallel};
+use super::{ScanBackend, ScanGrads, ScanPrimitives, channel, parallel};
 
 /// FNV-1a of `bytes`, at compile time.
 const fn fnv1a(bytes: &[u8]) -> u64 {
@@ -91,7 +91,8 @@ pub const SOURCE: u64 = fnv1a(
     concat!(
         include_str!("kernel.rs"),
         include_str!("parallel.rs"),
-        include_str!("plane_bwd.rs")
+        include_str!("plane_bwd.rs"),
+        include_str!("channel.rs")
     )
     .as_bytes(),
 );
@@ -118,10 +119,15 @@ pub enum ScanKernel {
     Direct,
     /// Time split among the units of a cube, scanned in parallel ([`super::parallel`]).
     Parallel,
-    /// Per call: [`ScanKernel::Parallel`] on devices with the plane paths (CUDA: there it
-    /// was the faster one at every shape of `bench scan`), elsewhere when batch × channels
-    /// is at most [`PARALLEL_MAX_ROWS`] (too few sequences to fill a GPU one unit each),
-    /// else [`ScanKernel::Tiled`]. The default.
+    /// One unit per channel reading the channels-innermost layout directly, loads of the
+    /// next tile in flight while this one is scanned ([`super::channel`]).
+    Channel,
+    /// Per call: [`ScanKernel::Channel`] (when [`super::channel::AUTO`]) on devices with the
+    /// plane paths when u is stored channels innermost (the model's layout) and
+    /// S ≤ [`super::channel::MAX_STATE`]; else [`ScanKernel::Parallel`] on devices with the plane paths (CUDA: there it was the
+    /// faster one at every shape of `bench scan` with time innermost), elsewhere when batch ×
+    /// channels is at most [`PARALLEL_MAX_ROWS`] (too few sequences to fill a GPU one unit
+    /// each), else [`ScanKernel::Tiled`]. The default.
     Auto,
 }
 
@@ -135,19 +141,27 @@ impl ScanKernel {
     /// The concrete kernels for `rows` = batch × channels sequences, on a device with
     /// (`planes`) or without the plane paths ([`parallel::use_planes`]).
     pub fn resolve(self, rows: usize, planes: bool) -> ScanKernel {
+        self.resolve_for(rows, planes, false)
+    }
+
+    /// As [`ScanKernel::resolve`], for inputs stored channels innermost (`channel_layout`)
+    /// with a state the channel kernels take.
+    pub fn resolve_for(self, rows: usize, planes: bool, channel_layout: bool) -> ScanKernel {
         match self {
+            ScanKernel::Auto if planes && channel_layout && channel::AUTO => ScanKernel::Channel,
             ScanKernel::Auto if planes || rows <= PARALLEL_MAX_ROWS => ScanKernel::Parallel,
             ScanKernel::Auto => ScanKernel::Tiled,
             k => k,
         }
     }
 
-    /// The kernels named `tiled`, `direct`, `parallel` or `auto`.
+    /// The kernels named `tiled`, `direct`, `parallel`, `channel` or `auto`.
     pub fn from_name(name: &str) -> Option<ScanKernel> {
         match name {
             "tiled" => Some(ScanKernel::Tiled),
             "direct" => Some(ScanKernel::Direct),
             "parallel" => Some(ScanKernel::Parallel),
+            "channel" => Some(ScanKernel::Channel),
             "auto" => Some(ScanKernel::Auto),
             _ => None,
         }
@@ -180,13 +194,14 @@ pub fn set_scan_split(on: bool) {
 }
 
 /// The kernels in use: set by [`set_scan_kernel`], else by the environment variable
-/// `HYMBA_SCAN_KERNEL=tiled|direct|parallel|auto`, else [`ScanKernel::Auto`].
+/// `HYMBA_SCAN_KERNEL=tiled|direct|parallel|channel|auto`, else [`ScanKernel::Auto`].
 pub fn scan_kernel() -> ScanKernel {
     match KERNEL.load(Ordering::Relaxed) {
         0 => ScanKernel::Tiled,
         1 => ScanKernel::Direct,
         2 => ScanKernel::Parallel,
         3 => ScanKernel::Auto,
+        4 => ScanKernel::Channel,
         _ => {
             let from_env = std::env::var("HYMBA_SCAN_KERNEL")
                 .ok()
@@ -205,6 +220,7 @@ pub fn set_scan_kernel(kernel: ScanKernel) {
         ScanKernel::Direct => 1,
         ScanKernel::Parallel => 2,
         ScanKernel::Auto => 3,
+        ScanKernel::Channel => 4,
     };
     KERNEL.store(code, Ordering::Relaxed);
 }
@@ -284,7 +300,7 @@ pub(crate) mod cube {
     /// whichever of its last two dimensions is stored innermost.
     #[cube]
     #[allow(clippy::too_many_arguments)]
-    fn load_tile<F: Float>(
+    pub(crate) fn load_tile<F: Float>(
         x: &Tensor<F>,
         tile: &mut SharedMemory<f32>,
         b: usize,
@@ -322,7 +338,7 @@ pub(crate) mod cube {
     /// bounds.
     #[cube]
     #[allow(clippy::too_many_arguments)]
-    fn store_tile<F: Float>(
+    pub(crate) fn store_tile<F: Float>(
         x: &mut Tensor<F>,
         tile: &SharedMemory<f32>,
         b: usize,
@@ -1247,8 +1263,24 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
 
     let h_last = alloc(&u, &[batch, channels, states], DType::F32);
-    let planes = parallel::use_planes(&u.client, parallel::PLANE);
-    let kernel = scan_kernel().resolve(batch * channels, planes);
+    let kernel = resolve(&u, states);
+    if kernel == ScanKernel::Channel {
+        let y = alloc_like(&z, dtype);
+        let launch = parallel::Launch {
+            u,
+            delta,
+            z,
+            bm,
+            cm,
+            a,
+            dskip,
+            bias,
+            h0,
+            has_h0,
+        };
+        channel::forward(launch, &y, &h_last);
+        return (y, cast(h_last, dtype));
+    }
     if kernel == ScanKernel::Parallel {
         let z = time_inner(z);
         let y = alloc_like(&z, dtype);
@@ -1384,8 +1416,10 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let dtype = input.u.dtype();
     let [batch, channels, len] = input.u.shape().dims::<3>();
     let states = input.a.shape().dims::<2>()[1];
-    let planes = parallel::use_planes(&input.u.client, parallel::PLANE);
-    let kernel = scan_kernel().resolve(batch * channels, planes);
+    let kernel = resolve(&input.u, states);
+    if kernel == ScanKernel::Channel {
+        return backward_channel(input, dy, d_last_state);
+    }
     if kernel == ScanKernel::Parallel {
         return backward_parallel(input, dy, d_last_state);
     }
@@ -1562,6 +1596,68 @@ fn finish_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolEleme
         delta_bias: prim(dbias.cast(bias_t)),
         initial_state: dh0,
     }
+}
+
+/// The kernels for a scan whose u is `u` with `states` states: [`scan_kernel`] resolved for
+/// this call (the channel kernels only where they take the state size).
+fn resolve<R: CubeRuntime>(u: &CubeTensor<R>, states: usize) -> ScanKernel {
+    let [batch, channels, _] = u.shape().dims::<3>();
+    let planes = parallel::use_planes(&u.client, parallel::PLANE);
+    let kernel = scan_kernel().resolve_for(batch * channels, planes, channel::channels_inner(u));
+    match kernel {
+        ScanKernel::Channel if !channel::supports(states) => {
+            ScanKernel::Auto.resolve(batch * channels, planes)
+        }
+        k => k,
+    }
+}
+
+/// The channel-sequential backward ([`channel`]) on the inputs as they are stored, then the
+/// same sums as the other kernels.
+fn backward_channel<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    input: ScanPrimitives<Cube<R, F, I, BT>>,
+    dy: CubeTensor<R>,
+    d_last_state: Option<CubeTensor<R>>,
+) -> ScanGrads<Cube<R, F, I, BT>> {
+    let dtype = input.u.dtype();
+    let (dtypes, h0_dtype) = input_dtypes(&input);
+    let big = |t: CubeTensor<R>| cast(t, dtype);
+    let a = f32_(input.a);
+    let has_h0 = input.initial_state.is_some();
+    let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
+    let z = big(input.z);
+    let like = z.clone();
+    let launch = parallel::Launch {
+        u: input.u,
+        delta: big(input.delta),
+        z,
+        bm: big(input.b),
+        cm: big(input.c),
+        a,
+        dskip: f32_(input.d),
+        bias: f32_(input.delta_bias),
+        h0,
+        has_h0,
+    };
+    let out = channel::backward(
+        launch,
+        big(dy),
+        d_last_state.map(f32_),
+        |dt| alloc_like(&like, dt),
+        |shape, dt| alloc(&like, shape, dt),
+    );
+    finish_backward(
+        KernelGrads {
+            du: out.du,
+            ddelta: out.ddelta,
+            dz: out.dz,
+            d_bc: out.d_bc,
+            blocks: out.groups,
+            d_params: out.d_params,
+        },
+        dtypes,
+        h0_dtype,
+    )
 }
 
 /// The time-parallel backward ([`parallel`]), then the same sums as the other kernels.

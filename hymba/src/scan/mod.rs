@@ -19,6 +19,8 @@
 //! | `Autodiff<B, C>` | `B`'s, recorded as one op | [`ScanBackend::selective_scan_backward`] of `B` |
 
 pub mod autodiff;
+#[cfg(feature = "cube")]
+pub mod channel;
 pub mod cpu;
 #[cfg(feature = "cube")]
 pub mod fusion;
