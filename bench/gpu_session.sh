@@ -43,9 +43,11 @@
 #            alternating trainer runs and `bench step`, hymba-125m bf16 8 × 2048.
 #   s14:     session 14: the channel-sequential scan kernels. The scan-kernel tests on CUDA
 #            (TEST_KERNELS, default channel; the whole-model autodiff test), `bench scan` for
-#            KERNELS (default channel parallel) in both layouts, then hymba-125m bf16 8 × 2048
+#            KERNELS (default channel parallel) in both layouts and for the channel kernels
+#            with HYMBA_SCAN_LANES in LANES (default none), then hymba-125m bf16 8 × 2048
 #            trainer runs alternating the default (channel) and HYMBA_SCAN_KERNEL=parallel
-#            (ROUNDS, default 2), and `bench step` each way (BENCH_STEP=0 leaves it out).
+#            (ROUNDS, default 2), and `bench step` each way, alternating (STEP_ROUNDS,
+#            default 1; BENCH_STEP=0 leaves it out).
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -417,6 +419,9 @@ s14)
   for k in ${KERNELS:-channel parallel}; do
     LIMIT=${SCAN_LIMIT:-200} step .gpu/hymba-eval bench scan --backend cuda --kernel $k --layout both --no-reference --rounds 7 --out "$OUT/scan_$k.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
   done
+  for l in ${LANES:-}; do
+    HYMBA_SCAN_LANES=$l LIMIT=${SCAN_LIMIT:-200} step .gpu/hymba-eval bench scan --backend cuda --kernel channel --layout model --no-reference --rounds 7 --out "$OUT/scan_channel_lanes$l.json" 2>&1 | grep -vE "^\s*$" | tail -8 | sed "s/^/[lanes=$l] /" | tee -a "$log"
+  done
   train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
   for round in $(seq ${ROUNDS:-2}); do
     for k in auto parallel; do
@@ -424,8 +429,10 @@ s14)
       [ $round = "${ROUNDS:-2}" ] && NOTE="session 14: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), 12 steps, one GPU; HYMBA_SCAN_KERNEL=$k (auto: the channel kernels on the model's layout), last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_scan_$k.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_$k.txt
     done
   done
-  [ "${BENCH_STEP:-1}" = 1 ] && for k in auto parallel; do
-    HYMBA_SCAN_KERNEL=$k LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16_scan_$k.json" 2>&1 | grep -vE "^\s*$" | tail -16 | sed "s/^/[scan=$k] /" | tee -a "$log"
+  [ "${BENCH_STEP:-1}" = 1 ] && for round in $(seq ${STEP_ROUNDS:-1}); do
+    for k in auto parallel; do
+      HYMBA_SCAN_KERNEL=$k LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16_scan_$k.json" 2>&1 | grep -vE "^\s*$" | tail -16 | sed "s/^/[scan=$k step round $round] /" | tee -a "$log"
+    done
   done
   [ "${SAVE_CACHE:-0}" = 1 ] && save_cache
   ;;
