@@ -48,6 +48,10 @@
 #            trainer runs alternating the default (channel) and HYMBA_SCAN_KERNEL=parallel
 #            (ROUNDS, default 2), and `bench step` each way, alternating (STEP_ROUNDS,
 #            default 1; BENCH_STEP=0 leaves it out).
+#   s14prof: session 14: three hymba-125m bf16 8 × 2048 trainer steps under CubeCL's
+#            `full`-level profiler with HYMBA_SCAN_KERNEL=channel and =parallel, grouped by
+#            kernel and size (`cubecl_log_summary.py launches`), to find where the channel
+#            kernels' steps lose the time their scan gains.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -435,6 +439,20 @@ s14)
     done
   done
   [ "${SAVE_CACHE:-0}" = 1 ] && save_cache
+  ;;
+s14prof)
+  use_cache
+  log="$OUT/s14prof_log.txt"
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
+  # ORDER: the runs in turn (the first run of a call also autotunes what the cache lacks).
+  n=0
+  for k in ${ORDER:-channel parallel}; do
+    n=$((n + 1))
+    printf '[profiling.logger]\nlevel = "full"\nfile = "/tmp/profile_%s.log"\n' $n > cubecl.toml
+    HYMBA_SCAN_KERNEL=$k LIMIT=200 step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-3} $train out_dir=/tmp/s14prof_$n 2>&1 | grep -E "^step" | sed "s/^/[$n $k] /" | tee -a "$log"
+    rm -f cubecl.toml
+    python3 bench/cubecl_log_summary.py launches /tmp/profile_$n.log "$OUT/launches_train_${n}_$k.json" ${TOP:-30} | cut -c1-200 | sed "s/^/[$n $k] /" | tee -a "$log"
+  done
   ;;
 probe)
   # Why a first step takes minutes: full logs of a non-fusion pretraining run and of an SFT
