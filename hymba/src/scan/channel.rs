@@ -89,9 +89,10 @@ pub fn channels_inner<R: CubeRuntime>(t: &CubeTensor<R>) -> bool {
 /// registers, 25 % occupancy). Else the largest of 2 or 1 that divides S; 1 without plane
 /// operations. `HYMBA_SCAN_LANES=1|2|4|8|16` overrides it for both where it divides S.
 ///
-/// On an H200 (bf16, model layout, `bench/results/scan_channel_*_s14_h200.json`): the
-/// forward at 25,600 sequences took 1.43 ms with 4 lanes and 1.67 with 8; at 8,192, 0.70
-/// ms with 8 lanes and 1.28 with 4.
+/// On an H200 (bf16, model layout, `bench/results/scan_channel_{lanes4,lanes8,}_s14_h200.json`,
+/// forward / forward + backward): at 25,600 sequences 4 lanes took 1.52 / 9.40 ms, 8 lanes
+/// 1.44 / 6.58, this rule 1.51 / 6.57; at 8,192 sequences 4 lanes 1.10 / 4.06, 8 lanes
+/// 0.81 / 2.61, this rule (8) 0.69 / 2.64 — runs of one configuration differ by up to 15 %.
 pub fn lanes(states: usize, planes: bool, rows: usize, backward: bool) -> usize {
     if !planes {
         return 1;
