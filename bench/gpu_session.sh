@@ -52,6 +52,8 @@
 #            `full`-level profiler with HYMBA_SCAN_KERNEL=channel and =parallel, grouped by
 #            kernel and size (`cubecl_log_summary.py launches`), to find where the channel
 #            kernels' steps lose the time their scan gains.
+#   s14step: session 14: `bench step --step-only` for hymba-125m bf16 8 × 2048 with
+#            HYMBA_SCAN_KERNEL=channel and =parallel, alternating ROUNDS (default 3) times.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -452,6 +454,15 @@ s14prof)
     HYMBA_SCAN_KERNEL=$k LIMIT=200 step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-3} $train out_dir=/tmp/s14prof_$n 2>&1 | grep -E "^step" | sed "s/^/[$n $k] /" | tee -a "$log"
     rm -f cubecl.toml
     python3 bench/cubecl_log_summary.py launches /tmp/profile_$n.log "$OUT/launches_train_${n}_$k.json" ${TOP:-30} | cut -c1-200 | sed "s/^/[$n $k] /" | tee -a "$log"
+  done
+  ;;
+s14step)
+  use_cache
+  log="$OUT/s14step_log.txt"
+  for round in $(seq ${ROUNDS:-3}); do
+    for k in channel parallel; do
+      HYMBA_SCAN_KERNEL=$k LIMIT=120 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 5 --step-only 2>&1 | grep -E "^step|rror" | sed "s/^/[$k round $round] /" | tee -a "$log"
+    done
   done
   ;;
 probe)

@@ -65,9 +65,10 @@ pub const MAX_STATE: usize = 16;
 /// batch 8; a profile of three trainer steps: 179 ms of scan kernels against 156 ms plus
 /// 134 ms of time-innermost copies), yet hymba-125m training steps measured slower with them
 /// (`bench step` 607.6 and 606.5 ms against 518.9 and 552.2, alternating in one call; trainer
-/// 22,146 and 22,183 text tokens/s against 22,563 and 24,768), for a reason the profile does
-/// not show (its other kernels varied by 5–20 % between runs). `HYMBA_SCAN_KERNEL=channel`
-/// selects them.
+/// 22,146 and 22,183 text tokens/s against 22,563 and 24,768; in a later call `bench step
+/// --step-only` medians 672.7 vs 660.6 ms over three alternating pairs), for a reason the
+/// profile does not show (its other kernels varied by 5–20 % between runs).
+/// `HYMBA_SCAN_KERNEL=channel` selects them.
 pub const AUTO: bool = false;
 
 /// Whether the channel kernels take a scan with `states` states.
