@@ -16,8 +16,8 @@
 //!
 //! On wgpu and CUDA every kernel variant is timed by default (`--kernel all`): `tiled`
 //! (inputs staged through shared memory, one unit per channel), `direct` (untiled),
-//! `parallel` (time split among a cube's units) and `channel` (one unit per channel reading
-//! the channels-innermost layout, loads a tile ahead); see `hymba::scan::kernel`. Each in
+//! `parallel` (time split among a cube's units) and `channel` (the units of a channel walk it,
+//! reading the channels-innermost layout with no copies); see `hymba::scan::kernel`. Each in
 //! both input layouts by default (`--layout both`): time innermost, as `mamba_ssm` takes its
 //! inputs, and the model's (channels innermost); a kernel that wants the other layout makes
 //! its copies inside the timed call.

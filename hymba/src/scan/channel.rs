@@ -421,6 +421,48 @@ mod cube {
         }
     }
 
+    /// This unit's share of A (`av`) and of the initial state (`h`: h0's, else zeros): the
+    /// states `g·mine..(g + 1)·mine` of channel `cc`.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn unit_states(
+        a: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        b: usize,
+        cc: usize,
+        g: usize,
+        av: &mut Array<f32>,
+        h: &mut Array<f32>,
+        #[comptime] mine: usize,
+        #[comptime] has_h0: bool,
+    ) {
+        #[unroll]
+        for s in 0..mine {
+            let st = g * mine + s;
+            av[s] = a[cc * a.stride(0) + st * a.stride(1)];
+            h[s] = 0.0;
+        }
+        if has_h0 {
+            #[unroll]
+            for s in 0..mine {
+                let st = g * mine + s;
+                h[s] = h0[b * h0.stride(0) + cc * h0.stride(1) + st * h0.stride(2)];
+            }
+        }
+    }
+
+    /// The bias of the channel this unit loads for in [`load_x`] (`c0 + lane % chans`,
+    /// clamped to the last channel): the same for all its elements of a tile.
+    #[cube]
+    fn load_bias(bias: &Tensor<f32>, c0: usize, #[comptime] chans: usize) -> f32 {
+        let channels = bias.shape(0);
+        let mut c = c0 + UNIT_POS_X as usize % chans;
+        if c >= channels {
+            c = channels - 1;
+        }
+        bias[c * bias.stride(0)]
+    }
+
     /// In place: `d ← softplus(d + bias)` (0 past the sequence, so that a step there leaves
     /// the state as it is) and `z ← silu(z)` for this unit's elements of a tile from `t0`.
     #[cube]
@@ -504,26 +546,9 @@ mod cube {
 
         let mut h = Array::<f32>::new(mine);
         let mut av = Array::<f32>::new(mine);
-        #[unroll]
-        for s in 0..mine {
-            let st = g * mine + s;
-            av[s] = a[cc * a.stride(0) + st * a.stride(1)];
-            h[s] = 0.0;
-        }
-        if has_h0 {
-            #[unroll]
-            for s in 0..mine {
-                let st = g * mine + s;
-                h[s] = h0[b * h0.stride(0) + cc * h0.stride(1) + st * h0.stride(2)];
-            }
-        }
+        unit_states(a, h0, b, cc, g, &mut av, &mut h, mine, has_h0);
         let dv = dskip[cc * dskip.stride(0)];
-        // The bias of the channel this unit loads for (the same for all its elements).
-        let mut lc = c0 + lane % chans;
-        if lc >= channels {
-            lc = channels - 1;
-        }
-        let lbias = bias[lc * bias.stride(0)];
+        let lbias = load_bias(bias, c0, chans);
 
         let per_x = comptime!((tile * (units / lanes) + units - 1) / units);
         let per_bc = comptime!((tile * 2 * n_state + units - 1) / units);
@@ -767,23 +792,9 @@ mod cube {
 
         let mut av = Array::<f32>::new(mine);
         let mut h = Array::<f32>::new(mine);
-        #[unroll]
-        for s in 0..mine {
-            av[s] = a[cc * a.stride(0) + (g * mine + s) * a.stride(1)];
-            h[s] = 0.0;
-        }
-        if has_h0 {
-            #[unroll]
-            for s in 0..mine {
-                h[s] = h0[b * h0.stride(0) + cc * h0.stride(1) + (g * mine + s) * h0.stride(2)];
-            }
-        }
+        unit_states(a, h0, b, cc, g, &mut av, &mut h, mine, has_h0);
         let dv = dskip[cc * dskip.stride(0)];
-        let mut lc = c0 + lane % chans;
-        if lc >= channels {
-            lc = channels - 1;
-        }
-        let lbias = bias[lc * bias.stride(0)];
+        let lbias = load_bias(bias, c0, chans);
         let k0 = b * bounds.stride(0) + c;
         let kst = bounds.stride(1);
         let ks = bounds.stride(2);

@@ -119,15 +119,15 @@ pub enum ScanKernel {
     Direct,
     /// Time split among the units of a cube, scanned in parallel ([`super::parallel`]).
     Parallel,
-    /// One unit per channel reading the channels-innermost layout directly, loads of the
-    /// next tile in flight while this one is scanned ([`super::channel`]).
+    /// The units of a channel walk its sequence reading the channels-innermost layout
+    /// directly, no copies ([`super::channel`]).
     Channel,
     /// Per call: [`ScanKernel::Channel`] (when [`super::channel::AUTO`]) on devices with the
     /// plane paths when u is stored channels innermost (the model's layout) and
-    /// S ≤ [`super::channel::MAX_STATE`]; else [`ScanKernel::Parallel`] on devices with the plane paths (CUDA: there it was the
-    /// faster one at every shape of `bench scan` with time innermost), elsewhere when batch ×
-    /// channels is at most [`PARALLEL_MAX_ROWS`] (too few sequences to fill a GPU one unit
-    /// each), else [`ScanKernel::Tiled`]. The default.
+    /// S ≤ [`super::channel::MAX_STATE`]; else [`ScanKernel::Parallel`] on devices with the
+    /// plane paths (CUDA: there it was the faster one at every shape of `bench scan` with
+    /// time innermost), elsewhere when batch × channels is at most [`PARALLEL_MAX_ROWS`] (too
+    /// few sequences to fill a GPU one unit each), else [`ScanKernel::Tiled`]. The default.
     Auto,
 }
 
@@ -1264,39 +1264,30 @@ fn forward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 
     let h_last = alloc(&u, &[batch, channels, states], DType::F32);
     let kernel = resolve(&u, states);
-    if kernel == ScanKernel::Channel {
+    if matches!(kernel, ScanKernel::Channel | ScanKernel::Parallel) {
+        // The channel kernels read the inputs as they are stored, the time-parallel ones
+        // want time innermost.
+        let channel = kernel == ScanKernel::Channel;
+        let layout = |t| if channel { t } else { time_inner(t) };
+        let z = layout(z);
         let y = alloc_like(&z, dtype);
         let launch = parallel::Launch {
-            u,
-            delta,
+            u: layout(u),
+            delta: layout(delta),
             z,
-            bm,
-            cm,
+            bm: layout(bm),
+            cm: layout(cm),
             a,
             dskip,
             bias,
             h0,
             has_h0,
         };
-        channel::forward(launch, &y, &h_last);
-        return (y, cast(h_last, dtype));
-    }
-    if kernel == ScanKernel::Parallel {
-        let z = time_inner(z);
-        let y = alloc_like(&z, dtype);
-        let launch = parallel::Launch {
-            u: time_inner(u),
-            delta: time_inner(delta),
-            z,
-            bm: time_inner(bm),
-            cm: time_inner(cm),
-            a,
-            dskip,
-            bias,
-            h0,
-            has_h0,
-        };
-        parallel::forward(launch, &y, &h_last);
+        if channel {
+            channel::forward(launch, &y, &h_last);
+        } else {
+            parallel::forward(launch, &y, &h_last);
+        }
         return (y, cast(h_last, dtype));
     }
     let y = alloc_like(&z, dtype);
@@ -1417,11 +1408,8 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     let [batch, channels, len] = input.u.shape().dims::<3>();
     let states = input.a.shape().dims::<2>()[1];
     let kernel = resolve(&input.u, states);
-    if kernel == ScanKernel::Channel {
-        return backward_channel(input, dy, d_last_state);
-    }
-    if kernel == ScanKernel::Parallel {
-        return backward_parallel(input, dy, d_last_state);
+    if matches!(kernel, ScanKernel::Channel | ScanKernel::Parallel) {
+        return backward_launch(input, dy, d_last_state, kernel == ScanKernel::Channel);
     }
     let direct = kernel == ScanKernel::Direct;
     let chunk = if direct {
@@ -1612,87 +1600,45 @@ fn resolve<R: CubeRuntime>(u: &CubeTensor<R>, states: usize) -> ScanKernel {
     }
 }
 
-/// The channel-sequential backward ([`channel`]) on the inputs as they are stored, then the
-/// same sums as the other kernels.
-fn backward_channel<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+/// The time-parallel backward ([`parallel`]) on time-innermost copies of the inputs, or with
+/// `channel` the channel-sequential one ([`channel`]) on the inputs as they are stored; then
+/// the same sums as the other kernels.
+fn backward_launch<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     input: ScanPrimitives<Cube<R, F, I, BT>>,
     dy: CubeTensor<R>,
     d_last_state: Option<CubeTensor<R>>,
+    channel: bool,
 ) -> ScanGrads<Cube<R, F, I, BT>> {
     let dtype = input.u.dtype();
     let (dtypes, h0_dtype) = input_dtypes(&input);
     let big = |t: CubeTensor<R>| cast(t, dtype);
+    let layout = |t| if channel { t } else { time_inner(t) };
     let a = f32_(input.a);
     let has_h0 = input.initial_state.is_some();
     let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
-    let z = big(input.z);
+    let z = layout(big(input.z));
     let like = z.clone();
     let launch = parallel::Launch {
-        u: input.u,
-        delta: big(input.delta),
+        u: layout(input.u),
+        delta: layout(big(input.delta)),
         z,
-        bm: big(input.b),
-        cm: big(input.c),
+        bm: layout(big(input.b)),
+        cm: layout(big(input.c)),
         a,
         dskip: f32_(input.d),
         bias: f32_(input.delta_bias),
         h0,
         has_h0,
     };
-    let out = channel::backward(
-        launch,
-        big(dy),
-        d_last_state.map(f32_),
-        |dt| alloc_like(&like, dt),
-        |shape, dt| alloc(&like, shape, dt),
-    );
-    finish_backward(
-        KernelGrads {
-            du: out.du,
-            ddelta: out.ddelta,
-            dz: out.dz,
-            d_bc: out.d_bc,
-            blocks: out.groups,
-            d_params: out.d_params,
-        },
-        dtypes,
-        h0_dtype,
-    )
-}
-
-/// The time-parallel backward ([`parallel`]), then the same sums as the other kernels.
-fn backward_parallel<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
-    input: ScanPrimitives<Cube<R, F, I, BT>>,
-    dy: CubeTensor<R>,
-    d_last_state: Option<CubeTensor<R>>,
-) -> ScanGrads<Cube<R, F, I, BT>> {
-    let dtype = input.u.dtype();
-    let (dtypes, h0_dtype) = input_dtypes(&input);
-    let big = |t: CubeTensor<R>| cast(t, dtype);
-    let a = f32_(input.a);
-    let has_h0 = input.initial_state.is_some();
-    let h0 = input.initial_state.map(f32_).unwrap_or_else(|| a.clone());
-    let z = time_inner(big(input.z));
-    let like = z.clone();
-    let launch = parallel::Launch {
-        u: time_inner(input.u),
-        delta: time_inner(big(input.delta)),
-        z,
-        bm: time_inner(big(input.b)),
-        cm: time_inner(big(input.c)),
-        a,
-        dskip: f32_(input.d),
-        bias: f32_(input.delta_bias),
-        h0,
-        has_h0,
+    let dy = layout(big(dy));
+    let d_last = d_last_state.map(f32_);
+    let alloc_grad = |dt| alloc_like(&like, dt);
+    let alloc_buf = |shape: &[usize], dt| alloc(&like, shape, dt);
+    let out = if channel {
+        channel::backward(launch, dy, d_last, alloc_grad, alloc_buf)
+    } else {
+        parallel::backward(launch, dy, d_last, alloc_grad, alloc_buf)
     };
-    let out = parallel::backward(
-        launch,
-        time_inner(big(dy)),
-        d_last_state.map(f32_),
-        |dt| alloc_like(&like, dt),
-        |shape, dt| alloc(&like, shape, dt),
-    );
     finish_backward(
         KernelGrads {
             du: out.du,
