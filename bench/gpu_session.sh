@@ -54,6 +54,13 @@
 #            kernels' steps lose the time their scan gains.
 #   s14step: session 14: `bench step --step-only` for hymba-125m bf16 8 × 2048 with
 #            HYMBA_SCAN_KERNEL=channel and =parallel, alternating ROUNDS (default 3) times.
+#   s15trace: session 15: hymba-125m bf16 8 × 2048 trainer steps under a CUPTI activity
+#            trace (bench/cupti_trace.c), summarised by bench/trace_summary.py: GPU idle
+#            time per step, true kernel durations with cuBLAS, launches per step.
+#   s15prof: session 15: host CPU profile (pprof stacks) of hymba-125m trainer steps.
+#   s15mem:  session 15: hymba-125m trainer steps with cubecl's pooled and persistent memory.
+#   s15:     session 15, the committed build: model tests, the trainer with and without
+#            hymba::FixedShapeMemory, `bench step`.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -464,6 +471,85 @@ s14step)
       HYMBA_SCAN_KERNEL=$k LIMIT=120 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 5 --step-only 2>&1 | grep -E "^step|rror" | sed "s/^/[$k round $round] /" | tee -a "$log"
     done
   done
+  ;;
+s15trace)
+  # Session 15: hymba-125m bf16 8 x 2048 trainer steps under a CUPTI activity trace
+  # (bench/cupti_trace.c, built here against the box's CUPTI; the box's Nsight Systems
+  # records but fails to import its traces): true kernel durations with cuBLAS, how much of
+  # a step the GPU is idle, launches per step. ORDER: scan kernels in turn.
+  use_cache
+  log="$OUT/s15trace_log.txt"
+  inc=/usr/local/cuda/include
+  kt=$(grep -o "} CUpti_ActivityKernel[0-9]*;" $inc/cupti_activity.h | tail -1 | tr -d '}; ')
+  mt=$(grep -o "} CUpti_ActivityMemcpy[0-9]*;" $inc/cupti_activity.h | tail -1 | tr -d '}; ')
+  gcc -shared -fPIC -O2 -Wall -DKERNEL_T=$kt -DMEMCPY_T=$mt -I$inc -o /tmp/libcupti_trace.so bench/cupti_trace.c -L/usr/local/cuda/lib64 -lcupti 2>&1 | tee -a "$log" || exit 1
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16 ${EXTRA:-}"
+  n=0
+  for k in ${ORDER:-parallel}; do
+    n=$((n + 1))
+    CUDA_INJECTION64_PATH=/tmp/libcupti_trace.so CUPTI_TRACE_OUT=/tmp/trace_$n.txt HYMBA_SCAN_KERNEL=$k LIMIT=${TRAIN_LIMIT:-240} step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-8} $train out_dir=/tmp/s15trace_$n 2>&1 | grep -E "^step|tokens/s|rror" | sed "s/^/[$n $k] /" | tee -a "$log"
+    ls -la /tmp/trace_$n.txt | tee -a "$log"
+    python3 bench/trace_summary.py /tmp/trace_$n.txt "$OUT/trace_train_${n}_$k.json" ${TOP:-45} ${SKIP:-3} ${STEPS:-8} 2>&1 | cut -c1-170 | sed "s/^/[$n $k] /" | tee -a "$log"
+    [ "${KEEP_TRACE:-0}" = 1 ] && gzip -c /tmp/trace_$n.txt > "$OUT/trace_$n.txt.gz"
+  done
+  ;;
+s15prof)
+  # Session 15: where the host's time goes in hymba-125m bf16 8 x 2048 trainer steps: a
+  # build with `--features hymba-train/cpu-profile` (not stripped) samples its threads
+  # (HYMBA_CPU_PROFILE) over STEPS steps; the folded stacks come back gzipped.
+  use_cache
+  log="$OUT/s15prof_log.txt"
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16 ${EXTRA:-}"
+  HYMBA_CPU_PROFILE_WALL=${WALL:-0} HYMBA_CPU_PROFILE=/tmp/cpu.folded LIMIT=${TRAIN_LIMIT:-240} step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s15prof 2>&1 | grep -E "^step|tokens/s|rror|cpu profile|warning" | tee -a "$log"
+  gzip -c /tmp/cpu.folded > "$OUT/cpu_train.folded.gz"
+  ;;
+s15mem)
+  # Session 15: cubecl's memory pools on CUDA. Host profiles of hymba-125m steps put ~60 %
+  # of cubecl's device-server thread in its sliced pools (`MemoryPage::coalesce` on every
+  # reservation, ~10,000 per step: kernel outputs and each launch's metadata); the
+  # persistent pool reuses buffers by exact size. MODES in turn, ROUNDS times: `pooled`
+  # (cubecl's default) and `persistent` (cubecl.toml `[memory] persistent_memory = "enforced"`).
+  use_cache
+  log="$OUT/s15mem_log.txt"
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16 ${EXTRA:-}"
+  for round in $(seq ${ROUNDS:-2}); do
+    for m in ${MODES:-persistent pooled}; do
+      rm -f cubecl.toml
+      [ $m = persistent ] && printf '[memory]\npersistent_memory = "enforced"\n' > cubecl.toml
+      ( while sleep 2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done ) > /tmp/mem_$m.txt 2>/dev/null &
+      MON=$!
+      LIMIT=${TRAIN_LIMIT:-240} step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s15mem_${m}_$round 2>&1 | grep -E "^step|tokens/s|step time|valid|rror|warning|panick" | tee /tmp/train_$m.txt | sed "s/^/[$m round $round] /" | tee -a "$log"
+      kill $MON 2>/dev/null
+      echo "[$m round $round] peak GPU memory used: $(sort -n /tmp/mem_$m.txt | tail -1) MiB" | tee -a "$log"
+      [ $round = "${ROUNDS:-2}" ] && NOTE="session 15: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), ${STEPS:-12} steps, one GPU; cubecl memory: $m; last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_mem_$m.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_$m.txt
+    done
+  done
+  rm -f cubecl.toml
+  ;;
+s15)
+  # Session 15, the committed build: 1. the scan-kernel test binary's model tests on CUDA
+  # (the autodiff model against ndarray; FixedShapeMemory against the default allocator);
+  # 2. hymba-125m bf16 8 x 2048 trainer steps with the fixed-shape allocator (the default)
+  # and HYMBA_CUDA_MEMORY=pooled, alternating ROUNDS times; 3. `bench step`; 4. a CUPTI
+  # trace of the default (s15trace); 5. a wall-clock host profile (s15prof, with WALL).
+  use_cache
+  log="$OUT/s15_log.txt"
+  if [ -x .gpu/scan_kernel ]; then
+    LIMIT=240 step .gpu/scan_kernel --test-threads=1 model_on_autodiff_gpu_equals_ndarray fixed_shape_memory_gives_the_same_gradients 2>&1 | grep -E "^test |test result|panicked|diff" | tee -a "$log"
+  fi
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
+  for round in $(seq ${ROUNDS:-2}); do
+    for m in fixed pooled; do
+      mem=; [ $m = pooled ] && mem=pooled
+      ( while sleep 2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done ) > /tmp/mem_$m.txt 2>/dev/null &
+      MON=$!
+      HYMBA_CUDA_MEMORY=$mem LIMIT=${TRAIN_LIMIT:-240} step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s15_${m}_$round 2>&1 | grep -E "^step|tokens/s|step time|valid|rror|warning|panick" | tee /tmp/train_$m.txt | sed "s/^/[$m round $round] /" | tee -a "$log"
+      kill $MON 2>/dev/null
+      echo "[$m round $round] peak GPU memory used: $(sort -n /tmp/mem_$m.txt | tail -1) MiB" | tee -a "$log"
+      [ $round = "${ROUNDS:-2}" ] && NOTE="session 15: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), ${STEPS:-12} steps, one GPU; device memory: $m (HYMBA_CUDA_MEMORY=$mem); last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_$m.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_$m.txt > /dev/null
+    done
+  done
+  [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
   ;;
 probe)
   # Why a first step takes minutes: full logs of a non-fusion pretraining run and of an SFT

@@ -427,6 +427,9 @@ impl BackendRunner for StepBenchJob {
         B::seed(&device, 0);
         let c = self.config.clone();
         let (b, t) = (self.batch, self.seq);
+        // Every round has the same shapes: the trainer's allocator for pretraining (why:
+        // `hymba::FixedShapeMemory`), so that the bench times what the trainer runs.
+        let _memory = hymba::FixedShapeMemory::enter::<B>(&device);
         let compute = (self.compute != DType::F32).then_some(self.compute);
         let model = LanguageModel::new(Hymba::<Ad<B>>::new(&c, &device)?, compute);
         let host_ids: Vec<i64> = {

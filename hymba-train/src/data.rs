@@ -57,6 +57,13 @@ impl TrainData {
         self.len() == 0
     }
 
+    /// Whether every batch of a run has the same shape (windows and packed sequences; pairs
+    /// are padded to the longest of each batch), so that the device may keep buffers by
+    /// exact size ([`hymba::FixedShapeMemory`]).
+    pub fn fixed_shapes(&self) -> bool {
+        !matches!(self, Self::Pairs { .. })
+    }
+
     /// Items `indices` as one batch whose loss is multiplied by `scale`.
     ///
     /// A batch of pairs has `2·P` rows, the chosen sides first, right-padded to the longest

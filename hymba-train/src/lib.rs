@@ -16,6 +16,8 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod posttrain;
+#[cfg(feature = "cpu-profile")]
+pub mod profile;
 pub mod renderer;
 pub mod run_config;
 pub mod schedule;

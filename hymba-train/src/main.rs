@@ -125,12 +125,16 @@ fn train(stage: Stage, args: RunArgs, init: Option<PathBuf>) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "cpu-profile")]
+    let profile = hymba_train::profile::CpuProfile::from_env();
     let result = match cli.command {
         None => train(Stage::Pretrain, RunArgs::default_main(), None),
         Some(Command::Pretrain { run }) => train(Stage::Pretrain, run, None),
         Some(Command::Sft { init, run }) => train(Stage::Sft, run, init),
         Some(Command::Dpo { init, run }) => train(Stage::Dpo, run, init),
     };
+    #[cfg(feature = "cpu-profile")]
+    drop(profile);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -205,6 +205,9 @@ impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
         let handle = std::thread::Builder::new()
             .name(format!("replica {device:?}"))
             .spawn(move || {
+                let _memory = train
+                    .fixed_shapes()
+                    .then(|| hymba::FixedShapeMemory::enter::<B>(&dev));
                 while let Ok(job) = job_rx.recv() {
                     let replica = job.model.fork(&dev);
                     let draws: Vec<&Vec<usize>> = job.draws.iter().collect();
@@ -497,6 +500,12 @@ where
                 return (learner.model(), processor);
             }
         };
+        // Steady shapes: cubecl's exact-size buffers (why: `hymba::FixedShapeMemory`), until
+        // the loop ends and the samples and the final save run on the default allocator.
+        let _memory = self
+            .train
+            .fixed_shapes()
+            .then(|| hymba::FixedShapeMemory::enter::<B>(&self.device));
         let mut valid_runs = 0;
         self.reset_csv();
         let epoch = Progress {

@@ -180,3 +180,71 @@ pub mod kernel_cache {
         });
     }
 }
+
+/// Tensor memory for runs whose every step has the same shapes (pretraining, packed SFT).
+///
+/// cubecl's default allocator carves tensors out of large pages ("sliced" pools) and, on
+/// every reservation, re-merges the free neighbours of every slice of the pages it visits
+/// (`MemoryPage::coalesce`). A hymba-125m training step makes about ten thousand small
+/// reservations — each kernel's output, and each launch's shape-and-stride metadata — and a
+/// host profile on an H200 put about 60 % of cubecl's device-server thread in those two
+/// functions: the thread that enqueues every kernel was the bottleneck, and the GPU sat idle
+/// for most of each step. cubecl's persistent pool instead keeps each freed buffer for the
+/// next request of exactly its size, a lookup, which steady-shape steps hit every time (the
+/// first step allocates). Measured in one call on an H200 (hymba-125m, bf16, 8 × 2048): the
+/// median text tokens/s of two alternating rounds went from 19,114 and 21,796 to 35,937 and
+/// 35,118, with peak device memory 63–67 GB instead of 53 GB (exact sizes are never split
+/// or merged, so a freed buffer serves only its own size).
+///
+/// Variable shapes (generation's growing caches, DPO's length buckets) would keep every size
+/// they ever used, so the mode is scoped: [`FixedShapeMemory::enter`] switches the calling
+/// thread's stream of a CUDA device to it and dropping the guard switches back and frees the
+/// unused buffers. Other backends ignore it. `HYMBA_CUDA_MEMORY=pooled` keeps cubecl's
+/// default allocator everywhere.
+pub struct FixedShapeMemory {
+    #[cfg(feature = "cuda")]
+    client: Option<cubecl::client::ComputeClient<cubecl::cuda::CudaRuntime>>,
+}
+
+impl FixedShapeMemory {
+    /// Puts `device`'s allocations from this thread into the exact-size pool until the guard
+    /// is dropped (a no-op but on CUDA, or with `HYMBA_CUDA_MEMORY=pooled`).
+    #[allow(unused_variables)]
+    pub fn enter<B: burn::tensor::backend::Backend>(device: &B::Device) -> Self {
+        #[cfg(feature = "cuda")]
+        {
+            use cubecl::MemoryAllocationMode;
+            use cubecl::client::ComputeClient;
+            use cubecl::cuda::{CudaDevice, CudaRuntime};
+
+            let pooled = std::env::var("HYMBA_CUDA_MEMORY").is_ok_and(|v| v == "pooled");
+            let cuda = (device as &dyn std::any::Any).downcast_ref::<CudaDevice>();
+            let client = match cuda {
+                Some(device) if !pooled => {
+                    let client = ComputeClient::<CudaRuntime>::load(device);
+                    // SAFETY: the mode only changes which pool serves later reservations of
+                    // this thread's stream; buffers already handed out stay valid. What cubecl
+                    // warns about (memory kept for sizes never requested again) is why the
+                    // guard switches back and cleans up.
+                    unsafe { client.allocation_mode(MemoryAllocationMode::Persistent) };
+                    Some(client)
+                }
+                _ => None,
+            };
+            Self { client }
+        }
+        #[cfg(not(feature = "cuda"))]
+        Self {}
+    }
+}
+
+impl Drop for FixedShapeMemory {
+    fn drop(&mut self) {
+        #[cfg(feature = "cuda")]
+        if let Some(client) = &self.client {
+            // SAFETY: as in `enter`.
+            unsafe { client.allocation_mode(cubecl::MemoryAllocationMode::Auto) };
+            client.memory_cleanup();
+        }
+    }
+}

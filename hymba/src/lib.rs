@@ -50,7 +50,7 @@ pub mod softmax;
 pub mod ssm;
 pub mod weights;
 
-pub use backend::{BackendKind, BackendRunner, run_on};
+pub use backend::{BackendKind, BackendRunner, FixedShapeMemory, run_on};
 pub use cache::HymbaCache;
 pub use config::{HymbaConfig, MixerKind};
 pub use error::{HymbaError, Result};

@@ -638,3 +638,44 @@ fn model_on_autodiff_gpu_equals_ndarray() {
         );
     }
 }
+
+/// `FixedShapeMemory` (cubecl's exact-size buffers, what the trainer runs pretraining with
+/// on CUDA) gives the loss and gradients of the default allocator, over three steps that
+/// reuse each other's freed buffers; and once the guard is dropped, a step of another shape
+/// still runs. A no-op, so trivially equal, on backends other than CUDA.
+#[test]
+fn fixed_shape_memory_gives_the_same_gradients() {
+    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
+    set_scan_kernel(ScanKernel::Auto);
+    let cpu_model = common::tiny_model(22);
+    let config = HymbaConfig::tiny();
+    let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 6);
+    let device = gpu_device();
+    let (want_loss, want) = model_loss_and_grads::<Autodiff<Fused>>(&cpu_model, &rows, &device);
+    {
+        let _memory = hymba::FixedShapeMemory::enter::<Autodiff<Fused>>(&device);
+        for step in 0..3 {
+            let (loss, got) = model_loss_and_grads::<Autodiff<Fused>>(&cpu_model, &rows, &device);
+            assert!(
+                (loss - want_loss).abs() <= 1e-6 * (1.0 + want_loss.abs()),
+                "step {step}: loss {loss} vs {want_loss}"
+            );
+            assert_eq!(got.len(), want.len());
+            for (i, ((shape, g), (_, w))) in got.into_iter().zip(&want).enumerate() {
+                let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
+                let diff = g
+                    .iter()
+                    .zip(w)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "step {step}, parameter {i} {shape:?}: max |diff| {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+    let other = common::ids(3, config.sliding_window + 3, config.vocab_size, 7);
+    let (loss, grads) = model_loss_and_grads::<Autodiff<Fused>>(&cpu_model, &other, &device);
+    assert!(loss.is_finite(), "loss after the guard: {loss}");
+    assert_eq!(grads.len(), want.len());
+}

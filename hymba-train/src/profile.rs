@@ -1,0 +1,125 @@
+//! Host-side CPU profile of a run: `HYMBA_CPU_PROFILE=FILE` in a build with the
+//! `cpu-profile` feature samples every thread of the process ~1,000 times per CPU-second
+//! (SIGPROF, `pprof`) and writes the stacks in the folded format of flame-graph tools
+//! (`thread;outermost;…;innermost count` per line) when the run ends.
+//!
+//! Why: on a GPU, hymba-125m steps are bound by the host, not the device (a CUDA activity
+//! trace shows the GPU busy for about a third of each step), so the question is where the
+//! host's time goes — burn's fusion and autodiff bookkeeping, cubecl's launch path, our own
+//! ordering of the cuBLAS products. Symbols come from the binary's symbol table: do not
+//! strip a binary that is to be profiled (`strip --strip-debug` keeps the names).
+//!
+//! CPU time alone cannot show a thread that waits: burn's fusion server and cubecl's device
+//! server hand work to each other through queues and blocking calls. With
+//! `HYMBA_CPU_PROFILE_WALL=SECS` a helper thread, from SECS seconds after the start (past
+//! compilation and autotuning), sends SIGPROF to the main thread and to the device-service
+//! threads (`DS…`) every millisecond of wall time, so a blocked thread is
+//! sampled where it waits (the handler is installed with SA_RESTART; parked threads wake,
+//! find nothing to do and park again). The interval timer then runs at 1 Hz, so the samples
+//! are wall-clock samples per thread.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+/// A running profile; writes its file when dropped.
+pub struct CpuProfile {
+    guard: pprof::ProfilerGuard<'static>,
+    path: PathBuf,
+}
+
+impl CpuProfile {
+    /// Starts sampling if `HYMBA_CPU_PROFILE` names a file; `None` (with a warning on stderr
+    /// if the profiler cannot start) otherwise.
+    pub fn from_env() -> Option<Self> {
+        let path = PathBuf::from(std::env::var_os("HYMBA_CPU_PROFILE")?);
+        let wall = std::env::var("HYMBA_CPU_PROFILE_WALL")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|d| d.is_finite() && *d >= 0.0);
+        match pprof::ProfilerGuardBuilder::default()
+            .frequency(if wall.is_some() { 1 } else { 997 })
+            .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+            .build()
+        {
+            Ok(guard) => {
+                if let Some(delay) = wall {
+                    spawn_wall_sampler(std::time::Duration::from_secs_f64(delay));
+                }
+                Some(Self { guard, path })
+            }
+            Err(e) => {
+                eprintln!("warning: HYMBA_CPU_PROFILE: the profiler did not start: {e}");
+                None
+            }
+        }
+    }
+
+    fn write(&self) -> Result<usize, Box<dyn std::error::Error>> {
+        let report = self.guard.report().build()?;
+        let mut out = BufWriter::new(File::create(&self.path)?);
+        for (frames, count) in &report.data {
+            write!(
+                out,
+                "{}",
+                frames.thread_name_or_id().replace([';', ' '], "_")
+            )?;
+            // pprof lists the innermost frame first; folded stacks go outermost first.
+            for symbols in frames.frames.iter().rev() {
+                for symbol in symbols.iter().rev() {
+                    write!(out, ";{}", symbol.name().replace([';', ' '], "_"))?;
+                }
+            }
+            writeln!(out, " {count}")?;
+        }
+        out.flush()?;
+        Ok(report.data.len())
+    }
+}
+
+/// From `delay` on, sends SIGPROF every millisecond to the main thread and to every thread
+/// whose name starts with `DS` (burn's fusion server `DSU-…`, cubecl's device server `DSD-…`).
+fn spawn_wall_sampler(delay: std::time::Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("profile-wall".into())
+        .spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: plain syscalls without memory arguments.
+            let pid = unsafe { libc::getpid() };
+            loop {
+                std::thread::sleep(std::time::Duration::from_micros(1000));
+                let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+                    return;
+                };
+                for task in tasks.flatten() {
+                    let Some(tid) = task
+                        .file_name()
+                        .to_str()
+                        .and_then(|t| t.parse::<i32>().ok())
+                    else {
+                        continue;
+                    };
+                    let comm =
+                        std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                    if tid == pid || comm.starts_with("DS") {
+                        // SAFETY: tgkill with a signal whose handler pprof installed.
+                        unsafe {
+                            libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPROF);
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("warning: HYMBA_CPU_PROFILE_WALL: no sampler thread: {e}");
+    }
+}
+
+impl Drop for CpuProfile {
+    fn drop(&mut self) {
+        match self.write() {
+            Ok(n) => eprintln!("cpu profile: {n} stacks written to {}", self.path.display()),
+            Err(e) => eprintln!("warning: HYMBA_CPU_PROFILE: {}: {e}", self.path.display()),
+        }
+    }
+}
