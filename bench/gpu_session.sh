@@ -61,6 +61,9 @@
 #   s15mem:  session 15: hymba-125m trainer steps with cubecl's pooled and persistent memory.
 #   s15:     session 15, the committed build: model tests, the trainer with and without
 #            hymba::FixedShapeMemory, `bench step`.
+#   s15flags: session 15: the matmul GPU tests, then the trainer with one cubecl flag kernel
+#            per cuBLAS product (.gpu/hymba-train) and two (.gpu/hymba-train.old). The
+#            one-kernel build hung (see bench/results/README.md) and was not committed.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -550,6 +553,23 @@ s15)
     done
   done
   [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
+  ;;
+s15flags)
+  # Session 15: one cubecl kernel per cuBLAS product instead of two (raise_and_wait). 1. the
+  # matmul GPU tests (the ordering test fails on a fallback to host syncs); 2. the trainer,
+  # hymba-125m bf16 8 x 2048, with this build (.gpu/hymba-train) and the one before
+  # (.gpu/hymba-train.old), alternating ROUNDS times.
+  use_cache
+  log="$OUT/s15flags_log.txt"
+  [ -x .gpu/matmul_gpu ] && LIMIT=200 step .gpu/matmul_gpu --test-threads=1 2>&1 | grep -E "^test |ordering|test result|panicked|warning" | tee -a "$log"
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
+  for round in $(seq ${ROUNDS:-2}); do
+    for b in new old; do
+      bin=.gpu/hymba-train; [ $b = old ] && bin=.gpu/hymba-train.old
+      LIMIT=${TRAIN_LIMIT:-200} step $bin pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s15f_${b}_$round 2>&1 | grep -E "^step|tokens/s|step time|valid loss|rror|warning|panick" | tee /tmp/train_$b.txt | sed "s/^/[$b round $round] /" | tee -a "$log"
+      [ $round = "${ROUNDS:-2}" ] && NOTE="session 15: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), ${STEPS:-12} steps, one GPU, hymba::FixedShapeMemory; cuBLAS ordering: $b (new: one cubecl kernel per product, old: two); last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_flags_$b.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_$b.txt > /dev/null
+    done
+  done
   ;;
 probe)
   # Why a first step takes minutes: full logs of a non-fusion pretraining run and of an SFT
