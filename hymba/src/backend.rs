@@ -191,10 +191,11 @@ pub mod kernel_cache {
 /// functions: the thread that enqueues every kernel was the bottleneck, and the GPU sat idle
 /// for most of each step. cubecl's persistent pool instead keeps each freed buffer for the
 /// next request of exactly its size, a lookup, which steady-shape steps hit every time (the
-/// first step allocates). Measured in one call on an H200 (hymba-125m, bf16, 8 × 2048): the
-/// median text tokens/s of two alternating rounds went from 19,114 and 21,796 to 35,937 and
-/// 35,118, with peak device memory 63–67 GB instead of 53 GB (exact sizes are never split
-/// or merged, so a freed buffer serves only its own size).
+/// first step allocates). Measured with this guard on an H200 (hymba-125m, bf16, 8 × 2048,
+/// two rounds alternating in one call, `bench/results/pretrain_125m_1gpu_bf16_b8_*_s15_h200.json`):
+/// 33,578 and 35,536 text tokens/s against 19,514 and 20,769 without, at 57–68 GB of peak
+/// device memory instead of 53 GB (exact sizes are never split or merged, so a freed buffer
+/// serves only its own size).
 ///
 /// Variable shapes (generation's growing caches, DPO's length buckets) would keep every size
 /// they ever used, so the mode is scoped: [`FixedShapeMemory::enter`] switches the calling
