@@ -3,8 +3,8 @@
 
 Usage: trace_summary.py TRACE OUT.json [TOP] [SKIP] [STEPS] [PER_STEP]
 
-TRACE is an `nsys export --type sqlite` file (name ending in .sqlite) or the text trace of
-`bench/cupti_trace.c` (any other name).
+TRACE is the text trace of `bench/cupti_trace.c` (the GPU box's `nsys` cannot import its
+own traces).
 
 Step boundaries are the trainer's scalar read-backs (device-to-host copies of the loss and
 the gradient norm: PER_STEP, default 2, per step with `log_every=1`) of a run of STEPS
@@ -19,17 +19,8 @@ out; over the steps after them, but the last, the script prints and writes:
 """
 import json
 import os
-import sqlite3
 import sys
 from collections import defaultdict
-
-
-def columns(db, table):
-    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-
-
-def tables(db):
-    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
 def union_length(intervals):
@@ -49,36 +40,9 @@ def union_length(intervals):
     return total, gaps
 
 
-def load_sqlite(path):
-    """Kernels, copies and API calls of an `nsys export --type sqlite` file."""
-    db = sqlite3.connect(path)
-    have = tables(db)
-    names = dict(db.execute("SELECT id, value FROM StringIds"))
-    kcols = columns(db, "CUPTI_ACTIVITY_KIND_KERNEL")
-    name_col = "shortName" if "shortName" in kcols else "demangledName"
-    kernels = [
-        (k[0], k[1], names.get(k[2], str(k[2]))) + tuple(k[3:])
-        for k in db.execute(
-            f"SELECT start, end, {name_col}, gridX, gridY, gridZ, blockX, blockY, blockZ, streamId "
-            "FROM CUPTI_ACTIVITY_KIND_KERNEL ORDER BY start"
-        )
-    ]
-    copies = []
-    if "CUPTI_ACTIVITY_KIND_MEMCPY" in have:
-        copies = db.execute(
-            "SELECT start, end, copyKind, bytes FROM CUPTI_ACTIVITY_KIND_MEMCPY ORDER BY start"
-        ).fetchall()
-    api = []
-    if "CUPTI_ACTIVITY_KIND_RUNTIME" in have:
-        api = [
-            (s, e, names.get(n, str(n)))
-            for s, e, n in db.execute("SELECT start, end, nameId FROM CUPTI_ACTIVITY_KIND_RUNTIME")
-        ]
-    return kernels, copies, api
-
-
 def load_text(path):
-    """The same from `bench/cupti_trace.c`'s text lines (K, M and A records)."""
+    """Kernels, copies and driver API calls from `bench/cupti_trace.c`'s text lines (K, M and
+    A records), each list in time order."""
     kernels, copies, api = [], [], []
     for line in open(path, errors="replace"):
         f = line.split(" ", 11)
@@ -99,7 +63,7 @@ def main():
     skip = int(sys.argv[4]) if len(sys.argv) > 4 else 3
     steps = int(sys.argv[5]) if len(sys.argv) > 5 else 8
     per_step = int(sys.argv[6]) if len(sys.argv) > 6 else 2
-    kernels, copies, api = load_text(path) if not path.endswith(".sqlite") else load_sqlite(path)
+    kernels, copies, api = load_text(path)
     # Device-to-host copies (copyKind 2) of one scalar mark the steps: with `log_every=1`
     # the trainer reads the loss and the gradient norm once each per step (PER_STEP marks).
     # Reads less than 50 ms apart count once.

@@ -21,11 +21,16 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A running profile; writes its file when dropped.
 pub struct CpuProfile {
     guard: pprof::ProfilerGuard<'static>,
     path: PathBuf,
+    /// Ends the wall-clock sampler thread, if any.
+    stop: Arc<AtomicBool>,
 }
 
 impl CpuProfile {
@@ -33,20 +38,27 @@ impl CpuProfile {
     /// if the profiler cannot start) otherwise.
     pub fn from_env() -> Option<Self> {
         let path = PathBuf::from(std::env::var_os("HYMBA_CPU_PROFILE")?);
-        let wall = std::env::var("HYMBA_CPU_PROFILE_WALL")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|d| d.is_finite() && *d >= 0.0);
+        let wall = std::env::var("HYMBA_CPU_PROFILE_WALL").ok().and_then(|v| {
+            let delay = v.parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0);
+            if delay.is_none() {
+                eprintln!(
+                    "warning: HYMBA_CPU_PROFILE_WALL={v:?} is not a number of seconds ≥ 0; \
+                     profiling CPU time"
+                );
+            }
+            delay
+        });
         match pprof::ProfilerGuardBuilder::default()
             .frequency(if wall.is_some() { 1 } else { 997 })
             .blocklist(&["libc", "libgcc", "pthread", "vdso"])
             .build()
         {
             Ok(guard) => {
+                let stop = Arc::new(AtomicBool::new(false));
                 if let Some(delay) = wall {
-                    spawn_wall_sampler(std::time::Duration::from_secs_f64(delay));
+                    spawn_wall_sampler(Duration::from_secs_f64(delay), stop.clone());
                 }
-                Some(Self { guard, path })
+                Some(Self { guard, path, stop })
             }
             Err(e) => {
                 eprintln!("warning: HYMBA_CPU_PROFILE: the profiler did not start: {e}");
@@ -77,37 +89,33 @@ impl CpuProfile {
     }
 }
 
-/// From `delay` on, sends SIGPROF every millisecond to the main thread and to every thread
-/// whose name starts with `DS` (burn's fusion server `DSU-…`, cubecl's device server `DSD-…`).
-fn spawn_wall_sampler(delay: std::time::Duration) {
+/// From `delay` on and until `stop` is set, sends SIGPROF every millisecond to the main
+/// thread and to every thread whose name starts with `DS` (burn's fusion server `DSU-…`,
+/// cubecl's device server `DSD-…`). The thread list is read again every second, so that
+/// servers started after the delay are sampled too.
+fn spawn_wall_sampler(delay: Duration, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("profile-wall".into())
         .spawn(move || {
             std::thread::sleep(delay);
-            // SAFETY: plain syscalls without memory arguments.
+            // SAFETY: a plain syscall without arguments.
             let pid = unsafe { libc::getpid() };
-            loop {
-                std::thread::sleep(std::time::Duration::from_micros(1000));
-                let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            let mut targets = Vec::new();
+            for tick in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
                     return;
-                };
-                for task in tasks.flatten() {
-                    let Some(tid) = task
-                        .file_name()
-                        .to_str()
-                        .and_then(|t| t.parse::<i32>().ok())
-                    else {
-                        continue;
-                    };
-                    let comm =
-                        std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-                    if tid == pid || comm.starts_with("DS") {
-                        // SAFETY: tgkill with a signal whose handler pprof installed.
-                        unsafe {
-                            libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPROF);
-                        }
+                }
+                if tick % 1000 == 0 {
+                    targets = sampled_threads(pid);
+                }
+                for &tid in &targets {
+                    // SAFETY: tgkill with the signal whose handler pprof installed (it ignores
+                    // the signal once the profiler stops).
+                    unsafe {
+                        libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGPROF);
                     }
                 }
+                std::thread::sleep(Duration::from_millis(1));
             }
         });
     if let Err(e) = spawned {
@@ -115,8 +123,24 @@ fn spawn_wall_sampler(delay: std::time::Duration) {
     }
 }
 
+/// The ids of the process's main thread and of its threads named `DS…`.
+fn sampled_threads(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse::<i32>().ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            (tid == pid || comm.starts_with("DS")).then_some(tid)
+        })
+        .collect()
+}
+
 impl Drop for CpuProfile {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         match self.write() {
             Ok(n) => eprintln!("cpu profile: {n} stacks written to {}", self.path.display()),
             Err(e) => eprintln!("warning: HYMBA_CPU_PROFILE: {}: {e}", self.path.display()),

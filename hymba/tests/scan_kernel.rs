@@ -604,6 +604,17 @@ fn model_loss_and_grads<A: AutodiffBackend + HymbaBackend>(
     (value, v.out)
 }
 
+/// Max |got − want| of one parameter's gradient, and the scale it is judged against: the
+/// largest |want|, at least 1e-3.
+fn grad_diff(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    (diff, scale)
+}
+
 #[test]
 fn model_on_autodiff_gpu_equals_ndarray() {
     let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
@@ -627,11 +638,7 @@ fn model_on_autodiff_gpu_equals_ndarray() {
             "parameter {i} {shape:?} has no gradient on ndarray"
         );
         // Relative to the tensor's largest gradient: sums of many terms in another order.
-        let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
-        let diff = g
-            .iter()
-            .zip(&w)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (diff, scale) = grad_diff(&g, &w);
         assert!(
             diff <= MODEL_GRAD_TOL * scale.max(1.0),
             "parameter {i} {shape:?}: max |diff| {diff} (scale {scale})"
@@ -662,11 +669,7 @@ fn fixed_shape_memory_gives_the_same_gradients() {
             );
             assert_eq!(got.len(), want.len());
             for (i, ((shape, g), (_, w))) in got.into_iter().zip(&want).enumerate() {
-                let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-3);
-                let diff = g
-                    .iter()
-                    .zip(w)
-                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                let (diff, scale) = grad_diff(&g, w);
                 assert!(
                     diff <= 1e-5 * scale,
                     "step {step}, parameter {i} {shape:?}: max |diff| {diff} (scale {scale})"
