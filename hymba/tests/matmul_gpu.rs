@@ -2,7 +2,8 @@
 //! on odd shapes (no multiple of 8/16/128), transposed views, batched and broadcast
 //! operands, in f32 (exact) and bf16 (f32 accumulation), on `Cuda` (fusion: the custom op),
 //! the bare `CubeBackend<CudaRuntime>` and under `Autodiff<Cuda>`. Needs the `cuda` feature
-//! and a GPU: it is run on the GPU machine.
+//! and a GPU: it is run on the GPU machine, with `--test-threads=1` (the ordering tests
+//! switch the process-wide ordering and count its products).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -200,29 +201,98 @@ fn chain<Bk: MatmulBackend<Device = CudaDevice>>(order: Ordering) -> Vec<f32> {
     common::to_vec(x)
 }
 
-fn check_ordering<Bk: MatmulBackend<Device = CudaDevice>>(name: &str) {
+/// Runs `work` under the flag ordering and on cubecl's stream, each against host syncs
+/// (the scheme the other tests check against the CPU); a hole in either ordering
+/// (`hymba::matmul::cublas`, "Ordering") reads unfinished buffers and shows as a
+/// difference. Returns the products each route took, for the caller to check.
+fn compare_orderings(
+    name: &str,
+    work: impl Fn(Ordering) -> Vec<f32>,
+) -> [cublas::OrderedProducts; 2] {
     let env = cublas::ordering();
-    let synced = chain::<Bk>(Ordering::Sync);
-    let flagged = chain::<Bk>(Ordering::Flags);
-    let err = rel_max_err(&flagged, &synced);
-    println!(
-        "{name}: 6 × [4096, 2048]·[2048, 2048] (burn) ·[2048, 2048] (cuBLAS), ordering {:?} vs host syncs: rel. max difference {err:.2e}",
-        if env == Ordering::Unordered {
+    let synced = work(Ordering::Sync);
+    let mut routes = [cublas::OrderedProducts::default(); 2];
+    for (order, route) in [Ordering::Flags, Ordering::Stream]
+        .into_iter()
+        .zip(&mut routes)
+    {
+        let before = cublas::ordered_products();
+        let got = work(order);
+        let after = cublas::ordered_products();
+        *route = cublas::OrderedProducts {
+            on_cubecl_stream: after.on_cubecl_stream - before.on_cubecl_stream,
+            flagged: after.flagged - before.flagged,
+        };
+        let err = rel_max_err(&got, &synced);
+        let shown = if env == Ordering::Unordered {
             env
         } else {
-            Ordering::Flags
-        }
-    );
-    assert!(
-        err <= 1e-5,
-        "{name}: flag ordering differs from host syncs by {err}"
-    );
+            order
+        };
+        println!(
+            "{name}: ordering {shown:?} vs host syncs: rel. max difference {err:.2e} ({route:?})"
+        );
+        assert!(
+            err <= 1e-5,
+            "{name}: {shown:?} differs from host syncs by {err}"
+        );
+    }
     // Had the flag kernels failed to load or launch, every product would have fallen back
     // to host syncs and the comparison above would compare syncs with syncs.
     assert!(
         !cublas::flags_refused(),
         "{name}: the flag ordering fell back to host syncs"
     );
+    routes
+}
+
+/// Checks [`chain`], and that every product took the route asked for: a product on the
+/// flag ordering's fallback (host syncs) or on `stream`'s (the flags) would compare a
+/// scheme with itself.
+fn check_ordering<Bk: MatmulBackend<Device = CudaDevice>>(name: &str) {
+    let [flags, stream] = compare_orderings(name, chain::<Bk>);
+    if cublas::ordering() != Ordering::Unordered {
+        assert_eq!(flags.flagged, 6, "{name}: flagged products: {flags:?}");
+        assert_eq!(
+            stream.on_cubecl_stream, 6,
+            "{name}: products on cubecl's stream: {stream:?}"
+        );
+    }
+}
+
+/// `y ← tanh(x · W₁)` made on another thread, so on another cubecl stream, and `y · W₂` on
+/// the model's matmul on this one, three times over: the product must wait for the other
+/// stream (cubecl's buffer lookup orders that). The host never waits for the device.
+fn across_streams(order: Ordering) -> Vec<f32> {
+    cublas::set_ordering(order);
+    let device = CudaDevice::default();
+    let cpu = Default::default();
+    Cpu::seed(&cpu, 12);
+    let upload = |t: Tensor<Cpu, 2>| Tensor::<Bare, 2>::from_data(t.to_data(), &device);
+    let mut x = upload(common::random::<Cpu, 2>([4096, 2048], &cpu));
+    let w1 = upload(common::random::<Cpu, 2>([2048, 2048], &cpu) * 0.02);
+    let w2 = upload(common::random::<Cpu, 2>([2048, 2048], &cpu) * 0.02);
+    for _ in 0..3 {
+        let (x_in, w1) = (x.clone(), w1.clone());
+        let y = std::thread::spawn(move || (x_in.matmul(w1)).tanh())
+            .join()
+            .expect("the other thread's kernels were queued");
+        x = matmul(y, w2.clone()).tanh() * 0.5 + x;
+    }
+    common::to_vec(x)
+}
+
+#[test]
+fn cublas_matmul_is_ordered_with_other_cubecl_streams() {
+    let name = "3 × [4096, 2048]·[2048, 2048] on another thread's stream, then ·[2048, 2048]";
+    let [flags, stream] = compare_orderings(name, across_streams);
+    if cublas::ordering() != Ordering::Unordered {
+        assert_eq!(flags.flagged, 3, "flagged products: {flags:?}");
+        assert_eq!(
+            stream.on_cubecl_stream, 3,
+            "products on cubecl's stream: {stream:?}"
+        );
+    }
 }
 
 #[test]

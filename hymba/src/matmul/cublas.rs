@@ -17,12 +17,11 @@
 //! does).
 //!
 //! # Ordering
-//! cubecl 0.10 keeps the CUDA stream it enqueues on private, and cuBLAS runs on a stream of
-//! ours, so each product must be ordered against cubecl's work. Two schemes
-//! (`HYMBA_MATMUL_ORDER`):
+//! cubecl 0.10 keeps the CUDA streams it enqueues on private, so each product must be
+//! ordered against cubecl's work. Three schemes (`HYMBA_MATMUL_ORDER`):
 //!
-//! - `flags` (the default): ordered on the device through two 32-bit flags in a cubecl
-//!   buffer, with no host wait:
+//! - `flags` (the default): the GEMM runs on a stream of ours, ordered on the device through
+//!   two 32-bit flags in a cubecl buffer, with no host wait:
 //!   1. a one-thread cubecl kernel on cubecl's stream stores the call's sequence number in
 //!      `ready` — it runs only once everything queued before the product is done;
 //!   2. a one-thread kernel of ours on our stream spins until `ready ≥ seq`, then the GEMM
@@ -39,23 +38,40 @@
 //!   `CUDA_ERROR_INVALID_VALUE`, so every product synchronised the host. cubecl's buffers
 //!   come from a stream-ordered pool (`cuMemAllocAsync`), which may be why (not verified);
 //!   a kernel takes any device address. The comparisons are cyclic (`seen − seq` as a signed
-//!   number), so the counter may wrap. The whole host path runs on cubecl's runner thread
-//!   (`ComputeClient::exclusive`), where cubecl's own calls are direct: one round trip per
-//!   product. If the PTX cannot be loaded the product falls back to a context-wide sync
-//!   and `sync` is used from then on, with one warning.
+//!   number), so the counter may wrap. Each cubecl stream has flags of its own. The three
+//!   steps run inside `ComputeClient::exclusive` on cubecl's device thread, where cubecl's
+//!   own calls are direct: one round trip per product. If the PTX cannot be loaded the
+//!   product waits on the host instead and `sync` is used from then on, with one warning.
+//!   The four one-thread kernels are a quarter of a hymba-125m training step's ≈ 11,000
+//!   launches (651 products; `bench/results/trace_train_125m_b8_bf16_fixed_s15_h200.json`),
+//!   and their launches a large share of the host work that bounds such a step.
+//! - `stream` (opt-in; **not yet run on a GPU**: no device was lent in session 16): the GEMM
+//!   is enqueued on cubecl's own stream, which orders it like any cubecl kernel. The stream
+//!   is found once per cubecl stream by watching one one-thread cubecl launch through CUPTI
+//!   (`launch_watch`). Each product is then a task queued for cubecl's device thread
+//!   (`DeviceHandle::submit`): it looks the buffers' addresses up on cubecl's server, which
+//!   also makes the stream wait for any other cubecl stream that made them, and enqueues the
+//!   GEMM between cubecl's own launches. No extra kernel, and the caller does not wait.
+//!   Where CUPTI is missing or taken (a profiler), `flags` runs instead, with one note.
+//!   `bash bench/gpu_session.sh s16` checks it against host syncs and times the trainer both
+//!   ways.
 //! - `sync`: the host waits for the device before the GEMM (`client.sync()`) and for the
 //!   GEMM after it, on the calling thread. Each product costs a device bubble and three
 //!   blocking buffer lookups on cubecl's runner thread (0.38 ms of host time per product
 //!   on the H100 box, `bench matmul --backend cuda-raw`).
 //!
+//! A failure of a product queued on cubecl's device thread (`stream`: a cuBLAS error) has
+//! no caller to return to: it is recorded, and the next product on any thread panics with it.
+//!
 //! `HYMBA_MATMUL=burn` turns the whole path off (burn's kernel everywhere), for comparisons.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
@@ -63,6 +79,10 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::client::ComputeClient;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::device::Device;
+use cubecl::device_handle::DeviceHandle;
+use cubecl::server::{ComputeServer, Handle};
+use cubecl::stream_id::StreamId;
 use cubecl::{CubeCount, CubeDim};
 use cudarc::cublas::{result as blas, sys};
 use cudarc::driver::{result as driver, sys as driver_sys};
@@ -196,7 +216,11 @@ pub fn supports(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) ->
 /// How a product is ordered against cubecl's stream (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ordering {
-    /// Device-side flags: no host wait (the default; `HYMBA_MATMUL_ORDER=flags`).
+    /// On cubecl's own CUDA stream, found once per stream through CUPTI; the flag ordering
+    /// where it cannot be found (`HYMBA_MATMUL_ORDER=stream`).
+    Stream,
+    /// Device-side flags on a stream of ours: no host wait (the default;
+    /// `HYMBA_MATMUL_ORDER=flags`).
     Flags,
     /// Host syncs before and after each product (`HYMBA_MATMUL_ORDER=sync`).
     Sync,
@@ -206,25 +230,27 @@ pub enum Ordering {
     Unordered,
 }
 
-/// [`set_ordering`]'s choice: 0 none (the environment decides), 1 flags, 2 sync.
+/// [`set_ordering`]'s choice: 0 none (the environment decides), 1 flags, 2 sync, 3 stream.
 static ORDER_OVERRIDE: AtomicU8 = AtomicU8::new(0);
 
 /// Overrides `HYMBA_MATMUL_ORDER` for the rest of the process (the ordering test runs the
-/// same work both ways and compares).
+/// same work several ways and compares).
 pub fn set_ordering(order: Ordering) {
     let code = match order {
         Ordering::Flags => 1,
         Ordering::Sync => 2,
+        Ordering::Stream => 3,
         Ordering::Unordered => 0,
     };
     ORDER_OVERRIDE.store(code, AtomicOrdering::Relaxed);
 }
 
-/// The ordering in force: [`set_ordering`]'s, else `HYMBA_MATMUL_ORDER` (`flags` or
-/// `sync`), else flags.
+/// The ordering in force: [`set_ordering`]'s, else `HYMBA_MATMUL_ORDER` (`flags`, `stream`
+/// or `sync`), else flags.
 pub fn ordering() -> Ordering {
     static ORDER: OnceLock<Ordering> = OnceLock::new();
     let env = *ORDER.get_or_init(|| match std::env::var("HYMBA_MATMUL_ORDER").as_deref() {
+        Ok("stream") => Ordering::Stream,
         Ok("sync") => Ordering::Sync,
         Ok("unordered") if cfg!(debug_assertions) => Ordering::Unordered,
         _ => Ordering::Flags,
@@ -233,6 +259,7 @@ pub fn ordering() -> Ordering {
         _ if env == Ordering::Unordered => env,
         1 => Ordering::Flags,
         2 => Ordering::Sync,
+        3 => Ordering::Stream,
         _ => env,
     }
 }
@@ -356,142 +383,558 @@ impl FlagKernels {
     }
 }
 
-/// One host thread's cuBLAS state for one device.
+/// cubecl's CUDA server: the state its device thread owns. A product on cubecl's stream runs
+/// there as a queued task ([`DeviceHandle::submit`]) with direct access to it.
+type Server = <CudaRuntime as cubecl::Runtime>::Server;
+
+/// Byte offset of the flag cubecl's stream raises before the GEMM.
+const READY_OFFSET: u64 = (READY * 4) as u64;
+/// Byte offset of the flag our stream raises after the GEMM.
+const DONE_OFFSET: u64 = (DONE * 4) as u64;
+
+/// Set once a product queued on cubecl's device thread has failed there: the next
+/// product on any thread panics with [`DEVICE_ERROR`].
+static DEVICE_FAILED: AtomicBool = AtomicBool::new(false);
+/// The first such failure's message.
+static DEVICE_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Panics with a device-side failure recorded by an earlier product, on the thread that asks
+/// for the next product: the device thread that hit it has no caller to report to.
+fn report_device_error() {
+    if DEVICE_FAILED.load(AtomicOrdering::Relaxed) {
+        let error = DEVICE_ERROR.lock().ok().and_then(|e| e.clone());
+        panic!(
+            "cuBLAS matmul: an earlier product failed on cubecl's device thread: {}",
+            error.unwrap_or_default()
+        );
+    }
+}
+
+/// Records a device-side failure for [`report_device_error`].
+fn record_device_error(error: String) {
+    if let Ok(mut slot) = DEVICE_ERROR.lock() {
+        slot.get_or_insert(error);
+    }
+    DEVICE_FAILED.store(true, AtomicOrdering::Relaxed);
+}
+
+/// Marks the flag ordering unusable for the rest of the process, with one warning: every
+/// later product waits on the host, which can cost much of a step's time, and the user
+/// should know why.
+fn refuse_flags(error: &driver::DriverError) {
+    if !FLAGS_REFUSED.swap(true, AtomicOrdering::Relaxed) {
+        eprintln!(
+            "warning: cuBLAS matmul: the flag kernels could not be loaded or launched \
+             ({error:?}); each product now synchronises the device"
+        );
+    }
+}
+
+/// The GEMM of one product as cuBLAS takes it (column-major: `Oᵀ = Rᵀ · Lᵀ`, see the module
+/// docs), decided on the calling thread, so that the device thread only adds the buffers'
+/// addresses.
+#[derive(Clone, Copy)]
+struct Gemm {
+    op_r: sys::cublasOperation_t,
+    op_l: sys::cublasOperation_t,
+    /// cuBLAS's m, n, k: the output's columns, its rows (the batch folded in where it can
+    /// be), the inner dimension.
+    dims: [i32; 3],
+    /// Leading dimensions of rhs, lhs and out.
+    ld: [i32; 3],
+    /// Batch count and the strides between matrices of rhs, lhs and out (0: broadcast), for
+    /// one strided-batched GEMM; `None` for a plain one.
+    batched: Option<(i32, [i64; 3])>,
+    ty: sys::cudaDataType,
+    compute: sys::cublasComputeType_t,
+    /// `[m, k, n, batch]` and the dtype, as the model sees the product (for errors).
+    product: [usize; 4],
+    dtype: DType,
+}
+
+impl Gemm {
+    fn new(
+        l: &Operand,
+        r: &Operand,
+        [m, k, n]: [usize; 3],
+        batch: usize,
+        (l_batched, r_batched): (bool, bool),
+        dtype: DType,
+    ) -> Self {
+        let op_of = |t: bool| {
+            if t {
+                sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let compute = if dtype == DType::F32 && tf32_allowed() {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        // A broadcast weight against a batch of row-major rows: fold the batch into the rows.
+        let fold =
+            !r_batched && l_batched && !l.transposed && batch_stride(&l.tensor) == Some(m * l.ld);
+        let stride = |o: &Operand, batched: bool| {
+            if batched {
+                batch_stride(&o.tensor).expect("operand() makes batches collapsible") as i64
+            } else {
+                0
+            }
+        };
+        let (rows, batched) = if batch == 1 || fold {
+            (if fold { batch * m } else { m }, None)
+        } else {
+            let strides = [stride(r, r_batched), stride(l, l_batched), (m * n) as i64];
+            (m, Some((batch as i32, strides)))
+        };
+        Self {
+            op_r: op_of(r.transposed),
+            op_l: op_of(l.transposed),
+            dims: [n as i32, rows as i32, k as i32],
+            ld: [r.ld as i32, l.ld as i32, n as i32],
+            batched,
+            ty: data_type(dtype).expect("checked by supports()"),
+            compute,
+            product: [m, k, n, batch],
+            dtype,
+        }
+    }
+
+    /// Enqueues the GEMM on `handle`'s stream. `ptrs` are lhs, rhs and out.
+    ///
+    /// # Safety
+    /// The pointers must be live device buffers of the shapes, strides and dtype this was
+    /// made from, and `handle`'s stream must be ordered after the work that writes them and
+    /// before the work that reads or reuses them.
+    unsafe fn enqueue(
+        &self,
+        handle: sys::cublasHandle_t,
+        [lp, rp, op]: [u64; 3],
+    ) -> Result<(), String> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let alpha = (&raw const alpha).cast::<c_void>();
+        let beta = (&raw const beta).cast::<c_void>();
+        let [n, rows, k] = self.dims;
+        let [ldr, ldl, ldo] = self.ld;
+        let ty = self.ty;
+        let algo = sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+        // SAFETY: the caller's contract.
+        let status = unsafe {
+            match self.batched {
+                None => blas::gemm_ex(
+                    handle,
+                    self.op_r,
+                    self.op_l,
+                    n,
+                    rows,
+                    k,
+                    alpha,
+                    rp as *const c_void,
+                    ty,
+                    ldr,
+                    lp as *const c_void,
+                    ty,
+                    ldl,
+                    beta,
+                    op as *mut c_void,
+                    ty,
+                    ldo,
+                    self.compute,
+                    algo,
+                ),
+                Some((batch, [sr, sl, so])) => blas::gemm_strided_batched_ex(
+                    handle,
+                    self.op_r,
+                    self.op_l,
+                    n,
+                    rows,
+                    k,
+                    alpha,
+                    rp as *const c_void,
+                    ty,
+                    ldr,
+                    sr,
+                    lp as *const c_void,
+                    ty,
+                    ldl,
+                    sl,
+                    beta,
+                    op as *mut c_void,
+                    ty,
+                    ldo,
+                    so,
+                    batch,
+                    self.compute,
+                    algo,
+                ),
+            }
+        };
+        status.map_err(|e| {
+            let [m, k, n, batch] = self.product;
+            format!(
+                "cuBLAS GemmEx failed for [{m}×{k}]·[{k}×{n}] ×{batch} ({:?}): {e:?}",
+                self.dtype
+            )
+        })
+    }
+}
+
+/// One host thread's cuBLAS state for one device: a stream of ours, a cuBLAS handle on it
+/// and the flag kernels, and a handle on each cubecl stream used. Products on cubecl's
+/// stream and flagged ones use the lane of cubecl's device thread, products ordered by host
+/// syncs that of the calling thread.
 struct Lane {
     handle: sys::cublasHandle_t,
     stream: driver_sys::CUstream,
-    /// `FLAG_WORDS` zeroed `u32`s, allocated by cubecl (so its kernels can take them);
-    /// never dropped, as thread-local destructors may run after cubecl's own.
-    flags: ManuallyDrop<CubeTensor<CudaRuntime>>,
-    /// Device address of `flags`.
-    flags_ptr: u64,
     /// Our stream's flag kernels, or the driver's error if the PTX did not load.
     kernels: Result<FlagKernels, driver::DriverError>,
+    /// A cuBLAS handle per cubecl stream (address → handle): one handle per stream keeps
+    /// cuBLAS's per-stream workspace from being reset by `cublasSetStream` on every product.
+    on_cubecl: HashMap<usize, sys::cublasHandle_t>,
+}
+
+thread_local! {
+    /// One [`Lane`] per (host thread, device index).
+    static LANES: RefCell<HashMap<usize, Lane>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` on this thread's [`Lane`] for CUDA device `index`, creating the lane on first
+/// use; the error says which driver or cuBLAS call failed.
+fn with_lane<T>(index: usize, f: impl FnOnce(&mut Lane) -> T) -> Result<T, String> {
+    LANES.with(|lanes| {
+        let mut lanes = lanes.borrow_mut();
+        let lane = match lanes.entry(index) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Lane::create(index)?),
+        };
+        Ok(f(lane))
+    })
+}
+
+impl Lane {
+    fn create(index: usize) -> Result<Self, String> {
+        let failed = |what: &'static str| {
+            move |e: &dyn std::fmt::Debug| format!("{what} failed on CUDA device {index}: {e:?}")
+        };
+        // SAFETY: plain driver calls. cubecl has initialised the driver and retains the
+        // device's primary context: retaining it once more and making it current changes
+        // nothing for cubecl and makes the stream and handle below belong to the context
+        // cubecl allocates in.
+        unsafe {
+            driver::init().map_err(|e| failed("cuInit")(&e))?;
+            let dev = driver::device::get(index as i32).map_err(|e| failed("cuDeviceGet")(&e))?;
+            let ctx = driver::primary_ctx::retain(dev)
+                .map_err(|e| failed("cuDevicePrimaryCtxRetain")(&e))?;
+            driver::ctx::set_current(ctx).map_err(|e| failed("cuCtxSetCurrent")(&e))?;
+        }
+        let stream = driver::stream::create(driver::stream::StreamKind::NonBlocking)
+            .map_err(|e| failed("cuStreamCreate")(&e))?;
+        let handle = blas::create_handle().map_err(|e| failed("cublasCreate")(&e))?;
+        // SAFETY: both were just created on the current context.
+        unsafe { blas::set_stream(handle, stream as sys::cudaStream_t) }
+            .map_err(|e| failed("cublasSetStream")(&e))?;
+        Ok(Self {
+            handle,
+            stream,
+            kernels: FlagKernels::load(),
+            on_cubecl: HashMap::new(),
+        })
+    }
+
+    /// The cuBLAS handle that enqueues on cubecl's `stream`, made on first use.
+    fn handle_on(&mut self, stream: driver_sys::CUstream) -> Result<sys::cublasHandle_t, String> {
+        if let Some(&handle) = self.on_cubecl.get(&(stream as usize)) {
+            return Ok(handle);
+        }
+        let handle = blas::create_handle().map_err(|e| format!("cublasCreate failed: {e:?}"))?;
+        // SAFETY: a live handle and cubecl's live stream of the current context.
+        unsafe { blas::set_stream(handle, stream as sys::cudaStream_t) }
+            .map_err(|e| format!("cublasSetStream failed: {e:?}"))?;
+        self.on_cubecl.insert(stream as usize, handle);
+        Ok(handle)
+    }
+
+    /// Step 2 of the flag ordering, on cubecl's device thread right after cubecl's stream
+    /// got the kernel that raises `ready` to `seq`: our stream waits for `ready ≥ seq`, runs
+    /// the GEMM and raises `done` to `seq`. `Ok(false)` if our flag kernels did not load: the
+    /// product was then ordered by waiting on the host (and the flag ordering is refused from
+    /// then on), and `done` was not raised.
+    fn ordered_gemm(
+        &self,
+        flags: u64,
+        seq: u32,
+        gemm: &Gemm,
+        ptrs: [u64; 3],
+    ) -> Result<bool, String> {
+        let launch_failed = |e: driver::DriverError| format!("flag kernel launch failed: {e:?}");
+        let kernels = match self.kernels {
+            Ok(k) => k,
+            Err(e) => {
+                refuse_flags(&e);
+                return self.host_ordered_gemm(gemm, ptrs).map(|()| false);
+            }
+        };
+        FlagKernels::launch(kernels.wait, self.stream, flags + READY_OFFSET, seq)
+            .map_err(launch_failed)?;
+        // SAFETY: the buffers are pinned by the caller; our stream now waits for `ready`,
+        // and cubecl's stream will wait for `done`.
+        unsafe { gemm.enqueue(self.handle, ptrs) }?;
+        FlagKernels::launch(kernels.store, self.stream, flags + DONE_OFFSET, seq)
+            .map_err(launch_failed)?;
+        Ok(true)
+    }
+
+    /// The GEMM ordered by host waits, on cubecl's device thread: everything cubecl has
+    /// queued is already submitted there, so a context-wide sync orders it.
+    fn host_ordered_gemm(&self, gemm: &Gemm, ptrs: [u64; 3]) -> Result<(), String> {
+        let sync_failed = |e: driver::DriverError| format!("device sync failed: {e:?}");
+        driver::ctx::synchronize().map_err(sync_failed)?;
+        // SAFETY: the buffers are pinned by the caller and the device is idle.
+        unsafe { gemm.enqueue(self.handle, ptrs) }?;
+        // SAFETY: our own stream.
+        unsafe { driver::stream::synchronize(self.stream) }.map_err(sync_failed)
+    }
+}
+
+/// One (device, cubecl stream) pair's `ready` and `done` flags, made by the calling thread
+/// on that stream: each cubecl stream raises and waits on flags of its own, in its own
+/// order, so products queued on several streams of one device never read each other's
+/// sequence numbers.
+struct StreamFlags {
+    /// `FLAG_WORDS` zeroed `u32`s; never dropped, as thread-local destructors may run after
+    /// cubecl's own.
+    tensor: ManuallyDrop<CubeTensor<CudaRuntime>>,
     /// The last sequence number used.
     seq: u32,
 }
 
 thread_local! {
-    /// One [`Lane`] per (host thread, device).
-    static LANES: RefCell<HashMap<usize, Lane>> = RefCell::new(HashMap::new());
+    /// This thread's [`StreamFlags`] per (device index, cubecl stream).
+    static FLAGS: RefCell<HashMap<(usize, StreamId), StreamFlags>> = RefCell::new(HashMap::new());
+    /// This thread's handle on each device's cubecl thread.
+    static DEVICE_THREADS: RefCell<HashMap<usize, DeviceHandle<Server>>> =
+        RefCell::new(HashMap::new());
 }
 
-/// Runs `f` on this thread's [`Lane`] for `device`, creating the lane on first use. Called
-/// on cubecl's runner thread for the device (see [`matmul`]), so there is one lane per
-/// device in practice.
-fn with_lane<T>(
+/// Devices whose cubecl thread has its [`Lane`] (made once, with a blocking call, so that a
+/// driver or cuBLAS failure panics on the caller instead of on the device thread).
+static LANES_UP: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// A handle on `device`'s cubecl thread, with the thread's lane made.
+fn device_thread(device: &CudaDevice) -> DeviceHandle<Server> {
+    let index = device.index;
+    let handle = DEVICE_THREADS.with(|threads| {
+        threads
+            .borrow_mut()
+            .entry(index)
+            .or_insert_with(|| DeviceHandle::new(device.to_id()))
+            .clone()
+    });
+    let mut up = LANES_UP
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !up.contains(&index) {
+        let made = handle
+            .submit_blocking(move |_: &mut Server| with_lane(index, |_| ()))
+            .map_err(|e| format!("cubecl's device thread is gone: {e:?}"))
+            .and_then(|made| made);
+        if let Err(e) = made {
+            panic!("cuBLAS matmul: {e}");
+        }
+        up.push(index);
+    }
+    handle
+}
+
+/// This thread's flags for (`device`, the current cubecl stream) and the product's sequence
+/// number.
+fn next_flags(
     client: &ComputeClient<CudaRuntime>,
     device: &CudaDevice,
-    f: impl FnOnce(&mut Lane) -> T,
-) -> T {
-    let index = device.index;
-    let fail = |what: &str, e: &dyn std::fmt::Debug| -> ! {
-        panic!("cuBLAS matmul on CUDA device {index}: {what} failed: {e:?}")
-    };
-    LANES.with(|lanes| {
-        let mut lanes = lanes.borrow_mut();
-        let lane = lanes.entry(index).or_insert_with(|| {
-            // SAFETY: plain driver calls. cubecl has initialised the driver and retains the
-            // device's primary context, and its runner thread already has it current:
-            // retaining it once more and making it current changes nothing for cubecl and
-            // makes the stream and handle below belong to the context cubecl allocates in.
-            unsafe {
-                driver::init().unwrap_or_else(|e| fail("cuInit", &e));
-                let dev =
-                    driver::device::get(index as i32).unwrap_or_else(|e| fail("cuDeviceGet", &e));
-                let ctx = driver::primary_ctx::retain(dev)
-                    .unwrap_or_else(|e| fail("cuDevicePrimaryCtxRetain", &e));
-                driver::ctx::set_current(ctx).unwrap_or_else(|e| fail("cuCtxSetCurrent", &e));
-            }
-            let stream = driver::stream::create(driver::stream::StreamKind::NonBlocking)
-                .unwrap_or_else(|e| fail("cuStreamCreate", &e));
-            let handle = blas::create_handle().unwrap_or_else(|e| fail("cublasCreate", &e));
-            // SAFETY: both were just created on the current context.
-            unsafe { blas::set_stream(handle, stream as sys::cudaStream_t) }
-                .unwrap_or_else(|e| fail("cublasSetStream", &e));
-            let buffer = client.create_from_slice(&[0u8; FLAG_WORDS * 4]);
-            let flags = CubeTensor::new_contiguous(
-                client.clone(),
-                device.clone(),
-                Shape::new([FLAG_WORDS]),
-                buffer,
-                DType::U32,
-            );
-            let flags_ptr = client
-                .get_resource(flags.handle.clone())
-                .unwrap_or_else(|e| fail("flag buffer lookup", &e))
-                .resource()
-                .ptr;
-            Lane {
-                handle,
-                stream,
-                flags: ManuallyDrop::new(flags),
-                flags_ptr,
-                kernels: FlagKernels::load(),
-                seq: 0,
-            }
-        });
-        f(lane)
+) -> (CubeTensor<CudaRuntime>, u32) {
+    FLAGS.with(|flags| {
+        let mut flags = flags.borrow_mut();
+        let entry = flags
+            .entry((device.index, StreamId::current()))
+            .or_insert_with(|| {
+                let buffer = client.create_from_slice(&[0u8; FLAG_WORDS * 4]);
+                let tensor = CubeTensor::new_contiguous(
+                    client.clone(),
+                    device.clone(),
+                    Shape::new([FLAG_WORDS]),
+                    buffer,
+                    DType::U32,
+                );
+                StreamFlags {
+                    tensor: ManuallyDrop::new(tensor),
+                    seq: 0,
+                }
+            });
+        entry.seq = entry.seq.wrapping_add(1);
+        ((*entry.tensor).clone(), entry.seq)
     })
 }
 
-impl Lane {
-    /// Step 1 and 2 of the flag ordering: our stream will wait for the work cubecl has
-    /// queued so far. Returns the sequence number, or the driver's error if our flag
-    /// kernels are unusable (then the caller syncs instead).
-    fn wait_for_cubecl(
-        &mut self,
-        client: &ComputeClient<CudaRuntime>,
-    ) -> Result<u32, driver::DriverError> {
-        let kernels = self.kernels?;
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        // SAFETY: a 1×1 launch that stores to index READY of a FLAG_WORDS-long buffer.
-        unsafe {
-            cube::raise_flag::launch_unchecked::<CudaRuntime>(
-                client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                (*self.flags).clone().into_tensor_arg(),
-                seq,
-                READY,
-            );
-        }
-        let ready = self.flags_ptr + (READY * 4) as u64;
-        FlagKernels::launch(kernels.wait, self.stream, ready, seq).map(|()| seq)
-    }
-
-    /// Step 2's end and step 3: our stream raises `done` after the GEMM, and cubecl's
-    /// stream waits for it.
-    fn release_cubecl(&mut self, client: &ComputeClient<CudaRuntime>, seq: u32) {
-        let done = self.flags_ptr + (DONE * 4) as u64;
-        let stored = self
-            .kernels
-            .and_then(|k| FlagKernels::launch(k.store, self.stream, done, seq));
-        if let Err(e) = stored {
-            // The wait kernel of the same module launched a moment ago: this is a broken
-            // context, and cubecl's stream would spin forever on `done`.
-            panic!("cuBLAS matmul: the flag store failed after a successful wait: {e:?}");
-        }
-        // SAFETY: a 1×1 launch that loads index DONE of a FLAG_WORDS-long buffer.
-        unsafe {
-            cube::wait_flag::launch_unchecked::<CudaRuntime>(
-                client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                (*self.flags).clone().into_tensor_arg(),
-                seq,
-                DONE,
-            );
-        }
+/// Step 1: cubecl's stream raises `ready` to `seq` once everything queued before is done.
+fn raise_ready(client: &ComputeClient<CudaRuntime>, flags: &CubeTensor<CudaRuntime>, seq: u32) {
+    // SAFETY: a 1×1 launch that stores to index READY of a FLAG_WORDS-long buffer.
+    unsafe {
+        cube::raise_flag::launch_unchecked::<CudaRuntime>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(1),
+            flags.clone().into_tensor_arg(),
+            seq,
+            READY,
+        );
     }
 }
 
-/// `lhs · rhs` on cuBLAS. Call only when [`supports`] is true.
+/// Step 3: cubecl's stream holds back what is queued after the product until `done ≥ seq`.
+fn wait_done(client: &ComputeClient<CudaRuntime>, flags: &CubeTensor<CudaRuntime>, seq: u32) {
+    // SAFETY: a 1×1 launch that loads index DONE of a FLAG_WORDS-long buffer.
+    unsafe {
+        cube::wait_flag::launch_unchecked::<CudaRuntime>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(1),
+            flags.clone().into_tensor_arg(),
+            seq,
+            DONE,
+        );
+    }
+}
+
+/// How the products of this process so far were ordered (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderedProducts {
+    /// Enqueued on cubecl's own stream (`stream`).
+    pub on_cubecl_stream: usize,
+    /// Ordered by the device-side flags (`flags`).
+    pub flagged: usize,
+}
+
+static ON_CUBECL_STREAM: AtomicUsize = AtomicUsize::new(0);
+static FLAGGED: AtomicUsize = AtomicUsize::new(0);
+
+/// The ordered products of this process so far (the ordering tests check which route ran).
+pub fn ordered_products() -> OrderedProducts {
+    OrderedProducts {
+        on_cubecl_stream: ON_CUBECL_STREAM.load(AtomicOrdering::Relaxed),
+        flagged: FLAGGED.load(AtomicOrdering::Relaxed),
+    }
+}
+
+/// Index of the flag word that the stream-finding launch writes (unused otherwise).
+const MARKER: usize = 4;
+
+thread_local! {
+    /// cubecl's CUDA stream per (device index, cubecl stream id), as found by
+    /// [`cubecl_stream`]; `None` where it could not be.
+    static CUBECL_STREAMS: RefCell<HashMap<(usize, StreamId), Option<usize>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// The CUDA stream cubecl enqueues the current cubecl stream's work for `device` on: a
+/// one-thread cubecl launch made inside `ComputeClient::exclusive` (on cubecl's device
+/// thread, with the caller's stream id) is watched through CUPTI
+/// ([`super::launch_watch`]). Once per (thread, device, stream); `None`, with one warning per
+/// process, where CUPTI cannot tell.
+fn cubecl_stream(
+    client: &ComputeClient<CudaRuntime>,
+    device: &CudaDevice,
+) -> Option<driver_sys::CUstream> {
+    let key = (device.index, StreamId::current());
+    if let Some(found) = CUBECL_STREAMS.with(|s| s.borrow().get(&key).copied()) {
+        return found.map(|s| s as driver_sys::CUstream);
+    }
+    let (flags, _) = next_flags(client, device);
+    let marker_client = client.clone();
+    let found = client
+        .exclusive(move || {
+            super::launch_watch::watch_launch(|| {
+                // SAFETY: a 1×1 launch that stores to index MARKER of a FLAG_WORDS-long
+                // buffer.
+                unsafe {
+                    cube::raise_flag::launch_unchecked::<CudaRuntime>(
+                        &marker_client,
+                        CubeCount::Static(1, 1, 1),
+                        CubeDim::new_1d(1),
+                        flags.clone().into_tensor_arg(),
+                        0,
+                        MARKER,
+                    );
+                }
+            })
+            .map(|s| s as usize)
+        })
+        .map_err(|e| format!("cubecl's device thread failed: {e:?}"))
+        .and_then(|found| found);
+    let found = match found {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, AtomicOrdering::Relaxed) {
+                eprintln!(
+                    "note: cuBLAS matmul: cubecl's CUDA stream was not found ({e}); products \
+                     are ordered by flag kernels instead"
+                );
+            }
+            None
+        }
+    };
+    CUBECL_STREAMS.with(|s| s.borrow_mut().insert(key, found));
+    found.map(|s| s as driver_sys::CUstream)
+}
+
+/// The product on cubecl's own `stream`: a task for cubecl's device thread that looks the
+/// buffers up on cubecl's server (which makes the stream wait for any other cubecl stream
+/// that made them) and enqueues the GEMM right there, between cubecl's own launches. The
+/// stream orders it: nothing else is needed, and nothing waits.
+fn on_cubecl_stream(
+    device: &CudaDevice,
+    stream: driver_sys::CUstream,
+    gemm: Gemm,
+    buffers: [Handle; 3],
+) {
+    let index = device.index;
+    let stream = stream as usize;
+    device_thread(device).submit(move |server: &mut Server| {
+        let stream_id = StreamId::current();
+        let mut pinned = Vec::with_capacity(3);
+        let mut ptrs = [0u64; 3];
+        for (ptr, buffer) in ptrs.iter_mut().zip(buffers) {
+            match server.get_resource(buffer.binding(), stream_id) {
+                Ok(resource) => {
+                    *ptr = resource.resource().ptr;
+                    pinned.push(resource);
+                }
+                Err(e) => return record_device_error(format!("buffer lookup failed: {e:?}")),
+            }
+        }
+        let done = with_lane(index, |lane| {
+            let handle = lane.handle_on(stream as driver_sys::CUstream)?;
+            // SAFETY: the buffers are pinned above, and cubecl's stream, which the handle
+            // enqueues on, orders the GEMM after their writers and before their readers.
+            unsafe { gemm.enqueue(handle, ptrs) }
+        });
+        if let Err(e) = done.and_then(|d| d) {
+            record_device_error(e);
+        }
+        drop(pinned);
+    });
+    ON_CUBECL_STREAM.fetch_add(1, AtomicOrdering::Relaxed);
+}
+
+/// `lhs · rhs` on cuBLAS, ordered as [`ordering`] says (see the module docs). Call only when
+/// [`supports`] is true.
 pub fn matmul(
     lhs: CubeTensor<CudaRuntime>,
     rhs: CubeTensor<CudaRuntime>,
 ) -> CubeTensor<CudaRuntime> {
+    report_device_error();
     let dtype = lhs.dtype;
     let (ls, rs) = (lhs.shape(), rhs.shape());
     let rank = ls.num_dims();
@@ -503,228 +946,119 @@ pub fn matmul(
         .collect();
     let batch: usize = out_dims.iter().product();
     out_dims.extend([m, n]);
-    let l_batched = ls.as_slice()[..rank - 2].iter().any(|&d| d > 1);
-    let r_batched = rs.as_slice()[..rank - 2].iter().any(|&d| d > 1);
+    let batched = (
+        ls.as_slice()[..rank - 2].iter().any(|&d| d > 1),
+        rs.as_slice()[..rank - 2].iter().any(|&d| d > 1),
+    );
 
-    // The host path below makes three buffer lookups, each a blocking round trip to cubecl's
-    // runner thread for the device (≈ 0.13 ms each on the H100 box: 0.38 ms of host time per
-    // product, more than a 17,408 × 1,600 × 3,200 bf16 GEMM takes). With the flag ordering
-    // it runs on that thread, where they are direct calls; the sync ordering blocks on the
-    // device, which must not happen on the runner thread, so it stays on the caller's.
-    let client = lhs.client.clone();
+    let (l, r) = (operand(lhs), operand(rhs));
+    let client = l.tensor.client.clone();
+    let device = l.tensor.device.clone();
+    let out =
+        empty_device_contiguous_dtype(client.clone(), device.clone(), Shape::from(out_dims), dtype);
+    let gemm = Gemm::new(&l, &r, [m, k, n], batch, batched, dtype);
+    let buffers = [
+        l.tensor.handle.clone(),
+        r.tensor.handle.clone(),
+        out.handle.clone(),
+    ];
     let order = match ordering() {
-        Ordering::Flags if FLAGS_REFUSED.load(AtomicOrdering::Relaxed) => Ordering::Sync,
+        Ordering::Stream => match cubecl_stream(&client, &device) {
+            Some(stream) => {
+                on_cubecl_stream(&device, stream, gemm, buffers);
+                return out;
+            }
+            None => Ordering::Flags,
+        },
         order => order,
     };
-    let run = move || {
-        let (l, r) = (operand(lhs), operand(rhs));
-        let client = l.tensor.client.clone();
-        let device = l.tensor.device.clone();
-        let out = empty_device_contiguous_dtype(
-            client.clone(),
-            device.clone(),
-            Shape::from(out_dims),
-            dtype,
-        );
-        enqueue(
-            &client,
-            &device,
-            &l,
-            &r,
-            &out,
-            [m, k, n],
-            batch,
-            (l_batched, r_batched),
-            order,
-        );
-        out
-    };
-    if order != Ordering::Flags {
-        return run();
+    match order {
+        Ordering::Flags if !FLAGS_REFUSED.load(AtomicOrdering::Relaxed) => {
+            flagged(&client, &device, gemm, buffers);
+        }
+        Ordering::Stream | Ordering::Flags | Ordering::Sync => {
+            host_synced(&client, device.index, gemm, buffers, true)
+        }
+        Ordering::Unordered => host_synced(&client, device.index, gemm, buffers, false),
     }
-    client
-        .exclusive(run)
-        .unwrap_or_else(|e| panic!("cuBLAS matmul: cubecl's runner thread failed: {e:?}"))
+    out
 }
 
-/// Orders and enqueues the GEMM `out = l · r` (see the module docs, "Ordering").
-#[allow(clippy::too_many_arguments)]
-fn enqueue(
+/// The flag ordering of one product (see the module docs).
+fn flagged(
     client: &ComputeClient<CudaRuntime>,
     device: &CudaDevice,
-    l: &Operand,
-    r: &Operand,
-    out: &CubeTensor<CudaRuntime>,
-    [m, k, n]: [usize; 3],
-    batch: usize,
-    batched: (bool, bool),
-    order: Ordering,
+    gemm: Gemm,
+    buffers: [Handle; 3],
 ) {
-    let dtype = out.dtype;
-    let resource = |t: &CubeTensor<CudaRuntime>| {
-        client
-            .get_resource(t.handle.clone())
-            .unwrap_or_else(|e| panic!("cuBLAS matmul: buffer lookup failed: {e:?}"))
-    };
-    // `get_resource` makes this thread's cubecl stream wait for any other stream that
-    // wrote the buffers, and it returns once everything before it is enqueued.
-    let (lr, rr, or) = (resource(&l.tensor), resource(&r.tensor), resource(out));
-    let (lp, rp, op) = (lr.resource().ptr, rr.resource().ptr, or.resource().ptr);
-
-    with_lane(client, device, |lane| {
-        let seq = if order == Ordering::Flags {
-            match lane.wait_for_cubecl(client) {
-                Ok(seq) => Some(seq),
-                Err(e) => {
-                    if !FLAGS_REFUSED.swap(true, AtomicOrdering::Relaxed) {
-                        // Once per process: every later product waits on the host, which
-                        // can cost much of a step's time, and the user should know why.
-                        eprintln!(
-                            "warning: cuBLAS matmul: the flag kernels could not be \
-                             loaded or launched ({e:?}); each product now synchronises \
-                             the device"
-                        );
-                    }
-                    // On the runner thread: `client.sync()` would wait on itself. Everything
-                    // cubecl has queued is already submitted, so a context-wide sync orders
-                    // it.
-                    if let Err(e) = driver::ctx::synchronize() {
-                        panic!("cuBLAS matmul: context sync failed: {e:?}");
-                    }
-                    None
-                }
-            }
-        } else {
-            None
+    let index = device.index;
+    let (flags, seq) = next_flags(client, device);
+    let client = client.clone();
+    let done = client.clone().exclusive(move || {
+        let resource = |h: &Handle| {
+            client
+                .get_resource(h.clone())
+                .map_err(|e| format!("buffer lookup failed: {e:?}"))
         };
-        let ordered = order != Ordering::Unordered;
-        if order == Ordering::Sync {
-            // Everything queued before this product must be done: cuBLAS runs on its own
-            // stream.
-            if let Err(e) = cubecl::future::block_on(client.sync()) {
-                panic!("cuBLAS matmul: device sync failed: {e:?}");
-            }
+        // Looking the buffers up makes this cubecl stream wait for any other stream that made
+        // them; `ready` is raised after that.
+        let pinned = buffers
+            .iter()
+            .chain([&flags.handle])
+            .map(resource)
+            .collect::<Result<Vec<_>, _>>()?;
+        let [l, r, o, f] = [0, 1, 2, 3].map(|i| pinned[i].resource().ptr);
+        raise_ready(&client, &flags, seq);
+        let flagged = with_lane(index, |lane| lane.ordered_gemm(f, seq, &gemm, [l, r, o]))??;
+        // Step 3 only where step 2 raises `done` (not after a host-ordered fallback).
+        if flagged {
+            wait_done(&client, &flags, seq);
         }
-        gemm(
-            lane.handle,
-            l,
-            r,
-            [m, k, n],
-            batch,
-            batched,
-            [lp, rp, op],
-            dtype,
-        );
-        match seq {
-            Some(seq) => lane.release_cubecl(client, seq),
-            // SAFETY: our own stream, created with the lane.
-            None if ordered => {
-                if let Err(e) = unsafe { driver::stream::synchronize(lane.stream) } {
-                    panic!("cuBLAS matmul: stream sync failed: {e:?}");
-                }
-            }
-            None => {}
-        }
+        Ok::<(), String>(())
     });
-    drop((lr, rr, or));
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("cuBLAS matmul: {e}"),
+        Err(e) => panic!("cuBLAS matmul: cubecl's device thread failed: {e:?}"),
+    }
+    FLAGGED.fetch_add(1, AtomicOrdering::Relaxed);
 }
 
-/// Enqueues `O = L · R` on `handle`'s stream. `ptrs` are lhs, rhs and out.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    handle: sys::cublasHandle_t,
-    l: &Operand,
-    r: &Operand,
-    [m, k, n]: [usize; 3],
-    batch: usize,
-    (l_batched, r_batched): (bool, bool),
-    [lp, rp, op]: [u64; 3],
-    dtype: DType,
+/// The product with host waits (`HYMBA_MATMUL_ORDER=sync`, or the flag kernels refused), on
+/// the calling thread: the device finishes everything queued before the GEMM, and the GEMM
+/// before anything after it. With `ordered` false (the ordering test's negative control)
+/// neither wait happens.
+fn host_synced(
+    client: &ComputeClient<CudaRuntime>,
+    index: usize,
+    gemm: Gemm,
+    buffers: [Handle; 3],
+    ordered: bool,
 ) {
-    let ty = data_type(dtype).expect("checked by supports()");
-    let op_of = |t: bool| {
-        if t {
-            sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    let compute = if dtype == DType::F32 && !tf32_allowed() {
-        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
-    } else if dtype == DType::F32 {
-        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
-    } else {
-        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
-    };
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let alpha = &alpha as *const f32 as *const c_void;
-    let beta = &beta as *const f32 as *const c_void;
-    // A broadcast weight against a batch of row-major rows: fold the batch into the rows.
-    let fold =
-        !r_batched && l_batched && !l.transposed && batch_stride(&l.tensor) == Some(m * l.ld);
-    let status = unsafe {
-        // SAFETY: the pointers are live cubecl allocations (pinned by the caller's resources)
-        // of the shapes, strides and dtype described; the stream this runs on waits for the
-        // work that writes them, and cubecl's stream waits for this (see the module docs).
-        if batch == 1 || fold {
-            let rows = if fold { batch * m } else { m };
-            blas::gemm_ex(
-                handle,
-                op_of(r.transposed),
-                op_of(l.transposed),
-                n as i32,
-                rows as i32,
-                k as i32,
-                alpha,
-                rp as *const c_void,
-                ty,
-                r.ld as i32,
-                lp as *const c_void,
-                ty,
-                l.ld as i32,
-                beta,
-                op as *mut c_void,
-                ty,
-                n as i32,
-                compute,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        } else {
-            let stride = |o: &Operand, batched: bool| {
-                if batched {
-                    batch_stride(&o.tensor).expect("operand() makes batches collapsible") as i64
-                } else {
-                    0
-                }
-            };
-            blas::gemm_strided_batched_ex(
-                handle,
-                op_of(r.transposed),
-                op_of(l.transposed),
-                n as i32,
-                m as i32,
-                k as i32,
-                alpha,
-                rp as *const c_void,
-                ty,
-                r.ld as i32,
-                stride(r, r_batched),
-                lp as *const c_void,
-                ty,
-                l.ld as i32,
-                stride(l, l_batched),
-                beta,
-                op as *mut c_void,
-                ty,
-                n as i32,
-                (m * n) as i64,
-                batch as i32,
-                compute,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-    };
-    if let Err(e) = status {
-        panic!("cuBLAS GemmEx failed for [{m}×{k}]·[{k}×{n}] ×{batch} ({dtype:?}): {e:?}");
+    // `get_resource` makes this thread's cubecl stream wait for any other stream that
+    // wrote the buffers, and it returns once everything before it is enqueued.
+    let pinned = buffers.map(|h| {
+        client
+            .get_resource(h)
+            .unwrap_or_else(|e| panic!("cuBLAS matmul: buffer lookup failed: {e:?}"))
+    });
+    let ptrs = [0, 1, 2].map(|i| pinned[i].resource().ptr);
+    if ordered && let Err(e) = cubecl::future::block_on(client.sync()) {
+        panic!("cuBLAS matmul: device sync failed: {e:?}");
     }
+    let done = with_lane(index, |lane| {
+        // SAFETY: the buffers are pinned above, the device is idle, and our stream is
+        // synchronised below before anything else can use them.
+        unsafe { gemm.enqueue(lane.handle, ptrs) }?;
+        if ordered {
+            // SAFETY: our own stream, created with the lane.
+            unsafe { driver::stream::synchronize(lane.stream) }
+                .map_err(|e| format!("stream sync failed: {e:?}"))?;
+        }
+        Ok::<(), String>(())
+    });
+    if let Err(e) = done.and_then(|d| d) {
+        panic!("cuBLAS matmul: {e}");
+    }
+    drop(pinned);
 }

@@ -22,6 +22,8 @@ mod cube;
 pub mod cublas;
 #[cfg(feature = "cube")]
 mod fusion;
+#[cfg(feature = "cuda")]
+mod launch_watch;
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
