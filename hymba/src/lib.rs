@@ -20,11 +20,12 @@
 //! | backend flag | [`backend`] |
 //! | HF checkpoints: `config.json` + safetensors in and out | [`weights`] |
 //!
-//! The model is generic over `B: HymbaBackend` — a burn `Backend` with three extensions, the
+//! The model is generic over `B: HymbaBackend` — a burn `Backend` with four extensions, the
 //! selective scan ([`scan::ScanBackend`]: CubeCL kernels on GPU backends), the matmul of
-//! every projection ([`matmul::MatmulBackend`]: cuBLAS on CUDA) and the attention heads'
+//! every projection ([`matmul::MatmulBackend`]: cuBLAS on CUDA), the attention heads'
 //! masked softmax ([`softmax::AttentionBackend`]: one CubeCL kernel each way on GPU
-//! backends) — and is written once for CPU, wgpu and CUDA.
+//! backends) and the RMS norm ([`norm::NormBackend`]: CubeCL kernels on GPU backends) — and
+//! is written once for CPU, wgpu and CUDA.
 
 pub mod attention;
 pub mod backend;
@@ -57,13 +58,14 @@ pub use error::{HymbaError, Result};
 pub use generate::{GenerationConfig, generate};
 pub use matmul::MatmulBackend;
 pub use model::Hymba;
+pub use norm::NormBackend;
 pub use scan::ScanBackend;
 pub use softmax::AttentionBackend;
 
-/// What the model needs from a burn backend: the scan, matmul and masked-softmax
-/// extensions. Implemented for every backend that has all three (ndarray f32/f64, wgpu,
+/// What the model needs from a burn backend: the scan, matmul, masked-softmax and RMS-norm
+/// extensions. Implemented for every backend that has all four (ndarray f32/f64, wgpu,
 /// CUDA, their `Fusion` and `Autodiff` wrappers).
-pub trait HymbaBackend: ScanBackend + MatmulBackend + AttentionBackend {}
+pub trait HymbaBackend: ScanBackend + MatmulBackend + AttentionBackend + NormBackend {}
 
-impl<B: ScanBackend + MatmulBackend + AttentionBackend> HymbaBackend for B {}
+impl<B: ScanBackend + MatmulBackend + AttentionBackend + NormBackend> HymbaBackend for B {}
 pub use weights::{SaveDtype, SaveOptions, hf_tensor_specs, load_pretrained, save_pretrained};

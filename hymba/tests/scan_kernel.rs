@@ -1,5 +1,6 @@
-//! The CubeCL selective-scan kernels (forward, backward, decode step) and the attention
-//! heads' masked-softmax kernels (forward, backward) against their tensor-op references, on
+//! The CubeCL selective-scan kernels (forward, backward, decode step), the attention heads'
+//! masked-softmax kernels and the RMS-norm kernels (forward, backward) against their tensor-op
+//! references, on
 //! wgpu — both the default fusion backend `Wgpu` and the bare `CubeBackend<WgpuRuntime, ..>`
 //! — and under `Autodiff<Wgpu>`, down to a whole model's loss and gradients.
 //!
@@ -16,6 +17,9 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use hymba::HymbaBackend;
+use hymba::norm::{
+    NormBackend, rms_norm, rms_norm_backward, rms_norm_backward_reference, rms_norm_reference,
+};
 use hymba::scan::kernel::{ScanKernel, set_scan_kernel, set_scan_split};
 use hymba::scan::parallel::{set_parallel_group, set_parallel_threads};
 use hymba::scan::reference::{
@@ -583,6 +587,54 @@ fn kernel_masked_softmax_equals_reference_fusion() {
 #[test]
 fn kernel_masked_softmax_equals_reference_cube() {
     check_masked_softmax::<Bare>();
+}
+
+/// The RMS-norm kernels' forward and gradients (input and weight) against the tensor ops on
+/// the CPU: row lengths below one warp (16: B and C), between (100) and past one sweep of
+/// the widest cube (301), and enough rows for several weight-gradient chunks (70 · 2).
+fn check_rms_norm<Bk: NormBackend<Device = Dev>>() {
+    let device = gpu_device();
+    let cpu = Default::default();
+    Cpu::seed(&cpu, 23);
+    for [b, t, d] in [[3, 37, 16], [2, 70, 100], [1, 5, 301]] {
+        let x = random::<Cpu, 3>([b, t, d], &cpu)
+            .mul_scalar(3.0)
+            .add_scalar(0.5);
+        let w = random::<Cpu, 1>([d], &cpu).add_scalar(1.0);
+        let dy = random::<Cpu, 3>([b, t, d], &cpu);
+        let eps = 1e-6;
+        let rows = |v: &Tensor<Cpu, 3>| v.clone().reshape([b * v.dims()[1], d]);
+        let want = rms_norm_reference(rows(&x), w.clone(), eps);
+        let got = rms_norm(to::<Bk, 3>(&x, &device), to::<Bk, 1>(&w, &device), eps);
+        assert_close(host(got), host(want), &format!("RMS norm [{b}, {t}, {d}]"));
+        let (want_dx, want_dw) = rms_norm_backward_reference(rows(&x), w.clone(), rows(&dy), eps);
+        let (dx, dw) = rms_norm_backward(
+            to::<Bk, 3>(&x, &device),
+            to::<Bk, 1>(&w, &device),
+            to::<Bk, 3>(&dy, &device),
+            eps,
+        );
+        assert_close(
+            host(dx),
+            host(want_dx),
+            &format!("RMS norm dx [{b}, {t}, {d}]"),
+        );
+        // dweight sums b · t products: relative to the sum's size.
+        let scale = (b * t) as f32;
+        let dw: Vec<f32> = host(dw).iter().map(|v| v / scale).collect();
+        let want_dw: Vec<f32> = host(want_dw).iter().map(|v| v / scale).collect();
+        assert_close(dw, want_dw, &format!("RMS norm dweight [{b}, {t}, {d}]"));
+    }
+}
+
+#[test]
+fn kernel_rms_norm_equals_reference_fusion() {
+    check_rms_norm::<Fused>();
+}
+
+#[test]
+fn kernel_rms_norm_equals_reference_cube() {
+    check_rms_norm::<Bare>();
 }
 
 fn model_loss_and_grads<A: AutodiffBackend + HymbaBackend>(

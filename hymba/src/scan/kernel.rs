@@ -70,8 +70,8 @@ use self::cube::{
 use super::reference::{selective_scan_reference_backward, selective_scan_reference_primitives};
 use super::{ScanBackend, ScanGrads, ScanPrimitives, channel, parallel};
 
-/// FNV-1a of `bytes`, at compile time.
-const fn fnv1a(bytes: &[u8]) -> u64 {
+/// FNV-1a of `bytes`, at compile time (the kernels' source fingerprints).
+pub(crate) const fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
     let mut i = 0;
     while i < bytes.len() {

@@ -27,6 +27,11 @@ pub const THREADS: usize = 256;
 /// beyond it go to the grid's second dimension.
 const GRID_X: usize = 65_535;
 
+/// A fingerprint of this file, passed to both kernels as a comptime value, so that CubeCL's
+/// persistent kernel cache (keyed by kernel name and comptime values only) never serves a
+/// kernel compiled from older source (see `crate::scan::kernel::SOURCE`).
+const SOURCE: u64 = crate::scan::kernel::fnv1a(include_str!("kernel.rs").as_bytes());
+
 pub(crate) mod cube {
     use cubecl::prelude::*;
 
@@ -105,6 +110,7 @@ pub(crate) mod cube {
         num_meta: u32,
         #[comptime] threads: usize,
         #[comptime] has_window: bool,
+        #[comptime] _source: u64,
         #[define(F)] _dtype: StorageType,
     ) {
         let row = (CUBE_POS_Y * grid_x + CUBE_POS_X) as usize;
@@ -166,6 +172,7 @@ pub(crate) mod cube {
         tk: u32,
         grid_x: u32,
         #[comptime] threads: usize,
+        #[comptime] _source: u64,
         #[define(F)] _dtype: StorageType,
     ) {
         let row = (CUBE_POS_Y * grid_x + CUBE_POS_X) as usize;
@@ -253,6 +260,7 @@ fn forward<R: CubeRuntime>(scores: CubeTensor<R>, rule: MaskRule) -> CubeTensor<
             u(rule.num_meta),
             THREADS,
             rule.window.is_some(),
+            SOURCE,
             dtype.into(),
         );
     }
@@ -285,6 +293,7 @@ fn backward<R: CubeRuntime>(probs: CubeTensor<R>, grad: CubeTensor<R>) -> CubeTe
             tk as u32,
             grid_x,
             THREADS,
+            SOURCE,
             dtype.into(),
         );
     }
