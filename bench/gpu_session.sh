@@ -65,10 +65,13 @@
 #            per cuBLAS product (.gpu/hymba-train) and two (.gpu/hymba-train.old). The
 #            one-kernel build hung (see bench/results/README.md) and was not committed.
 #   s16:     session 16: cuBLAS on cubecl's own stream (HYMBA_MATMUL_ORDER=stream, found
-#            through CUPTI). The matmul GPU tests (every ordering against host syncs, on one
-#            and on two cubecl streams), the scan-kernel binary's model tests, hymba-125m bf16
-#            8 x 2048 trainer steps with the stream and the flag ordering alternating ROUNDS
-#            times, `bench step` (BENCH_STEP=0 leaves it out).
+#            through CUPTI) and the RMS-norm kernels. With TESTS=1 (the default) the matmul GPU
+#            tests (every ordering against host syncs, on one and on two cubecl streams) and
+#            the scan-kernel binary's norm, softmax and model tests; then hymba-125m bf16
+#            8 x 2048 trainer steps for each of VARIANTS (default: base, stream = the stream
+#            ordering, tensornorm = HYMBA_RMS_NORM=tensor; any other word is passed to `env`),
+#            alternating ROUNDS times; `bench step` (BENCH_STEP=0 leaves it out). Within the
+#            600 s of one call: TESTS=1 VARIANTS=base ROUNDS=1, then TESTS=0 BENCH_STEP=0.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -563,13 +566,21 @@ s16)
   # Session 16: see the header.
   use_cache
   log="$OUT/s16_log.txt"
-  [ -x .gpu/matmul_gpu ] && LIMIT=${TEST_LIMIT:-150} step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | grep -E "^test |ordering|test result|panicked|warning|note" | tee -a "$log"
-  [ -x .gpu/scan_kernel ] && LIMIT=200 step .gpu/scan_kernel --test-threads=1 model_on_autodiff_gpu_equals_ndarray fixed_shape_memory_gives_the_same_gradients 2>&1 | grep -E "^test |test result|panicked|diff|note" | tee -a "$log"
+  if [ "${TESTS:-1}" = 1 ]; then
+    [ -x .gpu/matmul_gpu ] && LIMIT=${TEST_LIMIT:-150} step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | grep -E "^test |ordering|test result|panicked|warning|note" | tee -a "$log"
+    [ -x .gpu/scan_kernel ] && LIMIT=240 step .gpu/scan_kernel --test-threads=1 kernel_rms_norm kernel_masked_softmax model_on_autodiff_gpu_equals_ndarray fixed_shape_memory_gives_the_same_gradients 2>&1 | grep -E "^test |test result|panicked|diff|note" | tee -a "$log"
+  fi
   train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
   for round in $(seq ${ROUNDS:-2}); do
-    for o in ${ORDERS:-stream flags}; do
-      HYMBA_MATMUL_ORDER=$o LIMIT=${TRAIN_LIMIT:-200} step .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s16_${o}_$round 2>&1 | grep -E "^step|tokens/s|step time|valid loss|rror|warning|note|panick" | tee /tmp/train_$o.txt | sed "s/^/[$o round $round] /" | tee -a "$log"
-      [ $round = "${ROUNDS:-2}" ] && NOTE="session 16: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), ${STEPS:-12} steps, one GPU, hymba::FixedShapeMemory; cuBLAS ordering HYMBA_MATMUL_ORDER=$o; last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_order_$o.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_$o.txt > /dev/null
+    for v in ${VARIANTS:-base stream tensornorm}; do
+      case $v in
+        base) vars= ;;
+        stream) vars="HYMBA_MATMUL_ORDER=stream" ;;
+        tensornorm) vars="HYMBA_RMS_NORM=tensor" ;;
+        *) vars=$v ;;
+      esac
+      LIMIT=${TRAIN_LIMIT:-200} step env $vars .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s16_${v}_$round 2>&1 | grep -E "^step|tokens/s|step time|valid loss|rror|warning|note|panick" | tee /tmp/train_$v.txt | sed "s/^/[$v round $round] /" | tee -a "$log"
+      [ $round = "${ROUNDS:-2}" ] && NOTE="session 16: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), ${STEPS:-12} steps, one GPU, hymba::FixedShapeMemory; variant $v (${vars:-defaults}); last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_$v.json" "$(cut -d, -f1 "$OUT/device.txt")" hymba-125m 8 2048 /tmp/train_$v.txt > /dev/null
     done
   done
   [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
