@@ -65,13 +65,15 @@
 #            per cuBLAS product (.gpu/hymba-train) and two (.gpu/hymba-train.old). The
 #            one-kernel build hung (see bench/results/README.md) and was not committed.
 #   s16:     session 16: cuBLAS on cubecl's own stream (HYMBA_MATMUL_ORDER=stream, found
-#            through CUPTI) and the RMS-norm kernels. With TESTS=1 (the default) the matmul GPU
-#            tests (every ordering against host syncs, on one and on two cubecl streams) and
-#            the scan-kernel binary's norm, softmax and model tests; then hymba-125m bf16
-#            8 x 2048 trainer steps for each of VARIANTS (default: base, stream = the stream
-#            ordering, tensornorm = HYMBA_RMS_NORM=tensor; any other word is passed to `env`),
-#            alternating ROUNDS times; `bench step` (BENCH_STEP=0 leaves it out). Within the
-#            600 s of one call: TESTS=1 VARIANTS=base ROUNDS=1, then TESTS=0 BENCH_STEP=0.
+#            through CUPTI), the RMS-norm and SSM-conv operations. With TESTS=1 (the default)
+#            the matmul GPU tests (every ordering against host syncs, on one and on two cubecl
+#            streams) and the scan-kernel binary's norm, conv, softmax and model tests; then
+#            hymba-125m bf16 8 x 2048 trainer steps for each of VARIANTS (default: base stream
+#            tensorboth; stream = the stream ordering, tensornorm = HYMBA_RMS_NORM=tensor,
+#            tensorconv = HYMBA_SSM_CONV=tensor, tensorboth = both, i.e. the model as of
+#            session 15; any other word is passed to `env`), alternating ROUNDS times; `bench
+#            step` (BENCH_STEP=0 leaves it out). Within the 600 s of one call: TESTS=1
+#            VARIANTS=base ROUNDS=1 BENCH_STEP=0, then TESTS=0.
 set -uo pipefail
 OUT=${OUT:?set OUT}
 part=${1:?kernels or train}
@@ -568,15 +570,17 @@ s16)
   log="$OUT/s16_log.txt"
   if [ "${TESTS:-1}" = 1 ]; then
     [ -x .gpu/matmul_gpu ] && LIMIT=${TEST_LIMIT:-150} step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | grep -E "^test |ordering|test result|panicked|warning|note" | tee -a "$log"
-    [ -x .gpu/scan_kernel ] && LIMIT=240 step .gpu/scan_kernel --test-threads=1 kernel_rms_norm kernel_masked_softmax model_on_autodiff_gpu_equals_ndarray fixed_shape_memory_gives_the_same_gradients 2>&1 | grep -E "^test |test result|panicked|diff|note" | tee -a "$log"
+    [ -x .gpu/scan_kernel ] && LIMIT=240 step .gpu/scan_kernel --test-threads=1 kernel_rms_norm kernel_conv kernel_masked_softmax model_on_autodiff_gpu_equals_ndarray fixed_shape_memory_gives_the_same_gradients 2>&1 | grep -E "^test |test result|panicked|diff|note" | tee -a "$log"
   fi
   train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
   for round in $(seq ${ROUNDS:-2}); do
-    for v in ${VARIANTS:-base stream tensornorm}; do
+    for v in ${VARIANTS:-base stream tensorboth}; do
       case $v in
         base) vars= ;;
         stream) vars="HYMBA_MATMUL_ORDER=stream" ;;
         tensornorm) vars="HYMBA_RMS_NORM=tensor" ;;
+        tensorconv) vars="HYMBA_SSM_CONV=tensor" ;;
+        tensorboth) vars="HYMBA_RMS_NORM=tensor HYMBA_SSM_CONV=tensor" ;;
         *) vars=$v ;;
       esac
       LIMIT=${TRAIN_LIMIT:-200} step env $vars .gpu/hymba-train pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s16_${v}_$round 2>&1 | grep -E "^step|tokens/s|step time|valid loss|rror|warning|note|panick" | tee /tmp/train_$v.txt | sed "s/^/[$v round $round] /" | tee -a "$log"

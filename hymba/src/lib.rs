@@ -20,17 +20,19 @@
 //! | backend flag | [`backend`] |
 //! | HF checkpoints: `config.json` + safetensors in and out | [`weights`] |
 //!
-//! The model is generic over `B: HymbaBackend` — a burn `Backend` with four extensions, the
+//! The model is generic over `B: HymbaBackend` — a burn `Backend` with five extensions, the
 //! selective scan ([`scan::ScanBackend`]: CubeCL kernels on GPU backends), the matmul of
 //! every projection ([`matmul::MatmulBackend`]: cuBLAS on CUDA), the attention heads'
 //! masked softmax ([`softmax::AttentionBackend`]: one CubeCL kernel each way on GPU
-//! backends) and the RMS norm ([`norm::NormBackend`]: CubeCL kernels on GPU backends) — and
-//! is written once for CPU, wgpu and CUDA.
+//! backends), the RMS norm ([`norm::NormBackend`]) and the SSM heads' causal conv + SiLU
+//! ([`conv::ConvBackend`]; both CubeCL kernels on GPU backends) — and is written once for
+//! CPU, wgpu and CUDA.
 
 pub mod attention;
 pub mod backend;
 pub mod cache;
 pub mod config;
+pub mod conv;
 pub mod error;
 pub mod ffn;
 pub mod generate;
@@ -54,6 +56,7 @@ pub mod weights;
 pub use backend::{BackendKind, BackendRunner, FixedShapeMemory, run_on};
 pub use cache::HymbaCache;
 pub use config::{HymbaConfig, MixerKind};
+pub use conv::ConvBackend;
 pub use error::{HymbaError, Result};
 pub use generate::{GenerationConfig, generate};
 pub use matmul::MatmulBackend;
@@ -62,10 +65,16 @@ pub use norm::NormBackend;
 pub use scan::ScanBackend;
 pub use softmax::AttentionBackend;
 
-/// What the model needs from a burn backend: the scan, matmul, masked-softmax and RMS-norm
-/// extensions. Implemented for every backend that has all four (ndarray f32/f64, wgpu,
+/// What the model needs from a burn backend: the scan, matmul, masked-softmax, RMS-norm and
+/// conv extensions. Implemented for every backend that has all five (ndarray f32/f64, wgpu,
 /// CUDA, their `Fusion` and `Autodiff` wrappers).
-pub trait HymbaBackend: ScanBackend + MatmulBackend + AttentionBackend + NormBackend {}
+pub trait HymbaBackend:
+    ScanBackend + MatmulBackend + AttentionBackend + NormBackend + ConvBackend
+{
+}
 
-impl<B: ScanBackend + MatmulBackend + AttentionBackend + NormBackend> HymbaBackend for B {}
+impl<B: ScanBackend + MatmulBackend + AttentionBackend + NormBackend + ConvBackend> HymbaBackend
+    for B
+{
+}
 pub use weights::{SaveDtype, SaveOptions, hf_tensor_specs, load_pretrained, save_pretrained};

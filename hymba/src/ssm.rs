@@ -5,10 +5,10 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::silu;
 
 use crate::HymbaBackend;
 use crate::config::HymbaConfig;
+use crate::conv::{causal_conv_silu, causal_conv_silu_reference};
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::scan::{ScanInput, selective_scan};
@@ -92,14 +92,17 @@ impl<B: HymbaBackend> SsmHeads<B> {
         }
     }
 
-    /// Causal depthwise conv over `[history; x]` followed by SiLU. Written as a sum of
-    /// `d_conv` shifted, per-channel-scaled copies: identical to `conv1d(groups=d_inner,
-    /// padding=d_conv−1)` truncated to T, and the same code serves prefill and decode.
+    /// Causal depthwise conv over `[history; x]` followed by SiLU: one operation
+    /// ([`causal_conv_silu`], a kernel each way on GPU backends), identical to
+    /// `conv1d(groups=d_inner, padding=d_conv−1)` truncated to T; the same code serves
+    /// prefill and decode. With `HYMBA_SSM_CONV=tensor` it runs the tensor-op form
+    /// ([`causal_conv_silu_reference`]: a sum of `d_conv` shifted, per-channel-scaled
+    /// copies and a SiLU) under the backend's own autodiff, the form the model ran before the
+    /// operation existed, for A/B timings.
     ///
     /// It works in the `[batch, T, d_inner]` layout that `in_proj` produces, channels
-    /// innermost: every element-wise pass (the taps, their gradients, SiLU) then reads and
-    /// writes contiguous rows, where the `[batch, d_inner, T]` view that `conv1d` wants would
-    /// make each of them a strided, unvectorised pass over a transposed tensor.
+    /// innermost: every pass reads and writes contiguous rows, where the
+    /// `[batch, d_inner, T]` view that `conv1d` wants would be strided.
     ///
     /// # Shapes
     /// - `x`: `[batch, T, d_inner]`, `history`: `[batch, d_inner, d_conv − 1]`
@@ -109,16 +112,17 @@ impl<B: HymbaBackend> SsmHeads<B> {
         let k = self.d_conv;
         let full = Tensor::cat(vec![history.swap_dims(1, 2), x], 1); // [b, k − 1 + T, d]
         let w = self.conv_weight.val().reshape([di, k]);
-        let tap = |j: usize| w.clone().narrow(1, j, 1).reshape([1, 1, di]);
-        let mut y = full.clone().narrow(1, 0, t) * tap(0);
-        for j in 1..k {
-            y = y + full.clone().narrow(1, j, t) * tap(j);
-        }
-        if let Some(bias) = &self.conv_bias {
-            y = y + bias.val().reshape([1, 1, di]);
-        }
+        let bias = match &self.conv_bias {
+            Some(bias) => bias.val(),
+            None => Tensor::<B, 1>::zeros([di], &w.device()).cast(w.dtype()),
+        };
+        let y = if conv_tensor_ops() {
+            causal_conv_silu_reference(full.clone(), w, bias)
+        } else {
+            causal_conv_silu(full.clone(), w, bias)
+        };
         let history = full.narrow(1, t, k - 1).swap_dims(1, 2);
-        (silu(y), history)
+        (y, history)
     }
 
     /// Runs the SSM heads on x with gate z, continuing from `state` when given.
@@ -171,4 +175,11 @@ impl<B: HymbaBackend> SsmHeads<B> {
             .reshape([batch, t, d]);
         (y, SsmState { conv, ssm: h })
     }
+}
+
+/// Whether `HYMBA_SSM_CONV=tensor` asks for the tensor-op conv instead of the operation
+/// (read once).
+fn conv_tensor_ops() -> bool {
+    static TENSOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TENSOR.get_or_init(|| std::env::var("HYMBA_SSM_CONV").is_ok_and(|v| v.trim() == "tensor"))
 }

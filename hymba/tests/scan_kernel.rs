@@ -1,6 +1,6 @@
 //! The CubeCL selective-scan kernels (forward, backward, decode step), the attention heads'
-//! masked-softmax kernels and the RMS-norm kernels (forward, backward) against their tensor-op
-//! references, on
+//! masked-softmax kernels, the RMS-norm kernels and the SSM conv + SiLU kernels (forward,
+//! backward) against their tensor-op references, on
 //! wgpu — both the default fusion backend `Wgpu` and the bare `CubeBackend<WgpuRuntime, ..>`
 //! — and under `Autodiff<Wgpu>`, down to a whole model's loss and gradients.
 //!
@@ -17,6 +17,10 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use hymba::HymbaBackend;
+use hymba::conv::{
+    ConvBackend, causal_conv_silu, causal_conv_silu_backward, causal_conv_silu_backward_reference,
+    causal_conv_silu_reference,
+};
 use hymba::norm::{
     NormBackend, rms_norm, rms_norm_backward, rms_norm_backward_reference, rms_norm_reference,
 };
@@ -635,6 +639,53 @@ fn kernel_rms_norm_equals_reference_fusion() {
 #[test]
 fn kernel_rms_norm_equals_reference_cube() {
     check_rms_norm::<Bare>();
+}
+
+/// The conv + SiLU kernels' forward and gradients (input, taps, bias) against the tensor ops
+/// on the CPU: 4 taps over channel counts that are no multiple of a cube (37, 300), a
+/// decode-sized input (T = 1) and enough rows for several parameter-gradient chunks.
+fn check_conv<Bk: ConvBackend<Device = Dev>>() {
+    let device = gpu_device();
+    let cpu = Default::default();
+    Cpu::seed(&cpu, 29);
+    let k = 4;
+    for [b, t, d] in [[2, 45, 37], [3, 1, 300], [1, 150, 70]] {
+        let full = random::<Cpu, 3>([b, t + k - 1, d], &cpu).mul_scalar(2.0);
+        let w = random::<Cpu, 2>([d, k], &cpu).mul_scalar(0.5);
+        let bias = random::<Cpu, 1>([d], &cpu).mul_scalar(0.3);
+        let dy = random::<Cpu, 3>([b, t, d], &cpu);
+        let what = |part: &str| format!("conv {part} [{b}, {t}, {d}]");
+        let want = causal_conv_silu_reference(full.clone(), w.clone(), bias.clone());
+        let got = causal_conv_silu(
+            to::<Bk, 3>(&full, &device),
+            to::<Bk, 2>(&w, &device),
+            to::<Bk, 1>(&bias, &device),
+        );
+        assert_close(host(got), host(want), &what("y"));
+        let (want_df, want_dw, want_db) =
+            causal_conv_silu_backward_reference(full.clone(), w.clone(), bias.clone(), dy.clone());
+        let (df, dw, db) = causal_conv_silu_backward(
+            to::<Bk, 3>(&full, &device),
+            to::<Bk, 2>(&w, &device),
+            to::<Bk, 1>(&bias, &device),
+            to::<Bk, 3>(&dy, &device),
+        );
+        assert_close(host(df), host(want_df), &what("dfull"));
+        // The taps' and bias's gradients sum b · t products: relative to the sum's size.
+        let per_row = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|x| x / (b * t) as f32).collect() };
+        assert_close(per_row(host(dw)), per_row(host(want_dw)), &what("dweight"));
+        assert_close(per_row(host(db)), per_row(host(want_db)), &what("dbias"));
+    }
+}
+
+#[test]
+fn kernel_conv_equals_reference_fusion() {
+    check_conv::<Fused>();
+}
+
+#[test]
+fn kernel_conv_equals_reference_cube() {
+    check_conv::<Bare>();
 }
 
 fn model_loss_and_grads<A: AutodiffBackend + HymbaBackend>(
