@@ -40,6 +40,7 @@ use burn::tensor::{DType, Distribution, TensorData};
 use burn::train::TrainOutput;
 use hymba::attention::{KeySpan, hymba_mask, scaled_dot_product};
 use hymba::config::KvRole;
+use hymba::conv::causal_conv_silu;
 use hymba::mixer::{AttentionContext, KeyValues, KvInput};
 use hymba::rope::Rope;
 use hymba::scan::{selective_scan, selective_scan_backward};
@@ -291,8 +292,48 @@ impl StepBenchJob {
                 ),
             ));
         }
-        let layers = c.num_hidden_layers;
+        // The SSM conv + SiLU alone (one operation each way on GPU backends), on the layout
+        // the heads give it: `[history; x]`, channels innermost.
+        if let Some(ssm) = with_ssm.first() {
+            let (count, di, k) = (with_ssm.len(), c.d_inner(), ssm.d_conv);
+            let full = leaf([b, n + k - 1, di]);
+            let w = ssm.conv_weight.val().reshape([di, k]);
+            let bias = Tensor::<Ad<B>, 1>::zeros([di], device).cast(self.compute);
+            let ms = time(&mut || causal_conv_silu(full.clone(), w.clone(), bias.clone()).sum());
+            out.push((
+                "ssm conv".into(),
+                ms * count as f64,
+                format!(
+                    "{count} × the causal conv ({k} taps) + SiLU operation on [{b}, {n}, {di}]"
+                ),
+            ));
+        }
+        // Layer 0's RMS norms (its input and FFN input, β1/β2 before the average, the SSM's Δ,
+        // B and C where it has them), each on an input of its width, times the layers.
         let first = &hymba.layers[0];
+        let mut norms = vec![
+            (&first.input_norm, c.hidden_size),
+            (&first.ffn_norm, c.hidden_size),
+        ];
+        norms.extend(first.mixer.attn_norm.iter().map(|nm| (nm, c.d_inner())));
+        norms.extend(first.mixer.ssm_norm.iter().map(|nm| (nm, c.d_inner())));
+        if let Some(ssm) = &first.mixer.ssm {
+            norms.push((&ssm.dt_norm, c.dt_rank()));
+            norms.push((&ssm.b_norm, c.mamba_d_state));
+            norms.push((&ssm.c_norm, c.mamba_d_state));
+        }
+        let per_layer = norms.len();
+        let mut norm_ms = 0.0;
+        for (norm, width) in norms {
+            let input = leaf([b, n, width]);
+            norm_ms += time(&mut || norm.forward(input.clone()).sum());
+        }
+        let layers = c.num_hidden_layers;
+        out.push((
+            "rms norms".into(),
+            norm_ms * layers as f64,
+            format!("{layers} × layer 0's {per_layer} norms on [{b}, {n}, width]"),
+        ));
         let ms = time(&mut || first.ffn.forward(first.ffn_norm.forward(x.clone())).sum());
         out.push((
             "ffn".into(),
