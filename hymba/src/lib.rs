@@ -33,6 +33,8 @@ pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod conv;
+#[cfg(feature = "cube")]
+pub(crate) mod cube_common;
 pub mod error;
 pub mod ffn;
 pub mod generate;

@@ -11,10 +11,11 @@
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::{CubeCount, CubeDim};
+
+use crate::cube_common::{GRID_MAX, alloc, grid};
 
 use self::cube::{conv_dfull_kernel, conv_dz_kernel, conv_forward_kernel, conv_param_grad_kernel};
 use super::ConvBackend;
@@ -29,9 +30,6 @@ pub const COLUMN_UNITS: usize = 64;
 /// need more cubes than one grid dimension takes).
 pub const CHUNK_ROWS: usize = 64;
 
-/// The most cubes along one grid dimension that every runtime takes (wgpu's limit).
-const GRID_MAX: usize = 65_535;
-
 /// The largest tap count the kernels take (the taps sit in a loop over `k`; beyond this
 /// the tensor ops run).
 pub const MAX_TAPS: usize = 16;
@@ -39,7 +37,9 @@ pub const MAX_TAPS: usize = 16;
 /// A fingerprint of this file, passed to every kernel here as a comptime value, so that
 /// CubeCL's persistent kernel cache (keyed by kernel name and comptime values only) never
 /// serves a kernel compiled from older source (see `crate::scan::kernel::SOURCE`).
-const SOURCE: u64 = crate::scan::kernel::fnv1a(include_str!("kernel.rs").as_bytes());
+const SOURCE: u64 = crate::scan::kernel::fnv1a(
+    concat!(include_str!("kernel.rs"), include_str!("../cube_common.rs")).as_bytes(),
+);
 
 pub(crate) mod cube {
     use cubecl::prelude::*;
@@ -249,20 +249,6 @@ fn supported<R: CubeRuntime>(
         && batch * len * d < u32::MAX as usize
 }
 
-/// The launch grid for `n` elements at [`UNITS`] per cube: `(count, grid_x)`.
-fn grid(n: usize) -> (CubeCount, u32) {
-    let cubes = n.div_ceil(UNITS);
-    let x = cubes.clamp(1, GRID_MAX);
-    (
-        CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1),
-        x as u32,
-    )
-}
-
-fn alloc<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, dtype)
-}
-
 /// `[batch, L, d]`, `k` and `T = L − k + 1`.
 fn dims<R: CubeRuntime>(
     full: &CubeTensor<R>,
@@ -282,7 +268,7 @@ fn forward<R: CubeRuntime>(
     let ([batch, len, d], k, t) = dims(&full, &weight);
     let y = alloc(&full, Shape::new([batch, t, d]), full.dtype);
     let n = batch * t * d;
-    let (count, grid_x) = grid(n);
+    let (count, grid_x) = grid(n.div_ceil(UNITS));
     let dtype = full.dtype;
     let client = full.client.clone();
     // SAFETY: unit `i < n` (guarded) reads `full[(b·L + t + j)·d + c]` with `t + j < L`,
@@ -331,7 +317,7 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 
     let n = batch * t * d;
     let dz = alloc(&full, Shape::new([batch, t, d]), DType::F32);
-    let (count, grid_x) = grid(n);
+    let (count, grid_x) = grid(n.div_ceil(UNITS));
     // SAFETY: as in `forward`, plus `grad[i]` and `dz[i]` of `[batch, T, d]` buffers.
     unsafe {
         conv_dz_kernel::launch_unchecked::<R>(
@@ -356,7 +342,7 @@ fn backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
 
     let n_full = batch * len * d;
     let dfull = alloc(&full, full.shape(), dtype);
-    let (count, grid_x) = grid(n_full);
+    let (count, grid_x) = grid(n_full.div_ceil(UNITS));
     // SAFETY: unit `i < batch·L·d` (guarded) reads `dz[(b·T + s − j)·d + c]` only for
     // `0 ≤ s − j < T` and `weight[c·k + j]`, and writes `dfull[i]`.
     unsafe {

@@ -713,38 +713,29 @@ struct StreamFlags {
 thread_local! {
     /// This thread's [`StreamFlags`] per (device index, cubecl stream).
     static FLAGS: RefCell<HashMap<(usize, StreamId), StreamFlags>> = RefCell::new(HashMap::new());
-    /// This thread's handle on each device's cubecl thread.
+    /// This thread's handle on each device's cubecl thread whose lane is made.
     static DEVICE_THREADS: RefCell<HashMap<usize, DeviceHandle<Server>>> =
         RefCell::new(HashMap::new());
 }
 
-/// Devices whose cubecl thread has its [`Lane`] (made once, with a blocking call, so that a
-/// driver or cuBLAS failure panics on the caller instead of on the device thread).
-static LANES_UP: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-
-/// A handle on `device`'s cubecl thread, with the thread's lane made.
+/// A handle on `device`'s cubecl thread, with the thread's lane made: on a calling thread's
+/// first product for the device, one blocking call makes it (idempotently), so that a driver
+/// or cuBLAS failure panics on the caller instead of on the device thread; after that, a
+/// thread-local lookup.
 fn device_thread(device: &CudaDevice) -> DeviceHandle<Server> {
     let index = device.index;
-    let handle = DEVICE_THREADS.with(|threads| {
-        threads
-            .borrow_mut()
-            .entry(index)
-            .or_insert_with(|| DeviceHandle::new(device.to_id()))
-            .clone()
-    });
-    let mut up = LANES_UP
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !up.contains(&index) {
-        let made = handle
-            .submit_blocking(move |_: &mut Server| with_lane(index, |_| ()))
-            .map_err(|e| format!("cubecl's device thread is gone: {e:?}"))
-            .and_then(|made| made);
-        if let Err(e) = made {
-            panic!("cuBLAS matmul: {e}");
-        }
-        up.push(index);
+    if let Some(handle) = DEVICE_THREADS.with(|threads| threads.borrow().get(&index).cloned()) {
+        return handle;
     }
+    let handle = DeviceHandle::<Server>::new(device.to_id());
+    let made = handle
+        .submit_blocking(move |_: &mut Server| with_lane(index, |_| ()))
+        .map_err(|e| format!("cubecl's device thread is gone: {e:?}"))
+        .and_then(|made| made);
+    if let Err(e) = made {
+        panic!("cuBLAS matmul: {e}");
+    }
+    DEVICE_THREADS.with(|threads| threads.borrow_mut().insert(index, handle.clone()));
     handle
 }
 
@@ -777,9 +768,17 @@ fn next_flags(
     })
 }
 
-/// Step 1: cubecl's stream raises `ready` to `seq` once everything queued before is done.
-fn raise_ready(client: &ComputeClient<CudaRuntime>, flags: &CubeTensor<CudaRuntime>, seq: u32) {
-    // SAFETY: a 1×1 launch that stores to index READY of a FLAG_WORDS-long buffer.
+/// Step 1 (`slot` READY): cubecl's stream raises `flags[slot]` to `seq` once everything
+/// queued before is done. Also the launch that [`cubecl_stream`] watches (`slot` MARKER).
+fn raise_flag(
+    client: &ComputeClient<CudaRuntime>,
+    flags: &CubeTensor<CudaRuntime>,
+    seq: u32,
+    slot: usize,
+) {
+    debug_assert!(slot < FLAG_WORDS);
+    // SAFETY: a 1×1 launch that stores to index `slot` < FLAG_WORDS of a FLAG_WORDS-long
+    // buffer.
     unsafe {
         cube::raise_flag::launch_unchecked::<CudaRuntime>(
             client,
@@ -787,7 +786,7 @@ fn raise_ready(client: &ComputeClient<CudaRuntime>, flags: &CubeTensor<CudaRunti
             CubeDim::new_1d(1),
             flags.clone().into_tensor_arg(),
             seq,
-            READY,
+            slot,
         );
     }
 }
@@ -854,21 +853,8 @@ fn cubecl_stream(
     let marker_client = client.clone();
     let found = client
         .exclusive(move || {
-            super::launch_watch::watch_launch(|| {
-                // SAFETY: a 1×1 launch that stores to index MARKER of a FLAG_WORDS-long
-                // buffer.
-                unsafe {
-                    cube::raise_flag::launch_unchecked::<CudaRuntime>(
-                        &marker_client,
-                        CubeCount::Static(1, 1, 1),
-                        CubeDim::new_1d(1),
-                        flags.clone().into_tensor_arg(),
-                        0,
-                        MARKER,
-                    );
-                }
-            })
-            .map(|s| s as usize)
+            super::launch_watch::watch_launch(|| raise_flag(&marker_client, &flags, 0, MARKER))
+                .map(|s| s as usize)
         })
         .map_err(|e| format!("cubecl's device thread failed: {e:?}"))
         .and_then(|found| found);
@@ -1008,7 +994,7 @@ fn flagged(
             .map(resource)
             .collect::<Result<Vec<_>, _>>()?;
         let [l, r, o, f] = [0, 1, 2, 3].map(|i| pinned[i].resource().ptr);
-        raise_ready(&client, &flags, seq);
+        raise_flag(&client, &flags, seq, READY);
         let flagged = with_lane(index, |lane| lane.ordered_gemm(f, seq, &gemm, [l, r, o]))??;
         // Step 3 only where step 2 raises `done` (not after a host-ordered fallback).
         if flagged {

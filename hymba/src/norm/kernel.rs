@@ -12,10 +12,11 @@
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::{cast, into_contiguous};
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::{CubeCount, CubeDim};
+
+use crate::cube_common::{GRID_MAX, alloc, grid};
 
 use self::cube::{rms_norm_backward_kernel, rms_norm_kernel, rms_norm_weight_grad_kernel};
 use super::NormBackend;
@@ -27,37 +28,16 @@ pub const COLUMN_UNITS: usize = 64;
 /// than one grid dimension takes).
 pub const CHUNK_ROWS: usize = 64;
 
-/// The most cubes along one grid dimension that every runtime takes (wgpu's limit).
-const GRID_MAX: usize = 65_535;
-
 /// A fingerprint of this file, passed to every kernel here as a comptime value, so that
 /// CubeCL's persistent kernel cache (keyed by kernel name and comptime values only) never
 /// serves a kernel compiled from older source (see `crate::scan::kernel::SOURCE`).
-const SOURCE: u64 = crate::scan::kernel::fnv1a(include_str!("kernel.rs").as_bytes());
+const SOURCE: u64 = crate::scan::kernel::fnv1a(
+    concat!(include_str!("kernel.rs"), include_str!("../cube_common.rs")).as_bytes(),
+);
 
 pub(crate) mod cube {
+    use crate::cube_common::cube::cube_reduce;
     use cubecl::prelude::*;
-
-    /// The sum of each unit's `v` over the cube, through `smem`.
-    #[cube]
-    fn cube_sum(smem: &mut SharedMemory<f32>, v: f32, lane: usize) -> f32 {
-        smem[lane] = v;
-        sync_cube();
-        // A runtime count (a comptime one, halved in the loop, is folded at expansion; see
-        // the softmax kernel's reduction).
-        let mut half = (CUBE_DIM_X / 2) as usize;
-        while half > 0 {
-            if lane < half {
-                let other = smem[lane + half];
-                smem[lane] += other;
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let r = smem[0];
-        sync_cube();
-        r
-    }
 
     /// `sqrt(mean(x[row]²) + eps)` of the contiguous row at `base`, over the cube.
     #[cube]
@@ -77,7 +57,7 @@ pub(crate) mod cube {
             ss += v * v;
             j += threads;
         }
-        let total = cube_sum(smem, ss, lane);
+        let total = cube_reduce(smem, ss, lane, false);
         f32::sqrt(total / f32::cast_from(len as u32) + eps)
     }
 
@@ -148,7 +128,7 @@ pub(crate) mod cube {
             dot += dn * (f32::cast_from(x[base + j]) / rms);
             j += threads;
         }
-        let mean = cube_sum(&mut smem, dot, lane) / f32::cast_from(d);
+        let mean = cube_reduce(&mut smem, dot, lane, false) / f32::cast_from(d);
         j = lane;
         while j < len {
             let n = f32::cast_from(x[base + j]) / rms;
@@ -214,19 +194,6 @@ fn supported<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>) -> bool 
         && d > 0
         && shape.num_elements() > 0
         && shape.num_elements() < u32::MAX as usize
-}
-
-/// The launch grid for `rows` cubes: `(count, grid_x)`.
-fn grid(rows: usize) -> (CubeCount, u32) {
-    let x = rows.min(GRID_MAX);
-    (
-        CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1),
-        x as u32,
-    )
-}
-
-fn alloc<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, dtype)
 }
 
 /// `(rows, d)` of a `[..., d]` tensor.

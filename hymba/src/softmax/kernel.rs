@@ -12,10 +12,11 @@
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::kernel::{cast, into_contiguous};
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use cubecl::{CubeCount, CubeDim};
+use cubecl::CubeDim;
+
+use crate::cube_common::{alloc, grid};
 
 use self::cube::{masked_softmax_backward_kernel, masked_softmax_kernel};
 use super::{AttentionBackend, MaskRule, reference_backward_primitive, reference_primitive};
@@ -23,16 +24,15 @@ use super::{AttentionBackend, MaskRule, reference_backward_primitive, reference_
 /// Units per cube (per row). A power of two (the reductions halve it).
 pub const THREADS: usize = 256;
 
-/// The most cubes along one grid dimension that every runtime takes (wgpu's limit); rows
-/// beyond it go to the grid's second dimension.
-const GRID_X: usize = 65_535;
-
 /// A fingerprint of this file, passed to both kernels as a comptime value, so that CubeCL's
 /// persistent kernel cache (keyed by kernel name and comptime values only) never serves a
 /// kernel compiled from older source (see `crate::scan::kernel::SOURCE`).
-const SOURCE: u64 = crate::scan::kernel::fnv1a(include_str!("kernel.rs").as_bytes());
+const SOURCE: u64 = crate::scan::kernel::fnv1a(
+    concat!(include_str!("kernel.rs"), include_str!("../cube_common.rs")).as_bytes(),
+);
 
 pub(crate) mod cube {
+    use crate::cube_common::cube::cube_reduce;
     use cubecl::prelude::*;
 
     /// Whether key `j` is visible to the query at position `qpos` ([`super::MaskRule`]).
@@ -57,38 +57,6 @@ pub(crate) mod cube {
             vis = vis && !outside;
         }
         vis
-    }
-
-    /// The cube's maximum (`op_max`) or sum of each unit's `v`, through `smem`.
-    #[cube]
-    fn cube_reduce(
-        smem: &mut SharedMemory<f32>,
-        v: f32,
-        lane: usize,
-        #[comptime] op_max: bool,
-    ) -> f32 {
-        smem[lane] = v;
-        sync_cube();
-        // A runtime count: a comptime one, halved in the loop, was folded at expansion and
-        // left the reduction undone (every row's P came out wrong).
-        let mut half = (CUBE_DIM_X / 2) as usize;
-        while half > 0 {
-            if lane < half {
-                let other = smem[lane + half];
-                if op_max {
-                    if other > smem[lane] {
-                        smem[lane] = other;
-                    }
-                } else {
-                    smem[lane] += other;
-                }
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let r = smem[0];
-        sync_cube();
-        r
     }
 
     /// `probs[row, j] = softmax over visible j of scores[row, ·]` (0 where hidden); rows
@@ -218,24 +186,11 @@ fn supported(t: &impl TensorMetadata) -> bool {
         && dims.iter().product::<usize>() < u32::MAX as usize
 }
 
-/// The launch grid for `rows` rows: `(count, grid_x)`.
-fn grid(rows: usize) -> (CubeCount, u32) {
-    let x = rows.min(GRID_X);
-    (
-        CubeCount::Static(x as u32, rows.div_ceil(x) as u32, 1),
-        x as u32,
-    )
-}
-
-fn alloc_like<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
-    empty_device_contiguous_dtype(t.client.clone(), t.device.clone(), t.shape(), t.dtype)
-}
-
 fn forward<R: CubeRuntime>(scores: CubeTensor<R>, rule: MaskRule) -> CubeTensor<R> {
     let scores = into_contiguous(scores);
     let [b, h, tq, tk] = scores.shape().dims::<4>();
     let rows = b * h * tq;
-    let probs = alloc_like(&scores);
+    let probs = alloc(&scores, scores.shape(), scores.dtype);
     let (count, grid_x) = grid(rows);
     let dtype = scores.dtype;
     let client = scores.client.clone();
@@ -276,7 +231,7 @@ fn backward<R: CubeRuntime>(probs: CubeTensor<R>, grad: CubeTensor<R>) -> CubeTe
     });
     let [b, h, tq, tk] = probs.shape().dims::<4>();
     let rows = b * h * tq;
-    let ds = alloc_like(&probs);
+    let ds = alloc(&probs, probs.shape(), probs.dtype);
     let (count, grid_x) = grid(rows);
     let dtype = probs.dtype;
     let client = probs.client.clone();
