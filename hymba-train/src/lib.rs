@@ -14,6 +14,7 @@ pub mod logger;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod packed;
 pub mod plot;
 pub mod posttrain;
 #[cfg(feature = "cpu-profile")]

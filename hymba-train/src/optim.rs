@@ -1,83 +1,85 @@
 //! The optimizer side of LM training that burn 0.21 lacks: AdamW without weight decay on
-//! norms, biases, `A_log`, `D` and meta tokens (burn has no parameter groups), global-norm
-//! gradient clipping (burn clips per tensor), and a snapshot of the optimizer state for
-//! step checkpoints (the `Learner` keeps its optimizer private).
+//! norms, biases, `A_log`, `D` and meta tokens (burn has no parameter groups), run on packed
+//! gradients (see [`crate::packed`]: the moments and the update are one operation per
+//! buffer, not per tensor), and a snapshot of the optimizer state for step checkpoints (the
+//! `Learner` keeps its optimizer private). Global-norm clipping is
+//! [`crate::packed::clip_global_norm`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
-use burn::optim::LearningRate;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, MultiGradientsParams, Optimizer};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsParams, LearningRate, MultiGradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::model::LanguageModel;
+use crate::packed::{CHUNK_ELEMENTS, Cursor, PackedGrads};
 use crate::run_config::OptimizerSection;
 
-/// One AdamW group's state (per-parameter moments).
-pub type AdamRecord<B> =
-    <OptimizerAdaptor<AdamW, LanguageModel<B>, B> as Optimizer<LanguageModel<B>, B>>::Record;
+/// The optimizer state, as checkpoints store it: AdamW's two moments in the packed layout
+/// (f32) and the number of steps taken.
+#[derive(Record)]
+pub struct LmOptimizerRecord<B: Backend> {
+    /// AdamW steps taken (the bias correction's t); 0 before the first step.
+    pub time: usize,
+    /// First moment, one tensor per packed buffer.
+    pub moment_1: Vec<Tensor<B, 1>>,
+    /// Second moment, one tensor per packed buffer.
+    pub moment_2: Vec<Tensor<B, 1>>,
+}
 
-/// The optimizer state record: (decay group, no-decay group).
-pub type LmOptimizerRecord<B> = (AdamRecord<B>, AdamRecord<B>);
-
-/// Parameters that get no weight decay, with their tensor rank.
-fn no_decay_params<B: Backend>(model: &LanguageModel<B>) -> Vec<(ParamId, usize)> {
-    struct Ranks(Vec<(ParamId, usize)>);
-    impl<B: Backend> ModuleVisitor<B> for Ranks {
+/// Parameters that get no weight decay: every vector (RMSNorm weights, β1 and β2 included,
+/// conv and Δ biases, `D`), the meta tokens and `A_log`.
+fn no_decay_params<B: Backend>(model: &LanguageModel<B>) -> HashSet<ParamId> {
+    struct Vectors(HashSet<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Vectors {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            // Every vector: RMSNorm weights (β1, β2 included), conv/dt biases, D.
             if D == 1 {
-                self.0.push((param.id, D));
+                self.0.insert(param.id);
             }
         }
     }
-    let mut ranks = Ranks(Vec::new());
-    model.visit(&mut ranks);
+    let mut ids = Vectors(HashSet::new());
+    model.visit(&mut ids);
     let hymba = &model.hymba;
     if let Some(tokens) = &hymba.meta_tokens.tokens {
-        ranks.0.push((tokens.id, 2));
+        ids.0.insert(tokens.id);
     }
-    ranks.0.extend(
+    ids.0.extend(
         hymba
             .layers
             .iter()
             .filter_map(|l| l.mixer.ssm.as_ref())
-            .map(|s| (s.a_log.id, 2)),
+            .map(|s| s.a_log.id),
     );
-    ranks.0
+    ids.0
 }
 
-fn move_grad<B: Backend>(
-    from: &mut GradientsParams,
-    to: &mut GradientsParams,
-    id: ParamId,
-    rank: usize,
-) {
-    fn mv<B: Backend, const D: usize>(
-        from: &mut GradientsParams,
-        to: &mut GradientsParams,
-        id: ParamId,
-    ) {
-        if let Some(g) = from.remove::<B, D>(id) {
-            to.register::<B, D>(id, g);
-        }
-    }
-    match rank {
-        1 => mv::<B, 1>(from, to, id),
-        2 => mv::<B, 2>(from, to, id),
-        3 => mv::<B, 3>(from, to, id),
-        _ => {}
-    }
+/// AdamW's moments over the packed layout.
+#[derive(Clone)]
+struct Moments<B: AutodiffBackend> {
+    time: usize,
+    m: Vec<Tensor<B::InnerBackend, 1>>,
+    v: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-/// AdamW in two groups (decay / no decay) sharing one learning rate.
+/// AdamW (decoupled weight decay, PyTorch's and burn's formula) in two groups — decay and
+/// no decay — sharing one learning rate, on packed gradients.
+///
+/// Per step: the moments and `lr · m̂ / (√v̂ + ε)` are a few operations per packed buffer;
+/// each parameter then takes one `p · (1 − lr · wd) − Δ`, Δ a view of its slice. burn's
+/// `AdamW` does the same arithmetic tensor by tensor (≈ 15 operations each); the test
+/// below holds the two equal.
 #[derive(Clone)]
 pub struct LmOptimizer<B: AutodiffBackend> {
-    decay: OptimizerAdaptor<AdamW, LanguageModel<B>, B>,
-    no_decay: OptimizerAdaptor<AdamW, LanguageModel<B>, B>,
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+    moments: Option<Moments<B>>,
     snapshot: Arc<Mutex<Option<LmOptimizerRecord<B>>>>,
     want_snapshot: Arc<AtomicBool>,
 }
@@ -101,22 +103,18 @@ impl<B: AutodiffBackend> SnapshotHandle<B> {
     }
 }
 
-impl<B: AutodiffBackend> LmOptimizer<B>
-where
-    LanguageModel<B>: AutodiffModule<B>,
-{
-    /// The optimizer of `model` with the run's settings (no burn per-tensor clipping: the
-    /// strategy clips the global norm).
+impl<B: AutodiffBackend> LmOptimizer<B> {
+    /// The optimizer with the run's settings (clipping is the strategy's: it clips the
+    /// global norm).
     pub fn new(s: &OptimizerSection) -> (Self, SnapshotHandle<B>) {
-        let base = AdamWConfig::new()
-            .with_beta_1(s.beta1)
-            .with_beta_2(s.beta2)
-            .with_epsilon(s.epsilon);
         let snapshot = Arc::new(Mutex::new(None));
         let want_snapshot = Arc::new(AtomicBool::new(false));
         let opt = Self {
-            decay: base.clone().with_weight_decay(s.weight_decay).init(),
-            no_decay: base.with_weight_decay(0.0).init(),
+            beta_1: s.beta1,
+            beta_2: s.beta2,
+            epsilon: s.epsilon,
+            weight_decay: s.weight_decay,
+            moments: None,
             snapshot: snapshot.clone(),
             want_snapshot: want_snapshot.clone(),
         };
@@ -128,11 +126,105 @@ where
             },
         )
     }
+
+    /// Updates the moments with `grads` and returns each buffer's step `lr · m̂ / (√v̂ + ε)`,
+    /// in burn's `AdaptiveMomentumW` order of operations.
+    fn deltas(
+        &mut self,
+        lr: LearningRate,
+        grads: PackedGrads<B>,
+    ) -> Vec<Tensor<B::InnerBackend, 1>> {
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let grads = grads.into_chunks();
+        let moments = match self.moments.take() {
+            Some(Moments { time, m, v }) if m.len() == grads.len() => Moments {
+                time: time + 1,
+                m: m.into_iter()
+                    .zip(&grads)
+                    .map(|(m, g)| m.mul_scalar(b1).add(g.clone().mul_scalar(1.0 - b1)))
+                    .collect(),
+                v: v.into_iter()
+                    .zip(&grads)
+                    .map(|(v, g)| {
+                        v.mul_scalar(b2)
+                            .add(g.clone().square().mul_scalar(1.0 - b2))
+                    })
+                    .collect(),
+            },
+            Some(Moments { m, .. }) => panic!(
+                "the optimizer state has {} packed buffers, the gradients {}: a state loaded \
+                 for a different model",
+                m.len(),
+                grads.len()
+            ),
+            None => Moments {
+                time: 1,
+                m: grads
+                    .iter()
+                    .map(|g| g.clone().mul_scalar(1.0 - b1))
+                    .collect(),
+                v: grads
+                    .iter()
+                    .map(|g| g.clone().square().mul_scalar(1.0 - b2))
+                    .collect(),
+            },
+        };
+        let t = moments.time as i32;
+        let (c1, c2) = (1f32 - b1.powi(t), 1f32 - b2.powi(t));
+        let deltas = moments
+            .m
+            .iter()
+            .zip(&moments.v)
+            .map(|(m, v)| {
+                m.clone()
+                    .div_scalar(c1)
+                    .div(v.clone().div_scalar(c2).sqrt().add_scalar(self.epsilon))
+                    .mul_scalar(lr)
+            })
+            .collect();
+        self.moments = Some(moments);
+        deltas
+    }
 }
 
-impl<B: AutodiffBackend + hymba::HymbaBackend> Optimizer<LanguageModel<B>, B> for LmOptimizer<B>
+/// Applies each parameter's slice of the packed step: `p · (1 − lr · wd) − Δ`, walking the
+/// parameters in the packed layout's order. Frozen parameters (no `require_grad`) stay.
+struct ApplyDeltas<'a, B: AutodiffBackend> {
+    deltas: &'a [Tensor<B::InnerBackend, 1>],
+    cursor: Cursor,
+    no_decay: &'a HashSet<ParamId>,
+    /// `lr · weight_decay`.
+    decay_rate: f64,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for ApplyDeltas<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
+        let n = dims.iter().product::<usize>();
+        let (chunk, offset) = self.cursor.place(n);
+        if !tensor.is_require_grad() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let p = tensor.inner();
+        let delta = self.deltas[chunk]
+            .clone()
+            .slice(offset..offset + n)
+            .reshape(dims)
+            .cast(p.dtype());
+        let decayed = if self.decay_rate == 0.0 || self.no_decay.contains(&id) {
+            p
+        } else {
+            p.mul_scalar(1.0 - self.decay_rate)
+        };
+        let tensor = Tensor::from_inner(decayed - delta).require_grad();
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+impl<B: AutodiffBackend> Optimizer<LanguageModel<B>, B> for LmOptimizer<B>
 where
-    B::InnerBackend: hymba::HymbaBackend,
+    LanguageModel<B>: AutodiffModule<B>,
 {
     type Record = LmOptimizerRecord<B>;
 
@@ -140,15 +232,18 @@ where
         &mut self,
         lr: LearningRate,
         module: LanguageModel<B>,
-        mut grads: GradientsParams,
+        grads: GradientsParams,
     ) -> LanguageModel<B> {
+        let packed = PackedGrads::pack(&module, grads);
+        let deltas = self.deltas(lr, packed);
         // Looked up on the module being stepped: loading a checkpoint replaces parameter ids.
-        let mut no_decay = GradientsParams::new();
-        for (id, rank) in no_decay_params(&module) {
-            move_grad::<B::InnerBackend>(&mut grads, &mut no_decay, id, rank);
-        }
-        let module = self.decay.step(lr, module, grads);
-        let module = self.no_decay.step(lr, module, no_decay);
+        let no_decay = no_decay_params(&module);
+        let module = module.map(&mut ApplyDeltas::<B> {
+            deltas: &deltas,
+            cursor: Cursor::new(CHUNK_ELEMENTS),
+            no_decay: &no_decay,
+            decay_rate: lr * f64::from(self.weight_decay),
+        });
         if self.want_snapshot.swap(false, Ordering::SeqCst)
             && let Ok(mut slot) = self.snapshot.lock()
         {
@@ -163,188 +258,198 @@ where
         module: LanguageModel<B>,
         grads: MultiGradientsParams,
     ) -> LanguageModel<B> {
-        // Multi-device training all-reduces into single-device gradients first (DDP), so
-        // this path only sees one group of gradients; fall back to the decay group.
-        self.decay.step_multi(lr, module, grads)
+        // Sum every device's gradients on the module's device, then one step.
+        let device = module.devices().into_iter().next();
+        let summed = grads
+            .grads
+            .into_iter()
+            .map(|(g, _)| {
+                let packed = PackedGrads::pack(&module, g);
+                match &device {
+                    Some(d) => packed.to_device(d),
+                    None => packed,
+                }
+            })
+            .reduce(|a, b| a + b);
+        match summed {
+            Some(packed) => self.step(lr, module, packed.into_gradients()),
+            None => module,
+        }
     }
 
     fn to_record(&self) -> Self::Record {
-        (self.decay.to_record(), self.no_decay.to_record())
+        match &self.moments {
+            Some(Moments { time, m, v }) => LmOptimizerRecord {
+                time: *time,
+                moment_1: m.iter().cloned().map(Tensor::from_inner).collect(),
+                moment_2: v.iter().cloned().map(Tensor::from_inner).collect(),
+            },
+            None => LmOptimizerRecord {
+                time: 0,
+                moment_1: Vec::new(),
+                moment_2: Vec::new(),
+            },
+        }
     }
 
-    fn load_record(mut self, (decay, no_decay): Self::Record) -> Self {
-        self.decay = self.decay.load_record(decay);
-        self.no_decay = self.no_decay.load_record(no_decay);
+    fn load_record(mut self, record: Self::Record) -> Self {
+        self.moments = (record.time > 0).then(|| Moments {
+            time: record.time,
+            m: record.moment_1.into_iter().map(|t| t.inner()).collect(),
+            v: record.moment_2.into_iter().map(|t| t.inner()).collect(),
+        });
         self
     }
-}
-
-/// Elements per concatenated buffer in [`clip_global_norm`]: 2²⁸ f32 values, 1 GiB, bounds
-/// the transient copy (hymba-125m's gradients fit in one buffer, hymba-1.5b's in six).
-const CLIP_CHUNK: usize = 1 << 28;
-
-/// Scales `grads` so that their global L2 norm is at most `max_norm` (0 = no clipping);
-/// returns the norm before clipping.
-pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: &mut GradientsParams,
-    max_norm: f64,
-) -> f64 {
-    clip_global_norm_chunked(model, grads, max_norm, CLIP_CHUNK)
-}
-
-/// [`clip_global_norm`] with buffers of at most `chunk` elements (a tensor larger than
-/// `chunk` gets a buffer of its own).
-///
-/// The sum of squares is taken over the gradients flattened and concatenated into a few
-/// large buffers, one fused square-and-sum each, read back once: a reduction per tensor
-/// costs a zero fill, a square, a sum and a copy into the result, ≈ 1,700 launches per step
-/// for hymba-125m's ≈ 290 tensors, ≈ 140 ms of host time on an H200 (session 12) for what
-/// is ≈ 0.2 ms of memory traffic; the concatenation is one copy launch per tensor.
-fn clip_global_norm_chunked<B: AutodiffBackend, M: AutodiffModule<B>>(
-    model: &M,
-    grads: &mut GradientsParams,
-    max_norm: f64,
-    chunk: usize,
-) -> f64 {
-    /// The gradients as flat f32 tensors, grouped into buffers of at most `chunk` elements.
-    struct Flatten<'a, B: AutodiffBackend> {
-        grads: &'a GradientsParams,
-        chunk: usize,
-        groups: Vec<(usize, Vec<Tensor<B::InnerBackend, 1>>)>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                let n = g.shape().num_elements();
-                let flat = g.cast(burn::tensor::DType::F32).reshape([n]);
-                match self.groups.last_mut() {
-                    Some((filled, group)) if *filled + n <= self.chunk => {
-                        *filled += n;
-                        group.push(flat);
-                    }
-                    _ => self.groups.push((n, vec![flat])),
-                }
-            }
-        }
-    }
-    struct Scale<'a> {
-        grads: &'a mut GradientsParams,
-        factor: f64,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads.register(param.id, g.mul_scalar(self.factor));
-            }
-        }
-    }
-    let mut flat = Flatten::<B> {
-        grads,
-        chunk,
-        groups: Vec::new(),
-    };
-    model.visit(&mut flat);
-    let sums: Vec<Tensor<B::InnerBackend, 1>> = flat
-        .groups
-        .into_iter()
-        .map(|(_, group)| Tensor::cat(group, 0).square().sum())
-        .collect();
-    let norm = if sums.is_empty() {
-        0.0
-    } else {
-        Tensor::cat(sums, 0)
-            .sum()
-            .into_scalar()
-            .elem::<f64>()
-            .sqrt()
-    };
-    if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
-        model.visit(&mut Scale {
-            grads,
-            factor: max_norm / norm,
-        });
-    }
-    norm
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, NdArray};
+    use burn::optim::AdamWConfig;
     use hymba::{Hymba, HymbaConfig};
 
     type B = Autodiff<NdArray>;
 
-    /// A tiny model and the gradients of its loss on a fixed batch.
-    fn model_and_grads() -> (LanguageModel<B>, GradientsParams) {
-        let device = Default::default();
-        B::seed(&device, 3);
-        let model = LanguageModel::new(
-            Hymba::<B>::new(&HymbaConfig::tiny(), &device).expect("tiny model"),
-            None,
-        );
-        let ids: Vec<i64> = (0..2 * 24).map(|i| 1 + (i * 37 % 400) as i64).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
-        let loss = model.hymba.forward_loss(ids, None);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        (model, grads)
+    fn settings() -> OptimizerSection {
+        OptimizerSection {
+            weight_decay: 0.1,
+            ..OptimizerSection::default()
+        }
     }
 
-    /// Every gradient's values, in the model's parameter order.
-    fn grad_values(model: &LanguageModel<B>, grads: &GradientsParams) -> Vec<f64> {
-        struct Collect<'a>(&'a GradientsParams, Vec<f64>);
-        impl ModuleVisitor<B> for Collect<'_> {
+    fn tiny_model() -> LanguageModel<B> {
+        let device = Default::default();
+        B::seed(&device, 5);
+        LanguageModel::new(
+            Hymba::<B>::new(&HymbaConfig::tiny(), &device).expect("tiny model"),
+            None,
+        )
+    }
+
+    /// The gradients of the loss on a fixed batch, for `model`'s current weights.
+    fn grads(model: &LanguageModel<B>, round: i64) -> GradientsParams {
+        let device = Default::default();
+        let ids: Vec<i64> = (0..2 * 24)
+            .map(|i| 1 + ((i + 7 * round) * 37 % 400))
+            .collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
+        GradientsParams::from_grads(model.hymba.forward_loss(ids, None).backward(), model)
+    }
+
+    fn values(model: &LanguageModel<B>) -> Vec<f64> {
+        struct Collect(Vec<f64>);
+        impl ModuleVisitor<B> for Collect {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                if let Some(g) = self.0.get::<NdArray, D>(param.id) {
-                    self.1.extend(g.into_data().iter::<f64>());
+                self.0.extend(param.val().into_data().iter::<f64>());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        model.visit(&mut c);
+        c.0
+    }
+
+    /// burn's `AdamW`, tensor by tensor, in the same two groups: the reference.
+    fn burn_adamw_step(
+        decay: &mut impl Optimizer<LanguageModel<B>, B>,
+        no_decay: &mut impl Optimizer<LanguageModel<B>, B>,
+        model: LanguageModel<B>,
+        mut grads: GradientsParams,
+        lr: f64,
+    ) -> LanguageModel<B> {
+        struct Split<'a> {
+            ids: HashSet<ParamId>,
+            from: &'a mut GradientsParams,
+            to: GradientsParams,
+        }
+        impl ModuleVisitor<B> for Split<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                if self.ids.contains(&param.id)
+                    && let Some(g) = self.from.remove::<NdArray, D>(param.id)
+                {
+                    self.to.register::<NdArray, D>(param.id, g);
                 }
             }
         }
-        let mut c = Collect(grads, Vec::new());
-        model.visit(&mut c);
-        c.1
+        let mut split = Split {
+            ids: no_decay_params(&model),
+            from: &mut grads,
+            to: GradientsParams::new(),
+        };
+        model.visit(&mut split);
+        let no_decay_grads = split.to;
+        let model = decay.step(lr, model, grads);
+        no_decay.step(lr, model, no_decay_grads)
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                "{what}: value {i}: {g} vs {w}"
+            );
+        }
     }
 
     #[test]
-    fn global_norm_is_the_l2_norm_of_every_gradient_in_any_chunking() {
-        let (model, mut grads) = model_and_grads();
-        let values = grad_values(&model, &grads);
-        assert!(values.len() > 10_000, "{} gradient values", values.len());
-        let want = values.iter().map(|v| v * v).sum::<f64>().sqrt();
-        // One buffer, and buffers smaller than most tensors (each tensor its own buffer).
-        for chunk in [CLIP_CHUNK, 1000, 1] {
-            let got = clip_global_norm_chunked(&model, &mut grads, 0.0, chunk);
-            assert!(
-                (got - want).abs() <= 1e-4 * want,
-                "chunk {chunk}: {got} vs {want}"
-            );
-            // max_norm 0: nothing is scaled.
-            assert_eq!(grad_values(&model, &grads), values);
+    fn packed_adamw_equals_burns_adamw_in_two_groups() {
+        let s = settings();
+        let base = AdamWConfig::new()
+            .with_beta_1(s.beta1)
+            .with_beta_2(s.beta2)
+            .with_epsilon(s.epsilon);
+        let mut decay = base.clone().with_weight_decay(s.weight_decay).init();
+        let mut no_decay = base.with_weight_decay(0.0).init();
+        let (mut ours, _) = LmOptimizer::<B>::new(&s);
+        let start = tiny_model();
+        let (mut a, mut b) = (start.clone(), start.clone());
+        for round in 0..3 {
+            let lr = 1e-2 / (round + 1) as f64;
+            a = ours.step(lr, a.clone(), grads(&a, round));
+            b = burn_adamw_step(&mut decay, &mut no_decay, b.clone(), grads(&b, round), lr);
+            assert_close(&values(&a), &values(&b), &format!("step {round}"));
         }
+        // The weights moved, and by more than weight decay alone would move them.
+        let moved = values(&a)
+            .iter()
+            .zip(values(&start))
+            .filter(|(x, y)| (*x - y).abs() > 1e-3 * y.abs())
+            .count();
+        assert!(moved > values(&start).len() / 2, "{moved} weights moved");
+        assert_eq!(ours.to_record().time, 3);
     }
 
     #[test]
-    fn clipping_scales_every_gradient_to_the_max_norm() {
-        let (model, mut grads) = model_and_grads();
-        let before = grad_values(&model, &grads);
-        let norm = clip_global_norm(&model, &mut grads, 1e9);
-        assert_eq!(
-            grad_values(&model, &grads),
-            before,
-            "under the limit: unchanged"
-        );
-        let max = norm / 4.0;
-        assert_eq!(clip_global_norm(&model, &mut grads, max), norm);
-        let after = grad_values(&model, &grads);
-        for (a, b) in after.iter().zip(&before) {
-            assert!(
-                (a - b / 4.0).abs() <= 1e-6 * b.abs().max(1e-6),
-                "{a} vs {}",
-                b / 4.0
-            );
+    fn a_loaded_record_continues_like_the_optimizer_it_came_from() {
+        let s = settings();
+        let (mut straight, _) = LmOptimizer::<B>::new(&s);
+        let mut model = tiny_model();
+        for round in 0..2 {
+            model = straight.step(1e-2, model.clone(), grads(&model, round));
         }
-        let clipped = clip_global_norm(&model, &mut grads, 0.0);
-        assert!((clipped - max).abs() <= 1e-4 * max, "{clipped} vs {max}");
+        let (fresh, _) = LmOptimizer::<B>::new(&s);
+        let mut resumed = fresh.load_record(straight.to_record());
+        let after_straight = straight.step(1e-2, model.clone(), grads(&model, 2));
+        let after_resumed = resumed.step(1e-2, model.clone(), grads(&model, 2));
+        assert_eq!(values(&after_resumed), values(&after_straight));
+        // A fresh optimizer (no moments) steps differently: the record mattered.
+        let (mut cold, _) = LmOptimizer::<B>::new(&s);
+        let after_cold = cold.step(1e-2, model.clone(), grads(&model, 2));
+        assert_ne!(values(&after_cold), values(&after_straight));
+    }
+
+    #[test]
+    fn snapshot_is_taken_only_when_requested() {
+        let (mut opt, handle) = LmOptimizer::<B>::new(&settings());
+        let model = tiny_model();
+        let model = opt.step(1e-3, model.clone(), grads(&model, 0));
+        assert!(handle.take().is_none());
+        handle.request();
+        let _ = opt.step(1e-3, model.clone(), grads(&model, 1));
+        let record = handle.take().expect("requested snapshot");
+        assert_eq!(record.time, 2);
+        assert_eq!(record.moment_1.len(), 1);
+        assert!(handle.take().is_none(), "taken once");
     }
 }

@@ -26,7 +26,6 @@ use std::time::Instant;
 
 use burn::data::dataloader::Progress;
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::{
     EventProcessorTraining, InferenceStep, Learner, LearnerEvent, LearningComponentsMarker,
@@ -41,7 +40,8 @@ use crate::data::TrainData;
 use crate::dpo::DpoStats;
 use crate::error::TrainError;
 use crate::model::{LanguageModel, LmStats};
-use crate::optim::{LmOptimizer, SnapshotHandle, clip_global_norm};
+use crate::optim::{LmOptimizer, SnapshotHandle};
+use crate::packed::{PackedGrads, clip_global_norm};
 use crate::run_config::{NanPolicy, RunConfig};
 use crate::schedule::LrSchedule;
 
@@ -133,19 +133,19 @@ impl StepFigures {
 }
 
 /// Forward and backward of `draws` (item indices of one micro-batch each) on one device:
-/// the summed gradients (on that device) and the figures. Every micro-batch's loss is scaled
-/// by `1 / micro_batches`, the number of micro-batches in the whole optimizer step.
+/// the summed gradients (packed, on that device) and the figures. Every micro-batch's loss
+/// is scaled by `1 / micro_batches`, the number of micro-batches in the whole optimizer step.
 fn run_micro_batches<B>(
     train: &TrainData,
     model: &LanguageModel<B>,
     device: &B::Device,
     draws: &[&Vec<usize>],
     micro_batches: usize,
-) -> Result<(GradientsParams, StepFigures), TrainError>
+) -> Result<(Option<PackedGrads<B>>, StepFigures), TrainError>
 where
     B: AutodiffBackend + HymbaBackend,
 {
-    let mut accumulator = GradientsAccumulator::<LanguageModel<B>>::new();
+    let mut summed: Option<PackedGrads<B>> = None;
     let mut figures = StepFigures::default();
     let share = 1.0 / micro_batches as f64;
     for indices in draws {
@@ -162,12 +162,16 @@ where
         phase_sync::<B>(device);
         figures.phases.backward += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        accumulator.accumulate(model, out.grads);
+        let packed = PackedGrads::pack(model, out.grads);
+        summed = Some(match summed {
+            Some(sum) => sum + packed,
+            None => packed,
+        });
         phase_sync::<B>(device);
         figures.phases.accumulate += t.elapsed().as_secs_f64();
         figures.add(&out.item, share);
     }
-    Ok((accumulator.grads(), figures))
+    Ok((summed, figures))
 }
 
 /// What a replica worker is asked to do for one optimizer step.
@@ -180,15 +184,16 @@ struct ReplicaJob<B: AutodiffBackend> {
     micro_batches: usize,
 }
 
-/// A worker's answer: gradients already on the main device, and the host figures.
-type ReplicaResult = Result<(GradientsParams, StepFigures), TrainError>;
+/// A worker's answer: gradients already on the main device (packed: one copy per buffer;
+/// `None` when it ran no micro-batch), and the host figures.
+type ReplicaResult<B> = Result<(Option<PackedGrads<B>>, StepFigures), TrainError>;
 
 /// A long-lived thread that owns one extra device: every step it forks its replica from the
 /// weights it is sent, runs its micro-batches and sends the gradients back on the main
 /// device. All of that device's work is queued from this one thread (see the module docs).
 struct ReplicaWorker<B: AutodiffBackend> {
     jobs: std::sync::mpsc::Sender<ReplicaJob<B>>,
-    results: std::sync::mpsc::Receiver<ReplicaResult>,
+    results: std::sync::mpsc::Receiver<ReplicaResult<B>>,
     device: B::Device,
     handle: Option<std::thread::JoinHandle<()>>,
 }
@@ -213,7 +218,7 @@ impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
                     let draws: Vec<&Vec<usize>> = job.draws.iter().collect();
                     let result =
                         run_micro_batches(&train, &replica, &dev, &draws, job.micro_batches)
-                            .map(|(grads, f)| (grads.to_device(&main, &replica), f));
+                            .map(|(grads, f)| (grads.map(|g| g.to_device(&main)), f));
                     if result_tx.send(result).is_err() {
                         break;
                     }
@@ -241,7 +246,7 @@ impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
     }
 
     /// Waits for the step's result.
-    fn receive(&self) -> ReplicaResult {
+    fn receive(&self) -> ReplicaResult<B> {
         self.results.recv().map_err(|_| self.stopped())?
     }
 }
@@ -390,7 +395,7 @@ where
         &self,
         learner: &Learner<Components<B>>,
         workers: &[ReplicaWorker<B>],
-    ) -> Result<(GradientsParams, StepFigures), TrainError> {
+    ) -> Result<(PackedGrads<B>, StepFigures), TrainError> {
         let devices = 1 + workers.len();
         let micro_batches = self.config.grad_accum * devices;
         let draws: Vec<Vec<usize>> = {
@@ -424,19 +429,20 @@ where
         );
         // Collect every worker's answer before returning, even after an error, so that no
         // result is left in a channel for the next step.
-        let others: Vec<ReplicaResult> = workers.iter().map(ReplicaWorker::receive).collect();
-        let (grads, mut figures) = main?;
-        if others.is_empty() {
-            return Ok((grads, figures));
-        }
-        let mut accumulator = GradientsAccumulator::<LanguageModel<B>>::new();
-        accumulator.accumulate(&main_model, grads);
+        let others: Vec<ReplicaResult<B>> = workers.iter().map(ReplicaWorker::receive).collect();
+        let (mut grads, mut figures) = main?;
         for other in others {
-            let (grads, f) = other?;
-            accumulator.accumulate(&main_model, grads);
+            let (other, f) = other?;
+            grads = match (grads, other) {
+                (Some(sum), Some(g)) => Some(sum + g),
+                (sum, g) => sum.or(g),
+            };
             figures.merge(&f);
         }
-        Ok((accumulator.grads(), figures))
+        let grads = grads.ok_or_else(|| {
+            TrainError::Config("an optimizer step without micro-batches (grad_accum = 0?)".into())
+        })?;
+        Ok((grads, figures))
     }
 
     fn save_checkpoint(&self, learner: &Learner<Components<B>>, step: usize) {
@@ -514,7 +520,7 @@ where
         };
         for step in self.start_step + 1..=total {
             let started = Instant::now();
-            let (mut grads, figures) = match self.data_parallel_step(&learner, &workers) {
+            let (grads, figures) = match self.data_parallel_step(&learner, &workers) {
                 Ok(r) => r,
                 Err(e) => {
                     self.fail(e);
@@ -550,14 +556,14 @@ where
             }
             let waited = started.elapsed().as_secs_f64();
             let t = Instant::now();
-            let grad_norm = clip_global_norm(&learner.model(), &mut grads, cfg.optimizer.grad_clip);
+            let (grads, grad_norm) = clip_global_norm(grads, cfg.optimizer.grad_clip);
             let clip_secs = t.elapsed().as_secs_f64();
             let checkpoint_now = step % cfg.checkpoint_every == 0 || step == total;
             if checkpoint_now {
                 self.snapshot.request();
             }
             let t = Instant::now();
-            learner.optimizer_step(grads);
+            learner.optimizer_step(grads.into_gradients());
             phase_sync::<B>(&self.device);
             if phase_timing() {
                 let ms = |x: f64| x * 1e3;
