@@ -14,7 +14,7 @@
 //! on the parameters' sizes, so every replica of a model and every step agree on it, whatever
 //! the `ParamId`s (loading a checkpoint replaces them).
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -25,7 +25,7 @@ use burn::tensor::backend::AutodiffBackend;
 /// hymba-1.5b's in six.
 pub const CHUNK_ELEMENTS: usize = 1 << 28;
 
-/// The first of the `ParamId`s under which [`PackedGrads::into_gradients`] files its
+/// The first of the `ParamId`s under which [`Packed::into_gradients`] files its
 /// buffers (buffer `i` under `PACKED_ID_BASE + i`), so that packed gradients travel through
 /// burn's `Learner::optimizer_step`, which only takes `GradientsParams`. Parameter ids are
 /// random 64-bit values: a clash is as likely as guessing one.
@@ -65,55 +65,67 @@ impl Cursor {
             }
         }
     }
+
+    /// Places the next parameter, of shape `dims`, and returns its view in `chunks`.
+    pub(crate) fn view<B: Backend, const D: usize>(
+        &mut self,
+        chunks: &[Tensor<B, 1>],
+        dims: [usize; D],
+    ) -> Tensor<B, D> {
+        let n = dims.iter().product::<usize>();
+        let (chunk, offset) = self.place(n);
+        chunks[chunk]
+            .clone()
+            .slice(offset..offset + n)
+            .reshape(dims)
+    }
 }
 
-/// A model's gradients as f32 buffers on one device (see the module docs).
+/// A model's gradients (f32) or weights, packed into buffers on one device (see the module
+/// docs).
 #[derive(Debug, Clone)]
-pub struct PackedGrads<B: AutodiffBackend> {
+pub struct Packed<B: AutodiffBackend> {
     chunks: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> PackedGrads<B> {
-    /// Packs `grads` of `module`'s parameters into buffers of [`CHUNK_ELEMENTS`]. The
-    /// gradients are moved out; a parameter without one (not used by the loss, or frozen)
-    /// packs as zeros.
-    pub fn pack<M: AutodiffModule<B>>(module: &M, grads: GradientsParams) -> Self {
-        Self::pack_chunked(module, grads, CHUNK_ELEMENTS)
-    }
+/// What a packing visit reads from each parameter.
+enum Source<'a> {
+    /// Its gradient, moved out of the map (zeros where it has none).
+    Gradients(&'a mut GradientsParams),
+    /// Its value, in its own dtype.
+    Weights,
+}
 
-    /// [`Self::pack`] with buffers of at most `limit` elements.
-    pub fn pack_chunked<M: AutodiffModule<B>>(
-        module: &M,
-        mut grads: GradientsParams,
-        limit: usize,
-    ) -> Self {
-        // Already packed (a `into_gradients` round trip): take the buffers as they are.
-        if let Some(packed) = Self::from_gradients(&mut grads) {
-            return packed;
+/// The packing visit: each parameter flattened into its buffer's list.
+struct Pack<'a, B: AutodiffBackend> {
+    source: Source<'a>,
+    cursor: Cursor,
+    groups: Vec<Vec<Tensor<B::InnerBackend, 1>>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Pack<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        let n = value.shape().num_elements();
+        let flat = match &mut self.source {
+            Source::Gradients(grads) => match grads.remove::<B::InnerBackend, D>(param.id) {
+                Some(g) => g.cast(DType::F32).reshape([n]),
+                None => Tensor::zeros([n], &value.device()),
+            },
+            Source::Weights => value.inner().reshape([n]),
+        };
+        let (chunk, _) = self.cursor.place(n);
+        if chunk == self.groups.len() {
+            self.groups.push(Vec::new());
         }
-        struct Pack<'a, B: AutodiffBackend> {
-            grads: &'a mut GradientsParams,
-            cursor: Cursor,
-            groups: Vec<Vec<Tensor<B::InnerBackend, 1>>>,
-        }
-        impl<B: AutodiffBackend> ModuleVisitor<B> for Pack<'_, B> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                let grad = self.grads.remove::<B::InnerBackend, D>(param.id);
-                let value = param.val();
-                let n = value.shape().num_elements();
-                let flat = match grad {
-                    Some(g) => g.cast(DType::F32).reshape([n]),
-                    None => Tensor::zeros([n], &value.device()),
-                };
-                let (chunk, _) = self.cursor.place(n);
-                if chunk == self.groups.len() {
-                    self.groups.push(Vec::new());
-                }
-                self.groups[chunk].push(flat);
-            }
-        }
-        let mut pack = Pack::<B> {
-            grads: &mut grads,
+        self.groups[chunk].push(flat);
+    }
+}
+
+impl<'a, B: AutodiffBackend> Pack<'a, B> {
+    fn run<M: AutodiffModule<B>>(module: &M, source: Source<'a>, limit: usize) -> Packed<B> {
+        let mut pack = Self {
+            source,
             cursor: Cursor::new(limit),
             groups: Vec::new(),
         };
@@ -121,14 +133,107 @@ impl<B: AutodiffBackend> PackedGrads<B> {
         let chunks = pack
             .groups
             .into_iter()
-            .map(|group| {
+            .map(|mut group| {
                 if group.len() == 1 {
-                    group.into_iter().next().expect("one tensor")
+                    group.remove(0)
                 } else {
                     Tensor::cat(group, 0)
                 }
             })
             .collect();
+        Packed { chunks }
+    }
+}
+
+/// Replaces each parameter's value by its view in the packed buffers.
+struct Unpack<'a, B: AutodiffBackend> {
+    chunks: &'a [Tensor<B::InnerBackend, 1>],
+    cursor: Cursor,
+    /// `Some`: give every parameter a new id and list them here; `None`: keep the ids.
+    fresh_ids: Option<Vec<ParamId>>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Unpack<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (mut id, tensor, mapper) = param.consume();
+        let value = self.cursor.view(self.chunks, tensor.dims());
+        let value = Tensor::from_inner(value).set_require_grad(tensor.is_require_grad());
+        if let Some(ids) = &mut self.fresh_ids {
+            id = ParamId::new();
+            ids.push(id);
+        }
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// The ids of `module`'s parameters, in the packed layout's order.
+pub(crate) fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}
+
+impl<B: AutodiffBackend> Packed<B> {
+    /// Packs `grads` of `module`'s parameters as f32 into buffers of [`CHUNK_ELEMENTS`]. The
+    /// gradients are moved out; a parameter without one (not used by the loss, or frozen)
+    /// packs as zeros.
+    pub fn gradients<M: AutodiffModule<B>>(module: &M, grads: GradientsParams) -> Self {
+        Self::gradients_chunked(module, grads, CHUNK_ELEMENTS)
+    }
+
+    /// [`Self::gradients`] with buffers of at most `limit` elements.
+    pub fn gradients_chunked<M: AutodiffModule<B>>(
+        module: &M,
+        mut grads: GradientsParams,
+        limit: usize,
+    ) -> Self {
+        // Already packed (an `into_gradients` round trip): take the buffers as they are.
+        if let Some(packed) = Self::from_gradients(&mut grads) {
+            return packed;
+        }
+        Pack::run(module, Source::Gradients(&mut grads), limit)
+    }
+
+    /// Packs `module`'s weights (in their dtype), e.g. to send them to another device in one
+    /// copy per buffer; [`Self::load_weights`] puts them into a replica.
+    pub fn weights<M: AutodiffModule<B>>(module: &M) -> Self {
+        Pack::run(module, Source::Weights, CHUNK_ELEMENTS)
+    }
+
+    /// `module` with every parameter's value replaced by its view in these buffers (packed
+    /// by [`Self::weights`] from a module of the same structure). Each parameter keeps its
+    /// id and whether it requires a gradient; tensors that are not parameters stay as they
+    /// are.
+    pub fn load_weights<M: AutodiffModule<B>>(&self, module: M) -> M {
+        module.map(&mut Unpack::<B> {
+            chunks: &self.chunks,
+            cursor: Cursor::new(CHUNK_ELEMENTS),
+            fresh_ids: None,
+        })
+    }
+
+    /// [`Self::load_weights`], giving every parameter a new id: the module and its ids.
+    pub(crate) fn load_weights_renamed<M: AutodiffModule<B>>(
+        &self,
+        module: M,
+    ) -> (M, Vec<ParamId>) {
+        let mut unpack = Unpack::<B> {
+            chunks: &self.chunks,
+            cursor: Cursor::new(CHUNK_ELEMENTS),
+            fresh_ids: Some(Vec::new()),
+        };
+        let module = module.map(&mut unpack);
+        (module, unpack.fresh_ids.unwrap_or_default())
+    }
+
+    /// Packed buffers made elsewhere (in the layout of [`Self::weights`]).
+    pub(crate) fn from_chunks(chunks: Vec<Tensor<B::InnerBackend, 1>>) -> Self {
         Self { chunks }
     }
 
@@ -185,7 +290,7 @@ impl<B: AutodiffBackend> PackedGrads<B> {
     }
 
     /// Files the buffers in a `GradientsParams` under reserved ids, for
-    /// `Learner::optimizer_step`; [`Self::pack`] takes them back out as they are.
+    /// `Learner::optimizer_step`; [`Self::gradients`] takes them back out as they are.
     pub fn into_gradients(self) -> GradientsParams {
         let mut grads = GradientsParams::new();
         for (i, chunk) in self.chunks.into_iter().enumerate() {
@@ -204,7 +309,7 @@ impl<B: AutodiffBackend> PackedGrads<B> {
 }
 
 /// The element-wise sum of two packings of the same model's gradients: one add per buffer.
-impl<B: AutodiffBackend> std::ops::Add for PackedGrads<B> {
+impl<B: AutodiffBackend> std::ops::Add for Packed<B> {
     type Output = Self;
 
     fn add(self, other: Self) -> Self {
@@ -226,10 +331,7 @@ impl<B: AutodiffBackend> std::ops::Add for PackedGrads<B> {
 /// Scales `grads` so that their global L2 norm is at most `max_norm` (0 = no clipping);
 /// returns them with the norm before clipping. burn clips tensor by tensor; LM training
 /// clips the whole gradient.
-pub fn clip_global_norm<B: AutodiffBackend>(
-    grads: PackedGrads<B>,
-    max_norm: f64,
-) -> (PackedGrads<B>, f64) {
+pub fn clip_global_norm<B: AutodiffBackend>(grads: Packed<B>, max_norm: f64) -> (Packed<B>, f64) {
     let norm = grads.norm();
     if max_norm > 0.0 && norm > max_norm && norm.is_finite() {
         (grads.scale(max_norm / norm), norm)
@@ -255,11 +357,17 @@ mod tests {
             Hymba::<B>::new(&HymbaConfig::tiny(), &device).expect("tiny model"),
             None,
         );
+        let grads = grads_of(&model);
+        (model, grads)
+    }
+
+    /// The gradients of `model`'s loss on a fixed batch (the same on every call: tests run
+    /// in parallel and share burn's seed, so a model is made once per test).
+    fn grads_of(model: &LanguageModel<B>) -> GradientsParams {
+        let device = Default::default();
         let ids: Vec<i64> = (0..2 * 24).map(|i| 1 + (i * 37 % 400) as i64).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 24]), &device);
-        let loss = model.hymba.forward_loss(ids, None);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        (model, grads)
+        GradientsParams::from_grads(model.hymba.forward_loss(ids, None).backward(), model)
     }
 
     /// Every gradient's values, in the model's parameter order.
@@ -277,7 +385,7 @@ mod tests {
         c.1
     }
 
-    fn packed_values(packed: &PackedGrads<B>) -> Vec<f64> {
+    fn packed_values(packed: &Packed<B>) -> Vec<f64> {
         packed
             .chunks()
             .iter()
@@ -298,15 +406,14 @@ mod tests {
         let values = grad_values(&model, &grads);
         assert!(values.len() > 10_000, "{} gradient values", values.len());
         for (limit, min_chunks) in [(CHUNK_ELEMENTS, 1), (1000, 10), (1, 20)] {
-            let (model, grads) = model_and_grads();
-            let packed = PackedGrads::pack_chunked(&model, grads, limit);
+            let packed = Packed::gradients_chunked(&model, grads_of(&model), limit);
             assert!(packed.chunks().len() >= min_chunks, "limit {limit}");
             if limit == CHUNK_ELEMENTS {
                 assert_eq!(packed.chunks().len(), 1);
             }
             assert_eq!(packed_values(&packed), values, "limit {limit}");
             // Through `GradientsParams` and back: the same buffers.
-            let again = PackedGrads::pack(&model, packed.clone().into_gradients());
+            let again = Packed::gradients(&model, packed.clone().into_gradients());
             assert_eq!(packed_values(&again), values);
         }
     }
@@ -317,8 +424,7 @@ mod tests {
         let values = grad_values(&model, &grads);
         let want = values.iter().map(|v| v * v).sum::<f64>().sqrt();
         for limit in [CHUNK_ELEMENTS, 1000, 1] {
-            let (model, grads) = model_and_grads();
-            let packed = PackedGrads::pack_chunked(&model, grads, limit);
+            let packed = Packed::gradients_chunked(&model, grads_of(&model), limit);
             let (packed, got) = clip_global_norm(packed, 0.0);
             assert!(
                 (got - want).abs() <= 1e-4 * want,
@@ -332,7 +438,7 @@ mod tests {
     #[test]
     fn clipping_scales_every_gradient_to_the_max_norm() {
         let (model, grads) = model_and_grads();
-        let packed = PackedGrads::pack(&model, grads);
+        let packed = Packed::gradients(&model, grads);
         let before = packed_values(&packed);
         let (packed, norm) = clip_global_norm(packed, 1e9);
         assert_eq!(packed_values(&packed), before, "under the limit: unchanged");
@@ -353,9 +459,8 @@ mod tests {
     #[test]
     fn adding_packed_gradients_adds_every_value() {
         let (model, grads) = model_and_grads();
-        let a = PackedGrads::pack_chunked(&model, grads, 1000);
-        let (model, grads) = model_and_grads();
-        let b = PackedGrads::pack_chunked(&model, grads, 1000).scale(0.5);
+        let a = Packed::gradients_chunked(&model, grads, 1000);
+        let b = Packed::gradients_chunked(&model, grads_of(&model), 1000).scale(0.5);
         let values = packed_values(&a);
         let sum = packed_values(&(a + b));
         for (s, v) in sum.iter().zip(&values) {
@@ -364,5 +469,48 @@ mod tests {
                 "{s} vs {v}"
             );
         }
+    }
+
+    #[test]
+    fn weights_packed_from_one_model_load_into_another() {
+        let (source, _) = model_and_grads();
+        let device = Default::default();
+        B::seed(&device, 11);
+        let target = LanguageModel::new(
+            Hymba::<B>::new(&HymbaConfig::tiny(), &device).expect("tiny model"),
+            None,
+        );
+        let weights = |m: &LanguageModel<B>| {
+            struct Collect(Vec<f64>, Vec<bool>);
+            impl ModuleVisitor<B> for Collect {
+                fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                    let value = param.val();
+                    self.1.push(value.is_require_grad());
+                    self.0.extend(value.into_data().iter::<f64>());
+                }
+            }
+            let mut c = Collect(Vec::new(), Vec::new());
+            m.visit(&mut c);
+            (c.0, c.1)
+        };
+        let (want, _) = weights(&source);
+        let (before, tracked) = weights(&target);
+        assert_ne!(before, want, "two seeds, two models");
+        let packed = Packed::weights(&source);
+        assert_eq!(packed.num_elements(), want.len());
+        let loaded = packed.load_weights(target.clone());
+        let (got, still_tracked) = weights(&loaded);
+        assert_eq!(got, want);
+        assert_eq!(still_tracked, tracked);
+        assert!(
+            tracked.iter().all(|t| *t),
+            "trainable parameters require gradients"
+        );
+        // The loaded model trains: its loss has gradients for every parameter.
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(vec![3i64; 2 * 24], [2, 24]), &device);
+        let grads =
+            GradientsParams::from_grads(loaded.hymba.forward_loss(ids, None).backward(), &loaded);
+        assert_eq!(grads.len(), tracked.len());
     }
 }

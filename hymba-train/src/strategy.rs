@@ -8,15 +8,20 @@
 //!
 //! Data parallelism: with more than one device, each optimizer step runs `grad_accum`
 //! micro-batches on every device at once (one long-lived worker thread per extra device,
-//! each forking its replica of the model from the new weights), sums the gradients on the
-//! main device and takes one optimizer step there. The workers live for the whole run on
-//! purpose: CubeCL keeps one stream per (thread, device), and a thread spawned anew every
-//! step left each step's memory on device 1 behind until it ran out (CUDA, 2 × H200). The global batch is `batch_size × grad_accum ×
-//! devices`, and the loss of each micro-batch is scaled by `1 / (grad_accum × devices)`, so a
-//! run on two devices equals a one-device run with twice the accumulation. The exchange goes
-//! through burn's device-to-device copies rather than NCCL, so it works on every backend
-//! (burn 0.21's NCCL DDP lives in its default strategy, which cannot count steps, accumulate
-//! or clip the way LM training needs).
+//! each keeping a replica of the model), sums the gradients on the main device and takes
+//! one optimizer step there. The global batch is `batch_size × grad_accum × devices`, and
+//! the loss of each micro-batch is scaled by `1 / (grad_accum × devices)`, so a run on two
+//! devices equals a one-device run with twice the accumulation.
+//!
+//! What crosses devices is packed ([`crate::packed`]): the new weights go out and the
+//! gradients come back as one copy per ≤ 1 GiB buffer, where forking the replica and moving
+//! its gradients tensor by tensor took ≈ 290 copies each way, each a blocking read of the
+//! source device's queue. The workers live for the whole run on purpose: CubeCL keeps one
+//! stream per (thread, device), and a thread spawned anew every step left each step's memory
+//! on device 1 behind until it ran out (CUDA, 2 × H200). The exchange uses burn's
+//! device-to-device copies (NCCL send/receive on CUDA) rather than burn's DDP, so it works
+//! on every backend (burn 0.21's DDP lives in its default strategy, which cannot count
+//! steps, accumulate or clip the way LM training needs).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -41,7 +46,7 @@ use crate::dpo::DpoStats;
 use crate::error::TrainError;
 use crate::model::{LanguageModel, LmStats};
 use crate::optim::{LmOptimizer, SnapshotHandle};
-use crate::packed::{PackedGrads, clip_global_norm};
+use crate::packed::{Packed, clip_global_norm};
 use crate::run_config::{NanPolicy, RunConfig};
 use crate::schedule::LrSchedule;
 
@@ -141,11 +146,11 @@ fn run_micro_batches<B>(
     device: &B::Device,
     draws: &[&Vec<usize>],
     micro_batches: usize,
-) -> Result<(Option<PackedGrads<B>>, StepFigures), TrainError>
+) -> Result<(Option<Packed<B>>, StepFigures), TrainError>
 where
     B: AutodiffBackend + HymbaBackend,
 {
-    let mut summed: Option<PackedGrads<B>> = None;
+    let mut summed: Option<Packed<B>> = None;
     let mut figures = StepFigures::default();
     let share = 1.0 / micro_batches as f64;
     for indices in draws {
@@ -162,7 +167,7 @@ where
         phase_sync::<B>(device);
         figures.phases.backward += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let packed = PackedGrads::pack(model, out.grads);
+        let packed = Packed::gradients(model, out.grads);
         summed = Some(match summed {
             Some(sum) => sum + packed,
             None => packed,
@@ -176,8 +181,12 @@ where
 
 /// What a replica worker is asked to do for one optimizer step.
 struct ReplicaJob<B: AutodiffBackend> {
-    /// The weights after the last optimizer step, on the main device.
+    /// The model on the main device: the worker forks its replica from it once.
     model: LanguageModel<B>,
+    /// The weights after the last optimizer step, packed on the main device: the worker
+    /// copies them into its replica, one copy per buffer (a fork is one per tensor, each a
+    /// blocking read of the main device's queue).
+    weights: Packed<B>,
     /// This device's micro-batches (item indices).
     draws: Vec<Vec<usize>>,
     /// Micro-batches in the whole step, over all devices (the loss scale).
@@ -186,11 +195,11 @@ struct ReplicaJob<B: AutodiffBackend> {
 
 /// A worker's answer: gradients already on the main device (packed: one copy per buffer;
 /// `None` when it ran no micro-batch), and the host figures.
-type ReplicaResult<B> = Result<(Option<PackedGrads<B>>, StepFigures), TrainError>;
+type ReplicaResult<B> = Result<(Option<Packed<B>>, StepFigures), TrainError>;
 
-/// A long-lived thread that owns one extra device: every step it forks its replica from the
-/// weights it is sent, runs its micro-batches and sends the gradients back on the main
-/// device. All of that device's work is queued from this one thread (see the module docs).
+/// A long-lived thread that owns one extra device: every step it loads the weights it is
+/// sent into its replica (forked from the model at the first step), runs its micro-batches
+/// and sends the gradients back on the main device. All of that device's work is queued from this one thread (see the module docs).
 struct ReplicaWorker<B: AutodiffBackend> {
     jobs: std::sync::mpsc::Sender<ReplicaJob<B>>,
     results: std::sync::mpsc::Receiver<ReplicaResult<B>>,
@@ -213,12 +222,17 @@ impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
                 let _memory = train
                     .fixed_shapes()
                     .then(|| hymba::FixedShapeMemory::enter::<B>(&dev));
+                let mut kept: Option<LanguageModel<B>> = None;
                 while let Ok(job) = job_rx.recv() {
-                    let replica = job.model.fork(&dev);
+                    let replica = match kept.take() {
+                        Some(replica) => job.weights.to_device(&dev).load_weights(replica),
+                        None => job.model.fork(&dev),
+                    };
                     let draws: Vec<&Vec<usize>> = job.draws.iter().collect();
                     let result =
                         run_micro_batches(&train, &replica, &dev, &draws, job.micro_batches)
                             .map(|(grads, f)| (grads.map(|g| g.to_device(&main)), f));
+                    kept = Some(replica);
                     if result_tx.send(result).is_err() {
                         break;
                     }
@@ -395,7 +409,7 @@ where
         &self,
         learner: &Learner<Components<B>>,
         workers: &[ReplicaWorker<B>],
-    ) -> Result<(PackedGrads<B>, StepFigures), TrainError> {
+    ) -> Result<(Packed<B>, StepFigures), TrainError> {
         let devices = 1 + workers.len();
         let micro_batches = self.config.grad_accum * devices;
         let draws: Vec<Vec<usize>> = {
@@ -411,9 +425,11 @@ where
             draws.iter().skip(d).step_by(devices).cloned().collect()
         };
         let main_model = learner.model();
-        for (k, worker) in workers.iter().enumerate() {
+        let weights = (!workers.is_empty()).then(|| Packed::weights(&main_model));
+        for ((k, worker), weights) in workers.iter().enumerate().zip(weights.iter().cycle()) {
             worker.send(ReplicaJob {
                 model: main_model.clone(),
+                weights: weights.clone(),
                 draws: share_of(k + 1),
                 micro_batches,
             })?;
