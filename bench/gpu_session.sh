@@ -58,6 +58,14 @@
 #            trace (bench/cupti_trace.c), summarised by bench/trace_summary.py: GPU idle
 #            time per step, true kernel durations with cuBLAS, launches per step.
 #   s15prof: session 15: host CPU profile (pprof stacks) of hymba-125m trainer steps.
+#   s17:     session 17: packed gradients and AdamW. The GPU tests (TESTS=0 leaves them
+#            out); hymba-125m bf16 8 x 2048 trainer runs with each step's phases timed
+#            (PHASES=0: plain), alternating VARIANTS (default: new = this build, s16 =
+#            .gpu/hymba-train.s16, session 16's tensor-by-tensor clipping and AdamW, stream =
+#            this build with HYMBA_MATMUL_ORDER=stream) ROUNDS (default 2) times; with two
+#            GPUs, data-parallel on both against one (DDP=0 leaves it out); `bench step`
+#            (BENCH_STEP=0 leaves it out). Within the 600 s of one call: TESTS=1 VARIANTS=new
+#            ROUNDS=1 DDP=0 BENCH_STEP=0, then TESTS=0 BENCH_STEP=0 (and DDP=0 on one GPU).
 #   s15mem:  session 15: hymba-125m trainer steps with cubecl's pooled and persistent memory.
 #   s15:     session 15, the committed build: model tests, the trainer with and without
 #            hymba::FixedShapeMemory, `bench step`.
@@ -588,6 +596,39 @@ s16)
     done
   done
   [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
+  ;;
+s17)
+  # Session 17: see the header.
+  use_cache
+  log="$OUT/s17_log.txt"
+  nvidia-smi -L | tee -a "$log"
+  if [ "${TESTS:-1}" = 1 ]; then
+    [ -x .gpu/matmul_gpu ] && LIMIT=${TEST_LIMIT:-150} step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | grep -E "^test |ordering|test result|panicked|warning|note" | tee -a "$log"
+    [ -x .gpu/scan_kernel ] && LIMIT=240 step .gpu/scan_kernel --test-threads=1 kernel_rms_norm kernel_conv kernel_masked_softmax model_on_autodiff_gpu_equals_ndarray fixed_shape_memory_gives_the_same_gradients 2>&1 | grep -E "^test |test result|panicked|diff|note" | tee -a "$log"
+  fi
+  train="model.preset=hymba-125m model.vocab_size=32001 data.seq_len=2048 batch_size=8 grad_accum=1 valid_every=100000 checkpoint_every=100000 valid_batches=1 samples=0 log_every=1 precision=bf16"
+  dev="$(cut -d, -f1 "$OUT/device.txt")"
+  for round in $(seq ${ROUNDS:-2}); do
+    for v in ${VARIANTS:-new s16 stream}; do
+      bin=.gpu/hymba-train; vars=
+      case $v in
+        s16) bin=.gpu/hymba-train.s16 ;;
+        stream) vars="HYMBA_MATMUL_ORDER=stream" ;;
+      esac
+      [ -x $bin ] || { echo "[$v] $bin missing" | tee -a "$log"; continue; }
+      LIMIT=${TRAIN_LIMIT:-200} step env HYMBA_STEP_TIMES=${PHASES:-1} $vars $bin pretrain --backend cuda steps=${STEPS:-12} $train out_dir=/tmp/s17_${v}_$round 2>&1 | grep -E "^step|phases|tokens/s|step time|valid loss|rror|warning|note|panick" | tee /tmp/train_$v.txt | sed "s/^/[$v round $round] /" | tee -a "$log"
+      [ $round = "${ROUNDS:-2}" ] && NOTE="session 17: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta), ${STEPS:-12} steps, one GPU, phases timed (HYMBA_STEP_TIMES=${PHASES:-1}); variant $v ($bin ${vars:-defaults}); last of ${ROUNDS:-2} alternating rounds" python3 bench/train_summary.py "$OUT/pretrain_125m_1gpu_bf16_b8_s17_$v.json" "$dev" hymba-125m 8 2048 /tmp/train_$v.txt > /dev/null
+    done
+  done
+  if [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && [ "${DDP:-1}" = 1 ]; then
+    for round in $(seq ${DDP_ROUNDS:-1}); do
+      for devs in 0,1 0; do
+        LIMIT=${DDP_LIMIT:-240} step env HYMBA_STEP_TIMES=1 .gpu/hymba-train pretrain --backend cuda --devices $devs steps=${STEPS:-12} $train out_dir=/tmp/s17_ddp_${devs/,/_}_$round 2>&1 | grep -E "^step|phases|tokens/s|step time|valid loss|rror|warning|note|panick" | tee /tmp/ddp_${devs/,/_}.txt | sed "s/^/[devices $devs round $round] /" | tee -a "$log"
+      done
+    done
+    NOTE="session 17: hymba-train pretrain, hymba-125m, bf16, 8 x 2048 (+128 meta) per device and step, ${STEPS:-12} steps, phases timed; devices 0,1 (packed weights out, packed gradients back) against device 0 in the same call" python3 bench/train_summary.py "$OUT/pretrain_125m_ddp_bf16_b8_s17.json" "$dev" hymba-125m 8 2048 /tmp/ddp_0.txt /tmp/ddp_0_1.txt | tee -a "$log"
+  fi
+  [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16_s17.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
   ;;
 s15flags)
   # Session 15: one cubecl kernel per cuBLAS product instead of two (raise_and_wait). 1. the
