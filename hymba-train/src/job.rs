@@ -489,7 +489,7 @@ where
     tok.save(run.out_dir.join("tokenizer.json"))?;
 
     let model = LanguageModel::new(model, compute);
-    let (optim, snapshot) = LmOptimizer::new(&run.optimizer);
+    let (optim, optimizer) = LmOptimizer::new(&run.optimizer);
     let schedule = LrSchedule::new(
         &run.schedule,
         run.optimizer.lr,
@@ -543,7 +543,7 @@ where
         sampler: Mutex::new(sampler),
         start_step,
         config: run.clone(),
-        snapshot,
+        optimizer,
         flops_per_token: train_flops_per_token(&config, run.data.seq_len),
         peak_flops: peak_tflops * 1e12,
         replicas: job

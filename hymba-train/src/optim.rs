@@ -84,35 +84,54 @@ pub struct LmOptimizer<B: AutodiffBackend> {
     weight_decay: f32,
     moments: Option<Moments<B>>,
     master: Option<Master<B>>,
-    snapshot: Arc<Mutex<Option<LmOptimizerRecord<B>>>>,
-    want_snapshot: Arc<AtomicBool>,
+    shared: Arc<Shared<B>>,
 }
 
-/// A handle to ask the optimizer, living inside burn's `Learner`, for its state.
+/// What the optimizer, living inside burn's `Learner`, shares with the training strategy.
+struct Shared<B: AutodiffBackend> {
+    /// Set by [`OptimizerHandle::request_snapshot`]: store the state after the next step.
+    want_snapshot: AtomicBool,
+    snapshot: Mutex<Option<LmOptimizerRecord<B>>>,
+    /// The packed weights of the module the last step returned, with its parameter ids.
+    weights: Mutex<Option<(Vec<ParamId>, Packed<B>)>>,
+}
+
+/// A handle on the optimizer living inside burn's `Learner` (which keeps it private): its
+/// state for checkpoints, and its packed weights for data-parallel replicas.
 #[derive(Clone)]
-pub struct SnapshotHandle<B: AutodiffBackend> {
-    snapshot: Arc<Mutex<Option<LmOptimizerRecord<B>>>>,
-    want_snapshot: Arc<AtomicBool>,
+pub struct OptimizerHandle<B: AutodiffBackend> {
+    shared: Arc<Shared<B>>,
 }
 
-impl<B: AutodiffBackend> SnapshotHandle<B> {
+impl<B: AutodiffBackend> OptimizerHandle<B> {
     /// The next optimizer step will store its state after stepping.
-    pub fn request(&self) {
-        self.want_snapshot.store(true, Ordering::SeqCst);
+    pub fn request_snapshot(&self) {
+        self.shared.want_snapshot.store(true, Ordering::SeqCst);
     }
 
     /// The stored state, if a requested step has run.
-    pub fn take(&self) -> Option<LmOptimizerRecord<B>> {
-        self.snapshot.lock().ok().and_then(|mut s| s.take())
+    pub fn take_snapshot(&self) -> Option<LmOptimizerRecord<B>> {
+        self.shared.snapshot.lock().ok().and_then(|mut s| s.take())
+    }
+
+    /// `module`'s weights packed (as [`Packed::weights`] would pack them), when `module` is
+    /// the one the last step returned: they are the optimizer's master weights, so no copy.
+    pub fn packed_weights<M: Module<B>>(&self, module: &M) -> Option<Packed<B>> {
+        let weights = self.shared.weights.lock().ok()?;
+        let (ids, packed) = weights.as_ref()?;
+        (*ids == param_ids(module)).then(|| packed.clone())
     }
 }
 
 impl<B: AutodiffBackend> LmOptimizer<B> {
     /// The optimizer with the run's settings (clipping is the strategy's: it clips the
-    /// global norm).
-    pub fn new(s: &OptimizerSection) -> (Self, SnapshotHandle<B>) {
-        let snapshot = Arc::new(Mutex::new(None));
-        let want_snapshot = Arc::new(AtomicBool::new(false));
+    /// global norm), and a handle on it for the strategy.
+    pub fn new(s: &OptimizerSection) -> (Self, OptimizerHandle<B>) {
+        let shared = Arc::new(Shared {
+            want_snapshot: AtomicBool::new(false),
+            snapshot: Mutex::new(None),
+            weights: Mutex::new(None),
+        });
         let opt = Self {
             beta_1: s.beta1,
             beta_2: s.beta2,
@@ -120,16 +139,9 @@ impl<B: AutodiffBackend> LmOptimizer<B> {
             weight_decay: s.weight_decay,
             moments: None,
             master: None,
-            snapshot: snapshot.clone(),
-            want_snapshot: want_snapshot.clone(),
+            shared: shared.clone(),
         };
-        (
-            opt,
-            SnapshotHandle {
-                snapshot,
-                want_snapshot,
-            },
-        )
+        (opt, OptimizerHandle { shared })
     }
 
     /// Updates the moments with `grads` and returns each buffer's step `lr · m̂ / (√v̂ + ε)`,
@@ -287,13 +299,16 @@ where
             .collect();
         let weights = Packed::from_chunks(updated);
         let (module, ids) = weights.load_weights_renamed(module);
+        if let Ok(mut shared) = self.shared.weights.lock() {
+            *shared = Some((ids.clone(), weights.clone()));
+        }
         self.master = Some(Master {
             weights,
             keeps: master.keeps,
             ids,
         });
-        if self.want_snapshot.swap(false, Ordering::SeqCst)
-            && let Ok(mut slot) = self.snapshot.lock()
+        if self.shared.want_snapshot.swap(false, Ordering::SeqCst)
+            && let Ok(mut slot) = self.shared.snapshot.lock()
         {
             *slot = Some(self.to_record());
         }
@@ -492,13 +507,13 @@ mod tests {
         let (mut opt, handle) = LmOptimizer::<B>::new(&settings());
         let model = tiny_model();
         let model = opt.step(1e-3, model.clone(), grads(&model, 0));
-        assert!(handle.take().is_none());
-        handle.request();
+        assert!(handle.take_snapshot().is_none());
+        handle.request_snapshot();
         let _ = opt.step(1e-3, model.clone(), grads(&model, 1));
-        let record = handle.take().expect("requested snapshot");
+        let record = handle.take_snapshot().expect("requested snapshot");
         assert_eq!(record.time, 2);
         assert_eq!(record.moment_1.len(), 1);
-        assert!(handle.take().is_none(), "taken once");
+        assert!(handle.take_snapshot().is_none(), "taken once");
     }
 
     #[test]
@@ -517,5 +532,24 @@ mod tests {
         // And the module the last step returned is recognised as its own.
         let again = opt.step(0.0, out.clone(), grads(&out, 3));
         assert_eq!(values(&again), values(&other));
+    }
+
+    #[test]
+    fn the_handle_gives_the_packed_weights_of_the_last_stepped_module_only() {
+        let (mut opt, handle) = LmOptimizer::<B>::new(&settings());
+        let model = tiny_model();
+        assert!(handle.packed_weights(&model).is_none(), "no step yet");
+        let stepped = opt.step(1e-2, model.clone(), grads(&model, 0));
+        let packed = handle.packed_weights(&stepped).expect("the stepped module");
+        let flat: Vec<f64> = packed
+            .chunks()
+            .iter()
+            .flat_map(|c| c.clone().into_data().iter::<f64>().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(flat, values(&stepped));
+        assert!(
+            handle.packed_weights(&model).is_none(),
+            "not the stepped module"
+        );
     }
 }

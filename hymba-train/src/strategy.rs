@@ -45,7 +45,7 @@ use crate::data::TrainData;
 use crate::dpo::DpoStats;
 use crate::error::TrainError;
 use crate::model::{LanguageModel, LmStats};
-use crate::optim::{LmOptimizer, SnapshotHandle};
+use crate::optim::{LmOptimizer, OptimizerHandle};
 use crate::packed::{Packed, clip_global_norm};
 use crate::run_config::{NanPolicy, RunConfig};
 use crate::schedule::LrSchedule;
@@ -286,8 +286,8 @@ pub struct LmStrategy<B: AutodiffBackend> {
     pub start_step: usize,
     /// The run.
     pub config: RunConfig,
-    /// Reaches the optimizer's state for checkpoints.
-    pub snapshot: SnapshotHandle<B>,
+    /// Reaches the optimizer's state (checkpoints) and packed weights (replicas).
+    pub optimizer: OptimizerHandle<B>,
     /// Training FLOPs per text token (for MFU).
     pub flops_per_token: f64,
     /// Peak FLOP/s of the device (0 = unknown).
@@ -425,7 +425,12 @@ where
             draws.iter().skip(d).step_by(devices).cloned().collect()
         };
         let main_model = learner.model();
-        let weights = (!workers.is_empty()).then(|| Packed::weights(&main_model));
+        // The optimizer's packed master weights (packed anew only at the first step).
+        let weights = (!workers.is_empty()).then(|| {
+            self.optimizer
+                .packed_weights(&main_model)
+                .unwrap_or_else(|| Packed::weights(&main_model))
+        });
         for ((k, worker), weights) in workers.iter().enumerate().zip(weights.iter().cycle()) {
             worker.send(ReplicaJob {
                 model: main_model.clone(),
@@ -462,7 +467,7 @@ where
     }
 
     fn save_checkpoint(&self, learner: &Learner<Components<B>>, step: usize) {
-        let Some(optim) = self.snapshot.take() else {
+        let Some(optim) = self.optimizer.take_snapshot() else {
             self.fail(TrainError::Config(
                 "optimizer state missing at checkpoint".into(),
             ));
@@ -576,7 +581,7 @@ where
             let clip_secs = t.elapsed().as_secs_f64();
             let checkpoint_now = step % cfg.checkpoint_every == 0 || step == total;
             if checkpoint_now {
-                self.snapshot.request();
+                self.optimizer.request_snapshot();
             }
             let t = Instant::now();
             learner.optimizer_step(grads.into_gradients());
