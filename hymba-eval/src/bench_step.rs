@@ -538,7 +538,7 @@ impl BackendRunner for StepBenchJob {
         let optimizer = part(
             "optimizer",
             optimizer_ms,
-            "AdamW update of the f32 master weights, timed alone".into(),
+            "packing the gradients and the AdamW update of the packed f32 master weights, timed alone".into(),
         );
         let (parts, components) = if self.step_only {
             let fwd_bwd = part(
