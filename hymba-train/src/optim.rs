@@ -1,8 +1,8 @@
 //! The optimizer side of LM training that burn 0.21 lacks: AdamW without weight decay on
 //! norms, biases, `A_log`, `D` and meta tokens (burn has no parameter groups), run on packed
 //! gradients and weights (see [`crate::packed`]: the moments and the update are a few
-//! operations per buffer, not per tensor), and a snapshot of the optimizer state for step checkpoints (the
-//! `Learner` keeps its optimizer private). Global-norm clipping is
+//! operations per buffer, not per tensor), and a handle that reaches the optimizer's state
+//! for step checkpoints (the `Learner` keeps its optimizer private). Global-norm clipping is
 //! [`crate::packed::clip_global_norm`].
 
 use std::collections::HashSet;
@@ -69,7 +69,7 @@ struct Moments<B: AutodiffBackend> {
 /// AdamW (decoupled weight decay, PyTorch's and burn's formula) in two groups — decay and
 /// no decay — sharing one learning rate, on packed gradients.
 ///
-/// The optimizer keeps the weights packed too ([`Master`]) and hands back a module whose
+/// The optimizer keeps the weights packed too (its master weights) and hands back a module whose
 /// parameters are views of them, so a step is a few operations per packed buffer whatever
 /// the number of tensors: the moments, `Δ = lr · m̂ / (√v̂ + ε)` and `p · (1 − lr · wd) − Δ`.
 /// burn's `AdamW` does the same arithmetic tensor by tensor (≈ 15 operations each, ≈ 290

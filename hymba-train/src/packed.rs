@@ -1,13 +1,14 @@
-//! Gradients packed end to end into a few large f32 buffers, in the module's parameter
-//! order.
+//! Gradients and weights packed end to end into a few large buffers, in the module's
+//! parameter order.
 //!
 //! Why: an optimizer step of hymba-125m touches ≈ 290 parameter tensors. Handled tensor by
 //! tensor, averaging micro-batches, summing devices, clipping and AdamW cost about fifteen
-//! device operations per tensor — ≈ 4,500 launches per step, each queued through
+//! device operations per tensor — ≈ 4,500 operations per step, each queued through
 //! burn-fusion's thread — for what is a few passes over 500 MB. Packed, each of those is one
-//! operation per buffer, and moving the gradients between devices is one copy per buffer
-//! instead of one per tensor. Only the final parameter update goes tensor by tensor (see
-//! [`crate::optim`]).
+//! operation per buffer, and moving gradients or weights between devices is one copy per
+//! buffer instead of one per tensor. What stays per tensor is the packing of each
+//! micro-batch's gradients (one copy each); the optimizer's parameters are views of its
+//! packed weights (see [`crate::optim`]).
 //!
 //! The layout is the parameters in `Module::visit` order, cut into buffers of at most
 //! [`CHUNK_ELEMENTS`] (a tensor larger than that gets a buffer of its own). It depends only
