@@ -97,9 +97,16 @@ pub fn load<B: Backend, MR: Record<B>, OR: Record<B>>(
     let model = rec
         .load(dir.join("model"), device)
         .map_err(|e| TrainError::io(dir.join("model.mpk"), e))?;
-    let optim = rec
-        .load(dir.join("optim"), device)
-        .map_err(|e| TrainError::io(dir.join("optim.mpk"), e))?;
+    let optim = rec.load(dir.join("optim"), device).map_err(|e| {
+        TrainError::io(
+            dir.join("optim.mpk"),
+            format!(
+                "not an optimizer state this hymba-train reads (checkpoints written before \
+                 the packed AdamW of 2026-12-05 hold burn's per-tensor state and cannot be \
+                 resumed): {e}"
+            ),
+        )
+    })?;
     Ok(Loaded {
         state,
         model,
