@@ -199,7 +199,8 @@ type ReplicaResult<B> = Result<(Option<Packed<B>>, StepFigures), TrainError>;
 
 /// A long-lived thread that owns one extra device: every step it loads the weights it is
 /// sent into its replica (forked from the model at the first step), runs its micro-batches
-/// and sends the gradients back on the main device. All of that device's work is queued from this one thread (see the module docs).
+/// and sends the gradients back on the main device. All of that device's work is queued
+/// from this one thread (see the module docs).
 struct ReplicaWorker<B: AutodiffBackend> {
     jobs: std::sync::mpsc::Sender<ReplicaJob<B>>,
     results: std::sync::mpsc::Receiver<ReplicaResult<B>>,
