@@ -552,4 +552,28 @@ mod tests {
             "not the stepped module"
         );
     }
+
+    #[test]
+    fn step_multi_steps_on_the_sum_of_every_devices_gradients() {
+        use burn::tensor::backend::DeviceOps;
+        let model = tiny_model();
+        let device: Device<B> = Default::default();
+        let (mut multi, _) = LmOptimizer::<B>::new(&settings());
+        let from_devices = MultiGradientsParams {
+            grads: vec![
+                (grads(&model, 0), device.id()),
+                (grads(&model, 1), device.id()),
+            ],
+        };
+        let got = multi.step_multi(1e-2, model.clone(), from_devices);
+        let (mut single, _) = LmOptimizer::<B>::new(&settings());
+        let summed = Packed::gradients(&model, grads(&model, 0))
+            + Packed::gradients(&model, grads(&model, 1));
+        let want = single.step(1e-2, model.clone(), summed.into_gradients());
+        assert_eq!(values(&got), values(&want));
+        // Not the step of one device's gradients alone.
+        let (mut one, _) = LmOptimizer::<B>::new(&settings());
+        let alone = one.step(1e-2, model.clone(), grads(&model, 0));
+        assert_ne!(values(&got), values(&alone));
+    }
 }
