@@ -29,7 +29,7 @@ use crate::flops::train_flops_per_token;
 use crate::logger::ExperimentLog;
 use crate::metrics::StatMetric;
 use crate::model::LanguageModel;
-use crate::optim::LmOptimizer;
+use crate::optim::{LmOptimizer, LmOptimizerRecord};
 use crate::posttrain::{DataSummary, InitSource, load_pairs, load_sft, reference_pass};
 use crate::renderer::LineRenderer;
 use crate::run_config::{Precision, RunConfig, Stage};
@@ -505,8 +505,12 @@ where
         let (step, dir) = checkpoint::list(&run.out_dir.join("checkpoints"))
             .pop()
             .ok_or_else(|| TrainError::Config("--resume: no checkpoint".into()))?;
-        let loaded = checkpoint::load::<B, _, _>(&dir, &device)?;
+        let loaded = checkpoint::load::<B, _, LmOptimizerRecord<B>>(&dir, &device)?;
         learner.load_model(loaded.model);
+        loaded
+            .optim
+            .check_fits(&learner.model())
+            .map_err(|e| TrainError::io(dir.join("optim.mpk"), e))?;
         learner.load_optim(loaded.optim);
         learner.load_scheduler(step);
         sampler = WindowSampler::resume(loaded.state.sampler, train_ds.len())?;

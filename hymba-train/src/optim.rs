@@ -16,7 +16,7 @@ use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::model::LanguageModel;
-use crate::packed::{CHUNK_ELEMENTS, Cursor, Packed, param_ids};
+use crate::packed::{CHUNK_ELEMENTS, Cursor, Packed, chunk_sizes, param_ids};
 use crate::run_config::OptimizerSection;
 
 /// The optimizer state, as checkpoints store it: AdamW's two moments in the packed layout
@@ -29,6 +29,32 @@ pub struct LmOptimizerRecord<B: Backend> {
     pub moment_1: Vec<Tensor<B, 1>>,
     /// Second moment, one tensor per packed buffer.
     pub moment_2: Vec<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LmOptimizerRecord<B> {
+    /// Checks that this state belongs to `model`'s packed layout (one moment of each
+    /// buffer's size, or no moments before the first step): a checkpoint from another model
+    /// is refused here, with a message, rather than failing inside the next step.
+    pub fn check_fits<M: Module<B>>(&self, model: &M) -> Result<(), String> {
+        let want = chunk_sizes(model);
+        let sizes = |m: &[Tensor<B, 1>]| -> Vec<usize> {
+            m.iter().map(|t| t.shape().num_elements()).collect()
+        };
+        let (m1, m2) = (sizes(&self.moment_1), sizes(&self.moment_2));
+        let fits = if self.time == 0 {
+            m1.is_empty() && m2.is_empty()
+        } else {
+            m1 == want && m2 == want
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "the optimizer state (moments of {m1:?} and {m2:?} elements) does not fit the \
+                 model's packed parameters ({want:?} elements)"
+            ))
+        }
+    }
 }
 
 /// Parameters that get no weight decay: every vector (RMSNorm weights, β1 and β2 included,
@@ -164,6 +190,7 @@ impl<B: AutodiffBackend> LmOptimizer<B> {
                     })
                     .collect(),
             },
+            // Loaded states are checked against the model on resume (`check_fits`).
             Some(Moments { m, .. }) => panic!(
                 "the optimizer state has {} packed buffers, the gradients {}: a state loaded \
                  for a different model",
@@ -575,5 +602,27 @@ mod tests {
         let (mut one, _) = LmOptimizer::<B>::new(&settings());
         let alone = one.step(1e-2, model.clone(), grads(&model, 0));
         assert_ne!(values(&got), values(&alone));
+    }
+
+    #[test]
+    fn a_record_fits_its_own_model_only() {
+        let (mut opt, _) = LmOptimizer::<B>::new(&settings());
+        let model = tiny_model();
+        assert_eq!(
+            opt.to_record().check_fits(&model),
+            Ok(()),
+            "before any step"
+        );
+        let model = opt.step(1e-2, model.clone(), grads(&model, 0));
+        let record = opt.to_record();
+        assert_eq!(record.check_fits(&model), Ok(()));
+        let n = record.moment_1[0].shape().num_elements();
+        let short = LmOptimizerRecord {
+            time: record.time,
+            moment_1: vec![record.moment_1[0].clone().slice(0..n - 1)],
+            moment_2: record.moment_2.clone(),
+        };
+        let err = short.check_fits(&model).expect_err("one element short");
+        assert!(err.contains("does not fit"), "{err}");
     }
 }

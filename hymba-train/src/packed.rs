@@ -167,6 +167,24 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Unpack<'_, B> {
     }
 }
 
+/// The element count of each packed buffer of `module`'s parameters.
+pub(crate) fn chunk_sizes<B: Backend, M: Module<B>>(module: &M) -> Vec<usize> {
+    struct Sizes(Cursor, Vec<usize>);
+    impl<B: Backend> ModuleVisitor<B> for Sizes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let n = param.val().shape().num_elements();
+            let (chunk, _) = self.0.place(n);
+            if chunk == self.1.len() {
+                self.1.push(0);
+            }
+            self.1[chunk] += n;
+        }
+    }
+    let mut sizes = Sizes(Cursor::new(CHUNK_ELEMENTS), Vec::new());
+    module.visit(&mut sizes);
+    sizes.1
+}
+
 /// The ids of `module`'s parameters, in the packed layout's order.
 pub(crate) fn param_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamId> {
     struct Ids(Vec<ParamId>);
@@ -253,24 +271,21 @@ impl<B: AutodiffBackend> Packed<B> {
         self.chunks.iter().map(|c| c.shape().num_elements()).sum()
     }
 
+    /// `f` applied to every buffer.
+    fn map(self, f: impl FnMut(Tensor<B::InnerBackend, 1>) -> Tensor<B::InnerBackend, 1>) -> Self {
+        Self {
+            chunks: self.chunks.into_iter().map(f).collect(),
+        }
+    }
+
     /// Every gradient times `factor`.
     pub fn scale(self, factor: f64) -> Self {
-        let chunks = self
-            .chunks
-            .into_iter()
-            .map(|c| c.mul_scalar(factor))
-            .collect();
-        Self { chunks }
+        self.map(|c| c.mul_scalar(factor))
     }
 
     /// The buffers on `device` (one copy each).
     pub fn to_device(self, device: &Device<B>) -> Self {
-        let chunks = self
-            .chunks
-            .into_iter()
-            .map(|c| c.to_device(device))
-            .collect();
-        Self { chunks }
+        self.map(|c| c.to_device(device))
     }
 
     /// The global L2 norm of every gradient: one square-and-sum per buffer, read back once.
