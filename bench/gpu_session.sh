@@ -54,6 +54,12 @@
 #            kernels' steps lose the time their scan gains.
 #   s14step: session 14: `bench step --step-only` for hymba-125m bf16 8 × 2048 with
 #            HYMBA_SCAN_KERNEL=channel and =parallel, alternating ROUNDS (default 3) times.
+#   s18:     session 18, the issues' evidence on the committed build (each part can be left
+#            out with =0): MATMUL: `bench matmul` at 8192³ and the 1.5B projections, then
+#            PyTorch on the same products (#5); STEP: `bench step` hymba-125m bf16 8 x 2048
+#            with the model's matmul and with HYMBA_MATMUL=burn, alternating STEP_ROUNDS
+#            (default 1) times (#5's step-time change); SCAN: `bench scan` with the default
+#            kernels, time layout, no reference (#4).
 #   s15trace: session 15: hymba-125m bf16 8 × 2048 trainer steps under a CUPTI activity
 #            trace (bench/cupti_trace.c), summarised by bench/trace_summary.py: GPU idle
 #            time per step, true kernel durations with cuBLAS, launches per step.
@@ -596,6 +602,25 @@ s16)
     done
   done
   [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
+  ;;
+s18)
+  # Session 18: see the header.
+  use_cache
+  log="$OUT/s18_log.txt"
+  nvidia-smi -L | tee -a "$log"
+  if [ "${MATMUL:-1}" = 1 ]; then
+    LIMIT=${MATMUL_LIMIT:-240} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_s18.json" 2>&1 | grep -vE "^\s*$" | tail -24 | tee -a "$log"
+    LIMIT=90 step python3 bench/torch_matmul.py "$OUT/matmul_s18.json" "$OUT/matmul_torch_s18.json" 2>&1 | tail -24 | tee -a "$log"
+  fi
+  if [ "${STEP:-1}" = 1 ]; then
+    for round in $(seq ${STEP_ROUNDS:-1}); do
+      for mm in model burn; do
+        vars=; [ $mm = burn ] && vars="HYMBA_MATMUL=burn"
+        LIMIT=200 step env $vars .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16_matmul_${mm}_s18.json" 2>&1 | grep -vE "^\s*$" | tail -16 | sed "s/^/[$mm round $round] /" | tee -a "$log"
+      done
+    done
+  fi
+  [ "${SCAN:-1}" = 1 ] && LIMIT=${SCAN_LIMIT:-200} step .gpu/hymba-eval bench scan --backend cuda --kernel auto --layout time --no-reference --out "$OUT/scan_s18.json" 2>&1 | grep -vE "^\s*$" | tail -20 | tee -a "$log"
   ;;
 s17)
   # Session 17: see the header.
