@@ -54,12 +54,13 @@
 #            kernels' steps lose the time their scan gains.
 #   s14step: session 14: `bench step --step-only` for hymba-125m bf16 8 × 2048 with
 #            HYMBA_SCAN_KERNEL=channel and =parallel, alternating ROUNDS (default 3) times.
-#   s18:     session 18, the issues' evidence on the committed build (each part can be left
-#            out with =0): MATMUL: `bench matmul` at 8192³ and the 1.5B projections, then
-#            PyTorch on the same products (#5); STEP: `bench step` hymba-125m bf16 8 x 2048
-#            with the model's matmul and with HYMBA_MATMUL=burn, alternating STEP_ROUNDS
-#            (default 1) times (#5's step-time change); SCAN: `bench scan` with the default
-#            kernels, time layout, no reference (#4).
+#   s18:     session 18, the issues' evidence on the committed build (each part can be
+#            left out with =0): TESTS: the matmul GPU tests; MATMUL: `bench matmul` at
+#            8192³ and the 1.5B projections, then PyTorch on the same products (#5); STEP:
+#            `bench step` hymba-125m bf16 8 x 2048 with the model's matmul and with
+#            HYMBA_MATMUL=burn, alternating STEP_ROUNDS (default 1) times (#5's step-time
+#            change); SCAN: `bench scan` with the default kernels, time layout, no
+#            reference (#4).
 #   s15trace: session 15: hymba-125m bf16 8 × 2048 trainer steps under a CUPTI activity
 #            trace (bench/cupti_trace.c), summarised by bench/trace_summary.py: GPU idle
 #            time per step, true kernel durations with cuBLAS, launches per step.
@@ -608,6 +609,7 @@ s18)
   use_cache
   log="$OUT/s18_log.txt"
   nvidia-smi -L | tee -a "$log"
+  [ "${TESTS:-1}" = 1 ] && [ -x .gpu/matmul_gpu ] && LIMIT=${TEST_LIMIT:-150} step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | grep -E "^test |ordering|test result|panicked|warning|note|differ" | tee -a "$log"
   if [ "${MATMUL:-1}" = 1 ]; then
     LIMIT=${MATMUL_LIMIT:-240} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_s18.json" 2>&1 | grep -vE "^\s*$" | tail -24 | tee -a "$log"
     LIMIT=90 step python3 bench/torch_matmul.py "$OUT/matmul_s18.json" "$OUT/matmul_torch_s18.json" 2>&1 | tail -24 | tee -a "$log"
