@@ -21,10 +21,16 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::backend::AutodiffBackend;
 
-/// Elements per packed buffer: 2²⁸ f32 values, 1 GiB. It bounds the transient copy while
-/// packing and stays within wgpu's buffer limits; hymba-125m's gradients fit in one buffer,
-/// hymba-1.5b's in six.
-pub const CHUNK_ELEMENTS: usize = 1 << 28;
+/// Elements per packed buffer: 2²⁵ f32 values, 128 MiB, WebGPU's default limit for one
+/// storage-buffer binding. Larger buffers would save few operations (hymba-125m's
+/// parameters make four buffers, hymba-1.5b's 49) but fail where that limit holds: with
+/// 2²⁸, lavapipe could not allocate hymba-125m's 520 MB gradient buffer. A tensor larger
+/// than this still gets a buffer of its own, as it had before packing.
+pub const CHUNK_ELEMENTS: usize = 1 << 25;
+
+/// WebGPU's default `maxStorageBufferBindingSize`, in bytes.
+const WEBGPU_DEFAULT_BINDING_BYTES: usize = 128 << 20;
+const _: () = assert!(CHUNK_ELEMENTS * size_of::<f32>() <= WEBGPU_DEFAULT_BINDING_BYTES);
 
 /// The first of the `ParamId`s under which [`Packed::into_gradients`] files its
 /// buffers (buffer `i` under `PACKED_ID_BASE + i`), so that packed gradients travel through

@@ -14,9 +14,9 @@
 //! devices equals a one-device run with twice the accumulation.
 //!
 //! What crosses devices is packed ([`crate::packed`]): the new weights go out and the
-//! gradients come back as one copy per ≤ 1 GiB buffer, where forking the replica and moving
-//! its gradients tensor by tensor took ≈ 290 copies each way, each a blocking read of the
-//! source device's queue. The workers live for the whole run on purpose: CubeCL keeps one
+//! gradients come back as one copy per ≤ 128 MiB buffer, where forking the replica and
+//! moving its gradients tensor by tensor took ≈ 290 copies each way, each a blocking read of
+//! the source device's queue. The workers live for the whole run on purpose: CubeCL keeps one
 //! stream per (thread, device), and a thread spawned anew every step left each step's memory
 //! on device 1 behind until it ran out (CUDA, 2 × H200). The exchange uses burn's
 //! device-to-device copies (NCCL send/receive on CUDA) rather than burn's DDP, so it works
