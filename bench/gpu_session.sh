@@ -611,14 +611,15 @@ s18)
   nvidia-smi -L | tee -a "$log"
   [ "${TESTS:-1}" = 1 ] && [ -x .gpu/matmul_gpu ] && LIMIT=${TEST_LIMIT:-150} step .gpu/matmul_gpu --test-threads=1 --nocapture 2>&1 | grep -E "^test |ordering|test result|panicked|warning|note|differ" | tee -a "$log"
   if [ "${MATMUL:-1}" = 1 ]; then
-    LIMIT=${MATMUL_LIMIT:-240} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_s18.json" 2>&1 | grep -vE "^\s*$" | tail -24 | tee -a "$log"
+    LIMIT=${MATMUL_LIMIT:-420} step .gpu/hymba-eval bench matmul --backend cuda --presets hymba-1.5b --out "$OUT/matmul_s18.json" 2>&1 | grep -vE "^\s*$" | tail -24 | tee -a "$log"
     LIMIT=90 step python3 bench/torch_matmul.py "$OUT/matmul_s18.json" "$OUT/matmul_torch_s18.json" 2>&1 | tail -24 | tee -a "$log"
   fi
   if [ "${STEP:-1}" = 1 ]; then
     for round in $(seq ${STEP_ROUNDS:-1}); do
       for mm in model burn; do
         vars=; [ $mm = burn ] && vars="HYMBA_MATMUL=burn"
-        LIMIT=200 step env $vars .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16_matmul_${mm}_s18.json" 2>&1 | grep -vE "^\s*$" | tail -16 | sed "s/^/[$mm round $round] /" | tee -a "$log"
+        # burn's matmul autotunes every shape on first use: 200 s were not enough (session 18).
+        LIMIT=${STEP_LIMIT:-400} step env $vars .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16_matmul_${mm}_s18.json" 2>&1 | grep -vE "^\s*$" | tail -16 | sed "s/^/[$mm round $round] /" | tee -a "$log"
       done
     done
   fi
