@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder, RecorderError};
 use hymba_datasets::SamplerState;
 use serde::{Deserialize, Serialize};
 
@@ -97,15 +97,18 @@ pub fn load<B: Backend, MR: Record<B>, OR: Record<B>>(
     let model = rec
         .load(dir.join("model"), device)
         .map_err(|e| TrainError::io(dir.join("model.mpk"), e))?;
-    let optim = rec.load(dir.join("optim"), device).map_err(|e| {
-        TrainError::io(
+    let optim = rec.load(dir.join("optim"), device).map_err(|e| match e {
+        RecorderError::FileNotFound(_) => TrainError::io(dir.join("optim.mpk"), e),
+        // There but not decodable (burn reports decoding as `Unknown`): most likely the
+        // older format.
+        e => TrainError::io(
             dir.join("optim.mpk"),
             format!(
-                "not an optimizer state this hymba-train reads (checkpoints written before \
-                 the packed AdamW of 2026-12-05 hold burn's per-tensor state and cannot be \
-                 resumed): {e}"
+                "not an optimizer state this hymba-train reads (checkpoints written \
+                     before the packed AdamW of 2026-12-05 hold burn's per-tensor state and \
+                     cannot be resumed): {e}"
             ),
-        )
+        ),
     })?;
     Ok(Loaded {
         state,

@@ -254,11 +254,9 @@ impl<B: AutodiffBackend> Master<B> {
                 let value = param.val();
                 let n = value.shape().num_elements();
                 let keep = self.no_decay.contains(&param.id) || !value.is_require_grad();
-                let (chunk, _) = self.cursor.place(n);
-                if chunk == self.keeps.len() {
-                    self.keeps.push(Vec::new());
-                }
-                self.keeps[chunk].extend(std::iter::repeat_n(keep, n));
+                self.cursor
+                    .entry(n, &mut self.keeps)
+                    .extend(std::iter::repeat_n(keep, n));
             }
         }
         let mut visit = Keeps {

@@ -73,6 +73,21 @@ impl Cursor {
         }
     }
 
+    /// Places the next parameter, of `n` elements, and returns the entry of its buffer in
+    /// `per_buffer` (one entry per buffer, a default one added when a buffer begins): what
+    /// every visit that gathers something per buffer needs.
+    pub(crate) fn entry<'a, T: Default>(
+        &mut self,
+        n: usize,
+        per_buffer: &'a mut Vec<T>,
+    ) -> &'a mut T {
+        let (chunk, _) = self.place(n);
+        if chunk == per_buffer.len() {
+            per_buffer.push(T::default());
+        }
+        &mut per_buffer[chunk]
+    }
+
     /// Places the next parameter, of shape `dims`, and returns its view in `chunks`.
     pub(crate) fn view<B: Backend, const D: usize>(
         &mut self,
@@ -121,11 +136,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Pack<'_, B> {
             },
             Source::Weights => value.inner().reshape([n]),
         };
-        let (chunk, _) = self.cursor.place(n);
-        if chunk == self.groups.len() {
-            self.groups.push(Vec::new());
-        }
-        self.groups[chunk].push(flat);
+        self.cursor.entry(n, &mut self.groups).push(flat);
     }
 }
 
@@ -179,11 +190,7 @@ pub(crate) fn chunk_sizes<B: Backend, M: Module<B>>(module: &M) -> Vec<usize> {
     impl<B: Backend> ModuleVisitor<B> for Sizes {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let n = param.val().shape().num_elements();
-            let (chunk, _) = self.0.place(n);
-            if chunk == self.1.len() {
-                self.1.push(0);
-            }
-            self.1[chunk] += n;
+            *self.0.entry(n, &mut self.1) += n;
         }
     }
     let mut sizes = Sizes(Cursor::new(CHUNK_ELEMENTS), Vec::new());

@@ -426,19 +426,20 @@ where
             draws.iter().skip(d).step_by(devices).cloned().collect()
         };
         let main_model = learner.model();
-        // The optimizer's packed master weights (packed anew only at the first step).
-        let weights = (!workers.is_empty()).then(|| {
-            self.optimizer
+        if !workers.is_empty() {
+            // The optimizer's packed master weights (packed anew only at the first step).
+            let weights = self
+                .optimizer
                 .packed_weights(&main_model)
-                .unwrap_or_else(|| Packed::weights(&main_model))
-        });
-        for ((k, worker), weights) in workers.iter().enumerate().zip(weights.iter().cycle()) {
-            worker.send(ReplicaJob {
-                model: main_model.clone(),
-                weights: weights.clone(),
-                draws: share_of(k + 1),
-                micro_batches,
-            })?;
+                .unwrap_or_else(|| Packed::weights(&main_model));
+            for (k, worker) in workers.iter().enumerate() {
+                worker.send(ReplicaJob {
+                    model: main_model.clone(),
+                    weights: weights.clone(),
+                    draws: share_of(k + 1),
+                    micro_batches,
+                })?;
+            }
         }
         let mine = share_of(0);
         let mine: Vec<&Vec<usize>> = mine.iter().collect();
