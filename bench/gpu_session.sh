@@ -61,6 +61,13 @@
 #            HYMBA_MATMUL=burn, alternating STEP_ROUNDS (default 1) times (#5's step-time
 #            change); SCAN: `bench scan` with the default kernels, time layout, no
 #            reference (#4).
+#   s19:     session 19, the warp-per-channel scan kernels (hymba/src/scan/warp.rs, opt-in
+#            with HYMBA_SCAN_WARP=1): the scan-kernel tests on CUDA (TESTS, a test-name
+#            filter, default "kernel": the kernel-level ones and warp_kernels_equal_reference;
+#            TESTS=0 leaves them out), then `bench scan`, time layout, no reference, for each
+#            of VARIANTS (default "warp cube"): warp = HYMBA_SCAN_WARP=1, cube = the
+#            default (session 18's cube-per-channel plane kernels), i16 / i4 = warp at 16 / 4
+#            steps per unit, w2 / w8 = warp at 2 / 8 planes per cube; SHAPES=full|quick.
 #   s15trace: session 15: hymba-125m bf16 8 × 2048 trainer steps under a CUPTI activity
 #            trace (bench/cupti_trace.c), summarised by bench/trace_summary.py: GPU idle
 #            time per step, true kernel durations with cuBLAS, launches per step.
@@ -603,6 +610,25 @@ s16)
     done
   done
   [ "${BENCH_STEP:-1}" = 1 ] && LIMIT=200 step .gpu/hymba-eval bench step --backend cuda --preset hymba-125m --batch 8 --seq 2048 --precision bf16 --rounds 3 --out "$OUT/step_125m_b8_bf16.json" 2>&1 | grep -vE "^\s*$" | tail -16 | tee -a "$log"
+  ;;
+s19)
+  # Session 19: see the header.
+  log="$OUT/s19_log.txt"
+  nvidia-smi -L | tee -a "$log"
+  if [ "${TESTS:-kernel}" != 0 ] && [ -x .gpu/scan_kernel ]; then
+    LIMIT=${TEST_LIMIT:-240} step .gpu/scan_kernel --test-threads=1 ${TESTS:-kernel} 2>&1 | grep -E "^test |test result|panicked|differ|error" | tee -a "$log"
+  fi
+  for v in ${VARIANTS:-warp cube}; do
+    vars="HYMBA_SCAN_WARP=1"
+    case $v in
+      cube) vars= ;;
+      i16) vars="$vars HYMBA_SCAN_WARP_ITEMS=16" ;;
+      i4) vars="$vars HYMBA_SCAN_WARP_ITEMS=4" ;;
+      w2) vars="$vars HYMBA_SCAN_WARPS=2" ;;
+      w8) vars="$vars HYMBA_SCAN_WARPS=8" ;;
+    esac
+    LIMIT=${SCAN_LIMIT:-150} step env $vars .gpu/hymba-eval bench scan --backend cuda --kernel auto --layout time --no-reference --shapes ${SHAPES:-full} --out "$OUT/scan_s19_$v.json" 2>&1 | grep -vE "^\s*$" | tail -12 | sed "s/^/[$v] /" | tee -a "$log"
+  done
   ;;
 s18)
   # Session 18: see the header.

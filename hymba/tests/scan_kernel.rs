@@ -29,6 +29,7 @@ use hymba::scan::parallel::{set_parallel_group, set_parallel_threads};
 use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
 };
+use hymba::scan::warp::{WarpMode, set_warp_items, set_warp_mode};
 use hymba::scan::{ScanBackend, ScanInput, selective_scan, selective_scan_backward};
 use hymba::softmax::{
     AttentionBackend, MaskRule, masked_softmax, masked_softmax_backward,
@@ -41,14 +42,16 @@ type Cpu = NdArray<f32>;
 mod gpu {
     pub use burn::backend::Cuda as Fusion;
     pub use burn::backend::cuda::CudaDevice as Dev;
-    pub type Bare = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+    pub type Rt = cubecl::cuda::CudaRuntime;
+    pub type Bare = burn_cubecl::CubeBackend<Rt, f32, i32, u8>;
     pub const NAME: &str = "Cuda";
 }
 #[cfg(not(feature = "cuda"))]
 mod gpu {
     pub use burn::backend::Wgpu as Fusion;
     pub use burn::backend::wgpu::WgpuDevice as Dev;
-    pub type Bare = burn_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+    pub type Rt = burn::backend::wgpu::WgpuRuntime;
+    pub type Bare = burn_cubecl::CubeBackend<Rt, f32, i32, u32>;
     pub const NAME: &str = "Wgpu";
 }
 use gpu::Dev;
@@ -263,17 +266,27 @@ fn gpu_device() -> Dev {
 }
 
 fn check_forward<Bk: ScanBackend<Device = Dev>>(name: &str) {
+    let shapes: Vec<_> = SHAPES.iter().chain(PLANE_SHAPES).copied().collect();
+    let cases = [(false, false), (false, true), (true, false), (true, true)];
+    check_forward_on::<Bk>(name, &shapes, &cases);
+}
+
+/// The forward on `shapes` for each of `cases`: `(initial state, transposed)` (see
+/// [`move_to`]).
+fn check_forward_on<Bk: ScanBackend<Device = Dev>>(
+    name: &str,
+    shapes: &[(usize, usize, usize, usize)],
+    cases: &[(bool, bool)],
+) {
     let device = gpu_device();
-    for (k, &shape) in SHAPES.iter().chain(PLANE_SHAPES).enumerate() {
-        for with_state in [false, true] {
-            for transposed in [false, true] {
-                let x = inputs(shape, with_state, 10 + k as u64);
-                let (want_y, want_h) = selective_scan_reference(x.clone(), DEFAULT_CHUNK);
-                let (y, h) = selective_scan(move_to::<Bk>(&x, &device, transposed));
-                let what = format!("{name} {shape:?} state={with_state} transposed={transposed}");
-                assert_close(host(y), host(want_y), &format!("{what}: y"));
-                assert_close(host(h), host(want_h), &format!("{what}: last state"));
-            }
+    for (k, &shape) in shapes.iter().enumerate() {
+        for &(with_state, transposed) in cases {
+            let x = inputs(shape, with_state, 10 + k as u64);
+            let (want_y, want_h) = selective_scan_reference(x.clone(), DEFAULT_CHUNK);
+            let (y, h) = selective_scan(move_to::<Bk>(&x, &device, transposed));
+            let what = format!("{name} {shape:?} state={with_state} transposed={transposed}");
+            assert_close(host(y), host(want_y), &format!("{what}: y"));
+            assert_close(host(h), host(want_h), &format!("{what}: last state"));
         }
     }
 }
@@ -291,8 +304,6 @@ fn kernel_forward_equals_reference_cube() {
 }
 
 fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
-    let device = gpu_device();
-    let cpu = Default::default();
     // The long shapes are there for the forward kernels; the backward is not split. Over
     // 2 × 301 steps the time-summed dA of kernel and (f32) reference drift apart by up to
     // 4e-4 relative (lavapipe), which is summation order, not a different result. On CUDA
@@ -303,14 +314,29 @@ fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
     } else {
         &[]
     };
-    let shapes = SHAPES.iter().take(3).chain(plane_shape);
-    for (k, &shape) in shapes.enumerate() {
-        for (with_state, with_d_last, transposed) in [
-            (false, false, false),
-            (true, true, false),
-            (false, true, true),
-            (true, false, true),
-        ] {
+    let shapes: Vec<_> = SHAPES.iter().take(3).chain(plane_shape).copied().collect();
+    check_backward_on::<Bk>(name, &shapes, &BACKWARD_CASES);
+}
+
+/// `(initial state, gradient of the last state, transposed)` for [`check_backward`]: each
+/// flag on and off, each layout.
+const BACKWARD_CASES: [(bool, bool, bool); 4] = [
+    (false, false, false),
+    (true, true, false),
+    (false, true, true),
+    (true, false, true),
+];
+
+/// The backward on `shapes` for each of `cases` (see [`BACKWARD_CASES`]).
+fn check_backward_on<Bk: ScanBackend<Device = Dev>>(
+    name: &str,
+    shapes: &[(usize, usize, usize, usize)],
+    cases: &[(bool, bool, bool)],
+) {
+    let device = gpu_device();
+    let cpu = Default::default();
+    for (k, &shape) in shapes.iter().enumerate() {
+        for &(with_state, with_d_last, transposed) in cases {
             let x = inputs(shape, with_state, 20 + k as u64);
             let (b, d, s, t) = shape;
             let dy = random::<Cpu, 3>([b, d, t], &cpu);
@@ -355,6 +381,47 @@ fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
             }
         }
     }
+}
+
+/// The shape for the warp kernels at 4 steps per unit (chunks of 128): two batch rows, three
+/// chunks, the last ending past the sequence, and the second cube half idle (6 channels, 4
+/// planes per cube). One shape and one case each way, with an initial state and a last
+/// state's gradient: lavapipe compiles each kernel configuration for ~14 s (every emulated
+/// plane operation is two barriers), and a first version of this test with three shapes and
+/// every case took 272 s there.
+const WARP_SHAPE: (usize, usize, usize, usize) = (2, 6, 16, 300);
+
+/// The warp-per-channel kernels (`hymba::scan::warp`), forward and backward, against the
+/// reference: on CUDA with plane shuffles and emulated, on wgpu emulated (lavapipe has no
+/// plane operations, so this is where CI runs their code).
+#[test]
+fn warp_kernels_equal_reference() {
+    use cubecl::Runtime;
+    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
+    let client = gpu::Rt::client(&gpu_device());
+    let modes: &[WarpMode] = if cfg!(feature = "cuda") {
+        &[WarpMode::Planes, WarpMode::Emulated]
+    } else {
+        &[WarpMode::Emulated]
+    };
+    set_scan_kernel(ScanKernel::Parallel);
+    set_warp_items(4);
+    for &mode in modes {
+        set_warp_mode(Some(mode));
+        // Otherwise the cube kernels would run and this test would check nothing new.
+        assert_eq!(
+            hymba::scan::warp::usable(&client, 16),
+            Some(mode == WarpMode::Emulated),
+            "the warp kernels do not run here in mode {mode:?}"
+        );
+        // Time-innermost inputs only: the warp kernels see copies in that layout either way.
+        let name = format!("warp {mode:?}");
+        check_forward_on::<Bare>(&name, &[WARP_SHAPE], &[(true, false)]);
+        check_backward_on::<Bare>(&name, &[WARP_SHAPE], &[(true, true, false)]);
+    }
+    set_warp_mode(None);
+    set_warp_items(0);
+    set_scan_kernel(ScanKernel::Auto);
 }
 
 #[test]

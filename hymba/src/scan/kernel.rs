@@ -92,7 +92,8 @@ pub const SOURCE: u64 = fnv1a(
         include_str!("kernel.rs"),
         include_str!("parallel.rs"),
         include_str!("plane_bwd.rs"),
-        include_str!("channel.rs")
+        include_str!("channel.rs"),
+        include_str!("warp.rs")
     )
     .as_bytes(),
 );

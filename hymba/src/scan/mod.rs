@@ -32,6 +32,8 @@ pub mod parallel;
 mod plane_bwd;
 pub mod reference;
 pub mod reference_vjp;
+#[cfg(feature = "cube")]
+pub mod warp;
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;

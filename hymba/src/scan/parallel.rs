@@ -85,6 +85,12 @@ pub fn set_parallel_group(group: usize) {
     GROUP.store(group, Ordering::Relaxed);
 }
 
+/// Whether [`set_parallel_threads`] forces a cube size (then the cube kernels run, not
+/// [`super::warp`]'s).
+pub fn threads_forced() -> bool {
+    THREADS.load(Ordering::Relaxed) != 0
+}
+
 /// Units per cube for a sequence of `len` steps at `items` steps per unit: a power of two,
 /// at most [`MAX_THREADS`], no more than the sequence needs, and few enough that
 /// `floats_per_unit` f32s of shared memory each fit in `max_shared` bytes.
@@ -235,6 +241,9 @@ pub(super) fn forward<R: CubeRuntime>(x: Launch<R>, y: &CubeTensor<R>, h_last: &
     let states = x.a.shape().dims::<2>()[1];
     let dtype = x.u.dtype();
     let client = x.u.client.clone();
+    if let Some(emulate) = super::warp::usable(&client, states) {
+        return super::warp::forward(x, y, h_last, emulate);
+    }
     let max_shared = client.properties().hardware.max_shared_memory_size;
     let threads = threads_for(
         len,
@@ -329,6 +338,9 @@ pub(super) fn backward<R: CubeRuntime>(
     let states = x.a.shape().dims::<2>()[1];
     let dtype = x.u.dtype();
     let client = x.u.client.clone();
+    if let Some(emulate) = super::warp::usable(&client, states) {
+        return super::warp::backward(x, dy, d_last, emulate, alloc_like, alloc);
+    }
     let plane_threads = super::plane_bwd::threads(&client, len, states);
     if super::plane_bwd::usable(&client, plane_threads) {
         return super::plane_bwd::backward(x, dy, d_last, plane_threads, alloc_like, alloc);
