@@ -187,21 +187,41 @@ fn random<Bk: Backend, const D: usize>(shape: [usize; D], device: &Bk::Device) -
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
 
-/// Random inputs on the CPU (A = −exp(N(0, 1)) < 0).
-fn inputs(shape: (usize, usize, usize, usize), with_state: bool, seed: u64) -> ScanInput<Cpu> {
+/// Burn's CPU RNG is one per process, and the tests of this file run in parallel: draws
+/// made through [`seeded`] are the same whichever tests run beside them (without it, a
+/// neighbour's draws between the seed and ours changed the inputs from run to run).
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `draw` on the CPU device right after seeding its RNG with `seed`, under [`RNG`].
+fn seeded<T>(seed: u64, draw: impl FnOnce(&burn::backend::ndarray::NdArrayDevice) -> T) -> T {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     Cpu::seed(&device, seed);
+    draw(&device)
+}
+
+/// Random inputs on the CPU (A = −exp(N(0, 1)) < 0), seeded.
+fn inputs(shape: (usize, usize, usize, usize), with_state: bool, seed: u64) -> ScanInput<Cpu> {
+    seeded(seed, |device| draw_inputs(shape, with_state, device))
+}
+
+/// [`inputs`] from the RNG's current state (for [`seeded`] blocks that draw more).
+fn draw_inputs(
+    shape: (usize, usize, usize, usize),
+    with_state: bool,
+    device: &burn::backend::ndarray::NdArrayDevice,
+) -> ScanInput<Cpu> {
     let (b, d, s, t) = shape;
     ScanInput {
-        u: random([b, d, t], &device),
-        delta: random([b, d, t], &device),
-        a: random::<Cpu, 2>([d, s], &device).exp().neg(),
-        b: random([b, s, t], &device),
-        c: random([b, s, t], &device),
-        d: random([d], &device),
-        z: random([b, d, t], &device),
-        delta_bias: random([d], &device),
-        initial_state: with_state.then(|| random([b, d, s], &device)),
+        u: random([b, d, t], device),
+        delta: random([b, d, t], device),
+        a: random::<Cpu, 2>([d, s], device).exp().neg(),
+        b: random([b, s, t], device),
+        c: random([b, s, t], device),
+        d: random([d], device),
+        z: random([b, d, t], device),
+        delta_bias: random([d], device),
+        initial_state: with_state.then(|| random([b, d, s], device)),
     }
 }
 
@@ -334,13 +354,14 @@ fn check_backward_on<Bk: ScanBackend<Device = Dev>>(
     cases: &[(bool, bool, bool)],
 ) {
     let device = gpu_device();
-    let cpu = Default::default();
     for (k, &shape) in shapes.iter().enumerate() {
         for &(with_state, with_d_last, transposed) in cases {
-            let x = inputs(shape, with_state, 20 + k as u64);
             let (b, d, s, t) = shape;
-            let dy = random::<Cpu, 3>([b, d, t], &cpu);
-            let dh = with_d_last.then(|| random::<Cpu, 3>([b, d, s], &cpu));
+            let (x, dy, dh) = seeded(20 + k as u64, |cpu| {
+                let x = draw_inputs(shape, with_state, cpu);
+                let dy = random::<Cpu, 3>([b, d, t], cpu);
+                (x, dy, with_d_last.then(|| random::<Cpu, 3>([b, d, s], cpu)))
+            });
             let want = selective_scan_reference_backward(
                 x.clone().into_primitives(),
                 dy.clone().into_primitive().tensor(),
@@ -491,13 +512,14 @@ where
 {
     type Ref = Autodiff<Cpu>;
     let device = gpu_device();
-    let cpu = Default::default();
     for (k, &shape) in SHAPES.iter().take(2).enumerate() {
         for (with_state, use_h) in [(false, false), (true, true), (true, false)] {
-            let x = inputs(shape, with_state, 40 + k as u64);
             let (b, d, s, t) = shape;
-            let wy = random::<Cpu, 3>([b, d, t], &cpu);
-            let wh = random::<Cpu, 3>([b, d, s], &cpu);
+            let (x, wy, wh) = seeded(40 + k as u64, |cpu| {
+                let x = draw_inputs(shape, with_state, cpu);
+                let wy = random::<Cpu, 3>([b, d, t], cpu);
+                (x, wy, random::<Cpu, 3>([b, d, s], cpu))
+            });
 
             // Reference: the tensor-op scan differentiated by burn.
             let r = lift::<Cpu, Ref>(&x);
@@ -631,11 +653,11 @@ fn softmax_rules(tq: usize, tk: usize) -> Vec<(&'static str, MaskRule)> {
 /// that is no multiple of the cube size and spans two sweeps of it (301 keys).
 fn check_masked_softmax<Bk: AttentionBackend<Device = Dev>>() {
     let device = gpu_device();
-    let cpu = Default::default();
-    Cpu::seed(&cpu, 17);
     let (b, h, tq, tk) = (2, 3, 37, 301);
-    let scores = random::<Cpu, 4>([b, h, tq, tk], &cpu).mul_scalar(3.0);
-    let grad = random::<Cpu, 4>([b, h, tq, tk], &cpu);
+    let (scores, grad) = seeded(17, |cpu| {
+        let scores = random::<Cpu, 4>([b, h, tq, tk], cpu).mul_scalar(3.0);
+        (scores, random::<Cpu, 4>([b, h, tq, tk], cpu))
+    });
     for (name, rule) in softmax_rules(tq, tk) {
         let want = masked_softmax_reference(scores.clone(), rule);
         let got = masked_softmax(to::<Bk, 4>(&scores, &device), rule);
@@ -665,14 +687,20 @@ fn kernel_masked_softmax_equals_reference_cube() {
 /// the widest cube (301), and enough rows for several weight-gradient chunks (70 · 2).
 fn check_rms_norm<Bk: NormBackend<Device = Dev>>() {
     let device = gpu_device();
-    let cpu = Default::default();
-    Cpu::seed(&cpu, 23);
-    for [b, t, d] in [[3, 37, 16], [2, 70, 100], [1, 5, 301]] {
-        let x = random::<Cpu, 3>([b, t, d], &cpu)
-            .mul_scalar(3.0)
-            .add_scalar(0.5);
-        let w = random::<Cpu, 1>([d], &cpu).add_scalar(1.0);
-        let dy = random::<Cpu, 3>([b, t, d], &cpu);
+    let shapes = [[3, 37, 16], [2, 70, 100], [1, 5, 301]];
+    let draws: Vec<_> = seeded(23, |cpu| {
+        shapes
+            .iter()
+            .map(|&[b, t, d]| {
+                let x = random::<Cpu, 3>([b, t, d], cpu)
+                    .mul_scalar(3.0)
+                    .add_scalar(0.5);
+                let w = random::<Cpu, 1>([d], cpu).add_scalar(1.0);
+                (x, w, random::<Cpu, 3>([b, t, d], cpu))
+            })
+            .collect()
+    });
+    for ([b, t, d], (x, w, dy)) in shapes.into_iter().zip(draws) {
         let eps = 1e-6;
         let rows = |v: &Tensor<Cpu, 3>| v.clone().reshape([b * v.dims()[1], d]);
         let want = rms_norm_reference(rows(&x), w.clone(), eps);
@@ -713,14 +741,20 @@ fn kernel_rms_norm_equals_reference_cube() {
 /// decode-sized input (T = 1) and enough rows for several parameter-gradient chunks.
 fn check_conv<Bk: ConvBackend<Device = Dev>>() {
     let device = gpu_device();
-    let cpu = Default::default();
-    Cpu::seed(&cpu, 29);
     let k = 4;
-    for [b, t, d] in [[2, 45, 37], [3, 1, 300], [1, 150, 70]] {
-        let full = random::<Cpu, 3>([b, t + k - 1, d], &cpu).mul_scalar(2.0);
-        let w = random::<Cpu, 2>([d, k], &cpu).mul_scalar(0.5);
-        let bias = random::<Cpu, 1>([d], &cpu).mul_scalar(0.3);
-        let dy = random::<Cpu, 3>([b, t, d], &cpu);
+    let shapes = [[2, 45, 37], [3, 1, 300], [1, 150, 70]];
+    let draws: Vec<_> = seeded(29, |cpu| {
+        shapes
+            .iter()
+            .map(|&[b, t, d]| {
+                let full = random::<Cpu, 3>([b, t + k - 1, d], cpu).mul_scalar(2.0);
+                let w = random::<Cpu, 2>([d, k], cpu).mul_scalar(0.5);
+                let bias = random::<Cpu, 1>([d], cpu).mul_scalar(0.3);
+                (full, w, bias, random::<Cpu, 3>([b, t, d], cpu))
+            })
+            .collect()
+    });
+    for ([b, t, d], (full, w, bias, dy)) in shapes.into_iter().zip(draws) {
         let what = |part: &str| format!("conv {part} [{b}, {t}, {d}]");
         let want = causal_conv_silu_reference(full.clone(), w.clone(), bias.clone());
         let got = causal_conv_silu(
@@ -790,7 +824,7 @@ fn model_on_autodiff_gpu_equals_ndarray() {
     let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
     // The default: the tiny model's few sequences take the time-parallel kernels.
     set_scan_kernel(ScanKernel::Auto);
-    let cpu_model = common::tiny_model(21);
+    let cpu_model = seeded(21, |_| common::tiny_model(21));
     let config = HymbaConfig::tiny();
     let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 5);
     let (want_loss, want) =
@@ -824,7 +858,7 @@ fn model_on_autodiff_gpu_equals_ndarray() {
 fn fixed_shape_memory_gives_the_same_gradients() {
     let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
     set_scan_kernel(ScanKernel::Auto);
-    let cpu_model = common::tiny_model(22);
+    let cpu_model = seeded(22, |_| common::tiny_model(22));
     let config = HymbaConfig::tiny();
     let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 6);
     let device = gpu_device();

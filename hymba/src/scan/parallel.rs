@@ -212,6 +212,20 @@ pub fn vector_width<R: CubeRuntime>(tensors: &[&CubeTensor<R>], items: usize) ->
         .unwrap_or(1)
 }
 
+/// Whether `client`'s device adds f32 atomically (the plane backwards add dB and dC so).
+pub(super) fn adds_f32_atomically<R: CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+) -> bool {
+    use cubecl::features::AtomicUsage;
+    use cubecl::ir::{ElemType, FloatKind, StorageType, Type};
+    client
+        .properties()
+        .atomic_type_usage(Type::new(StorageType::Atomic(ElemType::Float(
+            FloatKind::F32,
+        ))))
+        .contains(AtomicUsage::Add)
+}
+
 /// `HYMBA_SCAN_PLANES=0` forbids the plane paths; read once per process (this sits on the
 /// path of every scan launch).
 fn planes_allowed() -> bool {
@@ -1027,6 +1041,74 @@ pub(crate) mod cube {
             sum += d;
         }
         sum
+    }
+
+    /// The backward's per-step seeds of a chunk, from its z (`zs`) and dy (`gs`): `g` =
+    /// ∂L/∂out = dy · silu(z) (y = out · silu(z); 0 past the sequence, where dy loads 0),
+    /// `out` = D·u (the gate's input, completed by the state walk), `dus` = g·D, `ddt` = 0.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn seed_chunk(
+        zs: &Array<f32>,
+        gs: &Array<f32>,
+        uu: &Array<f32>,
+        dv: f32,
+        g: &mut Array<f32>,
+        out: &mut Array<f32>,
+        dus: &mut Array<f32>,
+        ddt: &mut Array<f32>,
+        #[comptime] items: usize,
+    ) {
+        #[unroll]
+        for i in 0..items {
+            let zz = zs[i];
+            g[i] = gs[i] * zz * sigmoid(zz);
+            out[i] = dv * uu[i];
+            dus[i] = g[i] * dv;
+            ddt[i] = 0.0;
+        }
+    }
+
+    /// The backward's last pass over a chunk, from its delta (`ds`), z (`zs`) and dy (`gs`):
+    /// `ddt` (∂L/∂Δ) becomes ∂L/∂delta through the softplus (identity above 20, as the
+    /// forward's rule) and `out` (the gate's input) becomes dz; returns the chunk's
+    /// contributions `(Σ ∂L/∂delta, Σ g·u)` to d(delta_bias) and dD over steps inside the
+    /// sequence.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish_chunk(
+        ds: &Array<f32>,
+        zs: &Array<f32>,
+        gs: &Array<f32>,
+        g: &Array<f32>,
+        uu: &Array<f32>,
+        bias: f32,
+        ddt: &mut Array<f32>,
+        out: &mut Array<f32>,
+        t_first: usize,
+        len: usize,
+        #[comptime] items: usize,
+    ) -> (f32, f32) {
+        let mut d_bias = 0.0f32;
+        let mut d_d = 0.0f32;
+        #[unroll]
+        for i in 0..items {
+            let x = ds[i] + bias;
+            let mut dx = ddt[i];
+            if x <= 20.0 {
+                dx = ddt[i] * sigmoid(x);
+            }
+            let zz = zs[i];
+            let sz = sigmoid(zz);
+            let dzv = gs[i] * out[i] * sz * (1.0 + zz * (1.0 - sz));
+            if t_first + i < len {
+                d_bias += dx;
+                d_d += g[i] * uu[i];
+            }
+            ddt[i] = dx;
+            out[i] = dzv;
+        }
+        (d_bias, d_d)
     }
 
     /// Stores `items` consecutive f32 steps from `t_first` into a `[b, c, T]` row in its

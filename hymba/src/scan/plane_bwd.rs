@@ -47,15 +47,7 @@ pub fn items() -> usize {
 /// Whether [`backward`] can run on `client`'s device at this cube size: the plane paths are
 /// allowed ([`super::parallel::use_planes`]) and the device adds f32 atomically.
 pub fn usable<R: CubeRuntime>(client: &cubecl::client::ComputeClient<R>, threads: usize) -> bool {
-    use cubecl::features::AtomicUsage;
-    use cubecl::ir::{ElemType, FloatKind, StorageType, Type};
-    super::parallel::use_planes(client, threads)
-        && client
-            .properties()
-            .atomic_type_usage(Type::new(StorageType::Atomic(ElemType::Float(
-                FloatKind::F32,
-            ))))
-            .contains(AtomicUsage::Add)
+    super::parallel::use_planes(client, threads) && super::parallel::adds_f32_atomically(client)
 }
 
 /// Units per cube for a sequence of `len` steps at `states` states: whole planes as
@@ -171,8 +163,9 @@ mod cube {
     use cubecl::prelude::*;
 
     use super::PLANE;
-    use crate::scan::kernel::cube::sigmoid;
-    use crate::scan::parallel::cube::{load_dt, load_steps, plane_scan_pair, store_steps};
+    use crate::scan::parallel::cube::{
+        finish_chunk, load_dt, load_steps, plane_scan_pair, seed_chunk, store_steps,
+    };
 
     /// One cube per (channel, batch); see the module docs. `d_params[b, c, :]` =
     /// `[dA (S) | d initial_state (S) | dD | d delta_bias]`; `bounds[b, c, k, s]` (the state
@@ -351,15 +344,9 @@ mod cube {
             let sum_dt = load_dt::<F, N>(delta, d0, t_first, len, bv, &mut dt, items);
             load_steps::<F, N>(z, z0, t_first, len, &mut bb, items);
             load_steps::<F, N>(dy, g0, t_first, len, &mut cc, items);
-            #[unroll]
-            for i in 0..items {
-                // y = out · silu(z): g = ∂L/∂out (0 past the sequence, where dy loads 0).
-                let zz = bb[i];
-                ev[i] = cc[i] * zz * sigmoid(zz);
-                out[i] = dv * uu[i];
-                dus[i] = ev[i] * dv;
-                ddt[i] = 0.0;
-            }
+            seed_chunk(
+                &bb, &cc, &uu, dv, &mut ev, &mut out, &mut dus, &mut ddt, items,
+            );
             for s in 0..n_state {
                 let av = sav[s];
                 load_steps::<F, N>(bm, b0 + s * bs, t_first, len, &mut bb, items);
@@ -465,23 +452,11 @@ mod cube {
             load_steps::<F, N>(delta, d0, t_first, len, &mut bb, items);
             load_steps::<F, N>(z, z0, t_first, len, &mut cc, items);
             load_steps::<F, N>(dy, g0, t_first, len, &mut xv, items);
-            #[unroll]
-            for i in 0..items {
-                let x = bb[i] + bv;
-                let mut dx = ddt[i];
-                if x <= 20.0 {
-                    dx = ddt[i] * sigmoid(x);
-                }
-                let zz = cc[i];
-                let sz = sigmoid(zz);
-                let dzv = xv[i] * out[i] * sz * (1.0 + zz * (1.0 - sz));
-                if t_first + i < len {
-                    d_bias += dx;
-                    d_d += ev[i] * uu[i];
-                }
-                ddt[i] = dx;
-                out[i] = dzv;
-            }
+            let (chunk_bias, chunk_d) = finish_chunk(
+                &bb, &cc, &xv, &ev, &uu, bv, &mut ddt, &mut out, t_first, len, items,
+            );
+            d_bias += chunk_bias;
+            d_d += chunk_d;
             store_steps::<F, N>(du, du0, t_first, len, &dus, items);
             store_steps::<F, N>(ddelta, dd0, t_first, len, &ddt, items);
             store_steps::<F, N>(dz, dz0, t_first, len, &out, items);

@@ -144,19 +144,12 @@ pub fn usable<R: CubeRuntime>(
     client: &cubecl::client::ComputeClient<R>,
     states: usize,
 ) -> Option<bool> {
-    use cubecl::features::AtomicUsage;
-    use cubecl::ir::{ElemType, FloatKind, StorageType, Type};
     let emulate = match warp_mode() {
         WarpMode::Off => return None,
         WarpMode::Planes => false,
         WarpMode::Emulated => true,
     };
-    let atomics = client
-        .properties()
-        .atomic_type_usage(Type::new(StorageType::Atomic(ElemType::Float(
-            FloatKind::F32,
-        ))))
-        .contains(AtomicUsage::Add);
+    let atomics = super::parallel::adds_f32_atomically(client);
     let device = emulate || super::parallel::use_planes(client, PLANE);
     // The backward's dB/dC exchange: two buffers of dB and dC per plane, a pad per unit.
     let shared = 4 * 4 * warps(PLANE) * PLANE * (items() + 1);
@@ -307,7 +300,7 @@ mod cube {
 
     use super::PLANE;
     use crate::scan::kernel::cube::sigmoid;
-    use crate::scan::parallel::cube::{load_dt, load_steps, store_steps};
+    use crate::scan::parallel::cube::{finish_chunk, load_dt, load_steps, seed_chunk, store_steps};
 
     /// Lane `src`'s `(a, b)`, a unit's own where `src` is out of the plane (as CUDA's
     /// shuffles). This and the functions below are the kernels' plane operations: with
@@ -442,6 +435,42 @@ mod cube {
         (a, b)
     }
 
+    /// `(c_row, c)`: the channel of this unit's plane, and the one it computes. Planes past
+    /// the last channel compute the last channel's values (with `emulate` every unit must
+    /// reach every barrier) and write nothing of theirs (`c_row ≥ channels`).
+    #[cube]
+    fn plane_channel(channels: usize, #[comptime] warps: usize) -> (usize, usize) {
+        let c_row = CUBE_POS_X as usize * warps + UNIT_POS_X as usize / comptime!(PLANE);
+        let mut c = c_row;
+        if c_row >= channels {
+            c = channels - 1;
+        }
+        (c_row, c)
+    }
+
+    /// `(A, initial state)` of state `lane` of channel `c` (batch row `b`) for lanes below
+    /// `n_state` (lane s holds state s's), zeros elsewhere or without `has_h0`.
+    #[cube]
+    fn lane_states(
+        a: &Tensor<f32>,
+        h0: &Tensor<f32>,
+        b: usize,
+        c: usize,
+        #[comptime] n_state: usize,
+        #[comptime] has_h0: bool,
+    ) -> (f32, f32) {
+        let lane = UNIT_POS_X as usize % comptime!(PLANE);
+        let mut a_lane = 0.0f32;
+        let mut h = 0.0f32;
+        if lane < n_state {
+            a_lane = a[c * a.stride(0) + lane * a.stride(1)];
+            if has_h0 {
+                h = h0[b * h0.stride(0) + c * h0.stride(1) + lane * h0.stride(2)];
+            }
+        }
+        (a_lane, h)
+    }
+
     /// One plane per (channel, batch), `warps` channels per cube; see the module docs.
     #[cube(
         launch_unchecked,
@@ -477,24 +506,10 @@ mod cube {
         let lane = unit % plane;
         let pl = lane as u32;
         let mut lanes = SharedMemory::<f32>::new(comptime!(if emulate { 2 * units } else { 1 }));
-        // Planes past the last channel compute the last channel's values (with `emulate`
-        // every unit must reach every barrier) and write nothing.
-        let c_row = CUBE_POS_X as usize * warps + unit / plane;
+        let (c_row, c) = plane_channel(channels, warps);
         let valid = c_row < channels;
-        let mut c = c_row;
-        if !valid {
-            c = channels - 1;
-        }
         let b = CUBE_POS_Y as usize;
-        // Lane s holds A and the carried state of state s.
-        let mut a_lane = 0.0f32;
-        let mut carry = 0.0f32;
-        if lane < n_state {
-            a_lane = a[c * a.stride(0) + lane * a.stride(1)];
-            if has_h0 {
-                carry = h0[b * h0.stride(0) + c * h0.stride(1) + lane * h0.stride(2)];
-            }
-        }
+        let (a_lane, mut carry) = lane_states(a, h0, b, c, n_state, has_h0);
         let dv = dskip[c * dskip.stride(0)];
         let bv = bias[c * bias.stride(0)];
         let u0 = b * u.stride(0) + c * u.stride(1);
@@ -624,14 +639,9 @@ mod cube {
         let w = unit / plane;
         let mut lanes = SharedMemory::<f32>::new(comptime!(if emulate { 2 * units } else { 1 }));
         let first_channel = CUBE_POS_X as usize * warps;
-        // Planes past the last channel compute the last channel's values (so that they take
-        // part in every barrier) and write nothing but their own `bounds` rows.
-        let c_row = first_channel + w;
+        // Idle planes also write their own `bounds` rows (indexed by `c_row`).
+        let (c_row, c) = plane_channel(channels, warps);
         let valid = c_row < channels;
-        let mut c = c_row;
-        if !valid {
-            c = channels - 1;
-        }
         let b = CUBE_POS_Y as usize;
         let chunk = comptime!(PLANE * items);
         let n_chunks = (len + chunk - 1) / chunk;
@@ -649,14 +659,7 @@ mod cube {
             das_acc[s] = 0.0;
         }
 
-        let mut a_lane = 0.0f32;
-        let mut carry = 0.0f32;
-        if lane < n_state {
-            a_lane = a[c * a.stride(0) + lane * a.stride(1)];
-            if has_h0 {
-                carry = h0[b * h0.stride(0) + c * h0.stride(1) + lane * h0.stride(2)];
-            }
-        }
+        let (a_lane, mut carry) = lane_states(a, h0, b, c, n_state, has_h0);
         let dv = dskip[c * dskip.stride(0)];
         let bv = bias[c * bias.stride(0)];
         let u0 = b * u.stride(0) + c * u.stride(1);
@@ -738,15 +741,9 @@ mod cube {
             let sum_dt = load_dt::<F, N>(delta, d0, t_first, len, bv, &mut dt, items);
             load_steps::<F, N>(z, z0, t_first, len, &mut bb, items);
             load_steps::<F, N>(dy, g0, t_first, len, &mut cc, items);
-            #[unroll]
-            for i in 0..items {
-                // y = out · silu(z): g = ∂L/∂out (0 past the sequence, where dy loads 0).
-                let zz = bb[i];
-                ev[i] = cc[i] * zz * sigmoid(zz);
-                out[i] = dv * uu[i];
-                dus[i] = ev[i] * dv;
-                ddt[i] = 0.0;
-            }
+            seed_chunk(
+                &bb, &cc, &uu, dv, &mut ev, &mut out, &mut dus, &mut ddt, items,
+            );
             for s in 0..n_state {
                 let su = s as u32;
                 let av = lane_value(a_lane, su, &mut lanes, units, emulate);
@@ -838,23 +835,11 @@ mod cube {
             load_steps::<F, N>(delta, d0, t_first, len, &mut bb, items);
             load_steps::<F, N>(z, z0, t_first, len, &mut cc, items);
             load_steps::<F, N>(dy, g0, t_first, len, &mut xv, items);
-            #[unroll]
-            for i in 0..items {
-                let x = bb[i] + bv;
-                let mut dx = ddt[i];
-                if x <= 20.0 {
-                    dx = ddt[i] * sigmoid(x);
-                }
-                let zz = cc[i];
-                let sz = sigmoid(zz);
-                let dzv = xv[i] * out[i] * sz * (1.0 + zz * (1.0 - sz));
-                if t_first + i < len {
-                    d_bias += dx;
-                    d_d += ev[i] * uu[i];
-                }
-                ddt[i] = dx;
-                out[i] = dzv;
-            }
+            let (chunk_bias, chunk_d) = finish_chunk(
+                &bb, &cc, &xv, &ev, &uu, bv, &mut ddt, &mut out, t_first, len, items,
+            );
+            d_bias += chunk_bias;
+            d_d += chunk_d;
             if valid {
                 store_steps::<F, N>(du, du0, t_first, len, &dus, items);
                 store_steps::<F, N>(ddelta, dd0, t_first, len, &ddt, items);
