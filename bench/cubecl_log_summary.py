@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Summarises a CubeCL log written with a `cubecl.toml` in the working directory (session 10's
-device calls wrote one before a `bench step` run; see bench/results/README.md).
+"""Summarises a CubeCL log written with a `cubecl.toml` in the working directory (`bash bench/gpu.sh
+profile` writes one before three trainer steps).
 
     cubecl_log_summary.py profile LOG OUT.json [TOP]
         LOG holds CubeCL's profiling lines, `| <duration> | <kernel name>` (one per kernel

@@ -8,7 +8,7 @@
 //   A start end correlation name                                    (driver API calls)
 // A kernel and the API call that launched it share the correlation id.
 // Times are CUPTI's nanosecond timestamps. `bench/trace_summary.py --cupti FILE` reads them.
-// Built on the box by `bench/gpu_session.sh s15trace`, where the record struct names are
+// Built on the box by `bash bench/gpu.sh profile`, where the record struct names are
 // taken from the installed cupti_activity.h (KERNEL_T, MEMCPY_T).
 #include <cupti.h>
 #include <stdio.h>

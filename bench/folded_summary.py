@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Per-thread summary of folded stacks (`thread;outermost;...;innermost count` per line), as
-`hymba-train` writes them with `HYMBA_CPU_PROFILE` (see hymba-train/src/profile.rs).
+`hymba-train --cpu-profile FILE` writes them (see hymba-train/src/profile.rs).
 
 Usage: folded_summary.py FILE [TOP]
 

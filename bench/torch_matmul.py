@@ -40,7 +40,7 @@ def time_ms(fn, warmup, rounds, calls):
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     report = json.load(open(src))
-    # Exact f32 like ours (HYMBA_TF32 unset); bf16/f16 accumulate in f32 either way.
+    # Exact f32 like ours (allow_tf32 off); bf16/f16 accumulate in f32 either way.
     torch.backends.cuda.matmul.allow_tf32 = False
     for row in report["rows"]:
         dtype = DTYPES[row["dtype"]]

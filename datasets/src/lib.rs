@@ -36,7 +36,10 @@ pub use manifest::{DocMode, Manifest, Split};
 pub use multiple_choice::{McExample, ScoredSequence, continuation_tokens};
 pub use prepare::{PrepareConfig, PrepareProgress, PrepareReport, prepare};
 pub use recall::RecallExample;
-pub use sft::{MaskedTokens, Message, Packed, Role, SftExample, pack, render_chat, tokenize_chat};
+pub use sft::{
+    CHAT_TEMPLATE_JINJA, MaskedTokens, Message, Packed, Role, SftExample, pack, render_chat,
+    tokenize_chat,
+};
 pub use shard::{Shard, ShardHeader, ShardWriter, TokenDtype};
 pub use tokenizer::{BpeConfig, Tokenizer, train_bpe};
 pub use windows::{SamplerState, TokenStream, WindowDataset, WindowSampler};

@@ -1,7 +1,7 @@
 //! Supervised fine-tuning data: chat JSONL rendered with Hymba's chat template, a loss
 //! mask on the assistant's tokens, and packing into fixed-length sequences.
 //!
-//! Template (Hymba-1.5B-Instruct `tokenizer_config.json`, see `hymba_spec.md` §7):
+//! Template (Hymba-1.5B-Instruct `tokenizer_config.json`, see `docs/hymba_spec.md` §7):
 //!
 //! ```text
 //! <extra_id_0>System\n{system}\n\n<extra_id_1>User\n{user}\n<extra_id_1>Assistant\n{assistant}\n
@@ -29,6 +29,32 @@ pub const SYSTEM_HEADER: &str = "<extra_id_0>System\n";
 pub const USER_HEADER: &str = "<extra_id_1>User\n";
 /// Opens an assistant turn (and ends a generation prompt).
 pub const ASSISTANT_HEADER: &str = "<extra_id_1>Assistant\n";
+
+/// The chat template as a Jinja string, for `tokenizer_config.json`'s `chat_template`, so
+/// that `transformers`' `apply_chat_template` renders what [`render_chat`] and
+/// [`tokenize_chat`] do: `bos_token`, the template text, then `eos_token` when the last
+/// message is the assistant's; with `add_generation_prompt`, the assistant header instead of
+/// the EOS (= BOS + [`render_generation_prompt`]). Every newline sits inside a Jinja string
+/// literal, so HF's `trim_blocks` / `lstrip_blocks` change nothing.
+pub const CHAT_TEMPLATE_JINJA: &str = concat!(
+    "{{ bos_token }}{{ '<extra_id_0>System\n' }}",
+    "{% if messages|length > 0 and messages[0]['role'] == 'system' %}",
+    "{{ messages[0]['content'] + '\n' }}",
+    "{% endif %}",
+    "{{ '\n' }}",
+    "{% for message in messages %}",
+    "{% if message['role'] == 'user' %}",
+    "{{ '<extra_id_1>User\n' + message['content'] + '\n' }}",
+    "{% elif message['role'] == 'assistant' %}",
+    "{{ '<extra_id_1>Assistant\n' + message['content'] + '\n' }}",
+    "{% endif %}",
+    "{% endfor %}",
+    "{% if add_generation_prompt %}",
+    "{{ '<extra_id_1>Assistant\n' }}",
+    "{% elif messages|length > 0 and messages[-1]['role'] == 'assistant' %}",
+    "{{ eos_token }}",
+    "{% endif %}",
+);
 
 /// Who speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -210,6 +210,42 @@ impl Tokenizer {
         self.hash
     }
 
+    /// The text of token `id` (special tokens included), if the vocabulary has it.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The unknown token's text: the BPE model's `unk_token`, else `<unk>` when the
+    /// vocabulary has it; `None` for a byte-level BPE, which never needs one.
+    pub fn unk_token(&self) -> Option<String> {
+        if let tokenizers::models::ModelWrapper::BPE(bpe) = self.inner.get_model()
+            && let Some(unk) = &bpe.unk_token
+        {
+            return Some(unk.clone());
+        }
+        self.inner.token_to_id("<unk>").map(|_| "<unk>".to_string())
+    }
+
+    /// The `transformers` class that loads this `tokenizer.json` like we do:
+    /// `LlamaTokenizerFast` for a LLaMA-style vocabulary (a byte-fallback BPE with
+    /// `<unk>`=0, `<s>`=1, `</s>`=2, BOS added, no EOS), else the generic
+    /// `PreTrainedTokenizerFast`.
+    pub fn hf_class(&self) -> &'static str {
+        let byte_fallback = matches!(
+            self.inner.get_model(),
+            tokenizers::models::ModelWrapper::BPE(bpe) if bpe.byte_fallback
+        );
+        let llama_ids = self.inner.token_to_id("<unk>") == Some(0)
+            && self.inner.token_to_id("<s>") == Some(1)
+            && self.inner.token_to_id("</s>") == Some(2)
+            && (self.bos, self.eos) == (1, 2);
+        if byte_fallback && llama_ids {
+            "LlamaTokenizerFast"
+        } else {
+            "PreTrainedTokenizerFast"
+        }
+    }
+
     /// The wrapped `tokenizers::Tokenizer`, for anything this wrapper does not cover.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner

@@ -3,20 +3,23 @@
 
 mod common;
 
+use std::path::Path;
+
 use hymba_datasets::sft::render_chat;
 use hymba_datasets::{
     DataError, DpoExample, McExample, Message, PromptFormat, RecallExample, Role, SftExample,
     Tokenizer, default_tokenizer, pack, read_jsonl, tokenize_chat,
 };
 
-fn sft_examples(n: usize) -> Option<Vec<SftExample>> {
+/// The first `n` examples of each SFT fixture.
+fn sft_examples(n: usize) -> Vec<SftExample> {
     let mut out = Vec::new();
     for file in ["sft/natural_instructions.jsonl", "sft/topical_chat.jsonl"] {
-        for line in common::head_lines(file, n)? {
+        for line in common::head_lines(file, n) {
             out.push(serde_json::from_str(&line).unwrap());
         }
     }
-    Some(out)
+    out
 }
 
 /// Positions of masked tokens as runs `[start, end)`.
@@ -73,9 +76,7 @@ fn check_single_turn_mask(tok: &Tokenizer, ex: &SftExample) {
 
 #[test]
 fn sft_mask_covers_exactly_the_assistant_turn_default_tokenizer() {
-    let Some(examples) = sft_examples(40) else {
-        return;
-    };
+    let examples = sft_examples(40);
     let tok = default_tokenizer().unwrap();
     for ex in &examples {
         check_single_turn_mask(&tok, ex);
@@ -84,9 +85,7 @@ fn sft_mask_covers_exactly_the_assistant_turn_default_tokenizer() {
 
 #[test]
 fn sft_mask_covers_exactly_the_assistant_turn_llama() {
-    let (Some(examples), Some(tok)) = (sft_examples(40), common::llama()) else {
-        return;
-    };
+    let (examples, tok) = (sft_examples(40), common::llama());
     for ex in &examples {
         check_single_turn_mask(&tok, ex);
     }
@@ -127,9 +126,7 @@ fn sft_mask_covers_every_assistant_turn_of_a_dialogue() {
 
 #[test]
 fn packing_keeps_every_target_and_fills_fixed_windows() {
-    let Some(examples) = sft_examples(30) else {
-        return;
-    };
+    let examples = sft_examples(30);
     let tok = default_tokenizer().unwrap();
     let seqs: Vec<_> = examples.iter().map(|e| e.tokenize(&tok).unwrap()).collect();
     let seq_len = 1024;
@@ -219,93 +216,95 @@ fn malformed_sft_lines_are_reported_with_line_numbers() {
     );
 }
 
+/// Every record of `dir/rel`, read strictly (the first bad line fails the test).
 fn read_all<T: serde::de::DeserializeOwned + hymba_datasets::Validate>(
+    dir: &Path,
     rel: &str,
-) -> Option<Vec<T>> {
-    let r = read_jsonl::<T>(common::data_dir()?.join(rel), true).unwrap();
+) -> Vec<T> {
+    let r = read_jsonl::<T>(dir.join(rel), true).unwrap();
     assert!(r.skipped.is_empty());
-    Some(r.records)
+    r.records
 }
 
-#[test]
-fn every_shared_data_file_parses_and_validates() {
-    let Some(_) = common::data_dir() else { return };
-    let counts = [
-        (
-            "sft/natural_instructions.jsonl",
-            read_all::<SftExample>("sft/natural_instructions.jsonl")
-                .unwrap()
-                .len(),
-            9617,
-        ),
-        (
-            "sft/topical_chat.jsonl",
-            read_all::<SftExample>("sft/topical_chat.jsonl")
-                .unwrap()
-                .len(),
-            4000,
-        ),
-        (
-            "dpo/hhh_alignment.jsonl",
-            read_all::<DpoExample>("dpo/hhh_alignment.jsonl")
-                .unwrap()
-                .len(),
-            221,
-        ),
-        (
-            "dpo/qa_incorrect.jsonl",
-            read_all::<DpoExample>("dpo/qa_incorrect.jsonl")
-                .unwrap()
-                .len(),
-            6000,
-        ),
-        (
-            "eval/social_iqa.jsonl",
-            read_all::<McExample>("eval/social_iqa.jsonl")
-                .unwrap()
-                .len(),
-            1954,
-        ),
-        (
-            "eval/goal_step_wikihow.jsonl",
-            read_all::<McExample>("eval/goal_step_wikihow.jsonl")
-                .unwrap()
-                .len(),
-            3953,
-        ),
-        (
-            "eval/timedial.jsonl",
-            read_all::<McExample>("eval/timedial.jsonl").unwrap().len(),
-            2550,
-        ),
-        (
-            "eval/winogrande_twins.jsonl",
-            read_all::<McExample>("eval/winogrande_twins.jsonl")
-                .unwrap()
-                .len(),
-            4000,
-        ),
-        (
-            "eval/mmlu_dev.jsonl",
-            read_all::<McExample>("eval/mmlu_dev.jsonl").unwrap().len(),
-            281,
-        ),
-        (
-            "eval/recall_quoref.jsonl",
-            read_all::<RecallExample>("eval/recall_quoref.jsonl")
-                .unwrap()
-                .len(),
-            1400,
-        ),
-    ];
-    for (file, got, want) in counts {
-        assert_eq!(got, want, "{file}");
+/// The JSONL files of the shared data folder (mirrored in `fixtures/`), their formats and
+/// their line counts in the shared folder.
+const DATA_FILES: [(&str, Format, usize); 10] = [
+    ("sft/natural_instructions.jsonl", Format::Sft, 9617),
+    ("sft/topical_chat.jsonl", Format::Sft, 4000),
+    ("dpo/hhh_alignment.jsonl", Format::Dpo, 221),
+    ("dpo/qa_incorrect.jsonl", Format::Dpo, 6000),
+    ("eval/social_iqa.jsonl", Format::Mc, 1954),
+    ("eval/goal_step_wikihow.jsonl", Format::Mc, 3953),
+    ("eval/timedial.jsonl", Format::Mc, 2550),
+    ("eval/winogrande_twins.jsonl", Format::Mc, 4000),
+    ("eval/mmlu_dev.jsonl", Format::Mc, 281),
+    ("eval/recall_quoref.jsonl", Format::Recall, 1400),
+];
+
+#[derive(Clone, Copy)]
+enum Format {
+    Sft,
+    Dpo,
+    Mc,
+    Recall,
+}
+
+/// Reads every data file under `dir` strictly and returns `(file, records)`; checks the
+/// WinoGrande rows' partial-scoring contexts on the way.
+fn parse_all(dir: &Path) -> Vec<(&'static str, usize)> {
+    let mut counts = Vec::new();
+    for (file, format, _) in DATA_FILES {
+        let n = match format {
+            Format::Sft => read_all::<SftExample>(dir, file).len(),
+            Format::Dpo => read_all::<DpoExample>(dir, file).len(),
+            Format::Mc => read_all::<McExample>(dir, file).len(),
+            Format::Recall => read_all::<RecallExample>(dir, file).len(),
+        };
+        counts.push((file, n));
     }
-    let wino = read_all::<McExample>("eval/winogrande_twins.jsonl").unwrap();
+    let wino = read_all::<McExample>(dir, "eval/winogrande_twins.jsonl");
     assert!(
         wino.iter()
             .all(|w| w.partial.as_ref().is_some_and(|p| p.contexts.len() == 2))
     );
+    counts
+}
+
+#[test]
+fn every_fixture_file_parses_and_validates() {
+    for (file, n) in parse_all(&common::fixtures_dir()) {
+        assert!(n >= 5, "{file}: {n} records");
+    }
+}
+
+#[test]
+#[ignore = "needs ../shared/data (the large corpora); run by .ci/run"]
+fn every_shared_data_file_parses_and_validates() {
+    let counts = parse_all(&common::data_dir());
+    for ((file, got), (_, _, want)) in counts.into_iter().zip(DATA_FILES) {
+        assert_eq!(got, want, "{file}");
+    }
+}
+
+#[test]
+#[ignore = "needs ../shared/data (the large corpora); run by .ci/run"]
+fn shared_data_fixtures_are_verbatim_prefixes_of_the_shared_files() {
+    let (shared, fixtures) = (common::data_dir(), common::fixtures_dir());
+    let files = DATA_FILES.iter().map(|(f, _, _)| *f).chain([
+        "tokenizer/llama2/tokenizer.json",
+        "tokenizer/llama2/test_vectors.jsonl",
+        "tokenizer/llama2/NOTICE",
+    ]);
+    for file in files {
+        let ours = std::fs::read(fixtures.join(file)).unwrap();
+        let theirs = std::fs::read(shared.join(file)).unwrap();
+        assert!(
+            !ours.is_empty()
+                && theirs.starts_with(&ours)
+                && (ours.len() == theirs.len() || ours.ends_with(b"\n")),
+            "fixtures/{file} is not a whole-line prefix of ../shared/data/{file}"
+        );
+    }
 }
 
 #[test]
@@ -341,12 +340,10 @@ fn invalid_eval_records_are_rejected() {
 
 #[test]
 fn multiple_choice_scores_only_the_choice_tokens() {
-    let (Some(tok), Some(lines)) = (
+    let (tok, lines) = (
         common::llama(),
         common::head_lines("eval/social_iqa.jsonl", 5),
-    ) else {
-        return;
-    };
+    );
     for line in lines {
         let ex: McExample = serde_json::from_str(&line).unwrap();
         let ctx = tok.encode(&ex.context, true).unwrap();
@@ -383,9 +380,7 @@ fn multiple_choice_scores_only_the_choice_tokens() {
 
 #[test]
 fn dpo_pairs_share_the_prompt_and_mask_the_responses() {
-    let Some(lines) = common::head_lines("dpo/hhh_alignment.jsonl", 10) else {
-        return;
-    };
+    let lines = common::head_lines("dpo/hhh_alignment.jsonl", 10);
     let tok = default_tokenizer().unwrap();
     for line in lines {
         let ex: DpoExample = serde_json::from_str(&line).unwrap();

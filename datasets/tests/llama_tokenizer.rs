@@ -12,10 +12,9 @@ struct Vector {
 
 #[test]
 fn llama2_reproduces_every_test_vector() {
-    let (Some(dir), Some(tok)) = (common::data_dir(), common::llama()) else {
-        return;
-    };
-    let text = std::fs::read_to_string(dir.join("tokenizer/llama2/test_vectors.jsonl")).unwrap();
+    let tok = common::llama();
+    let text =
+        std::fs::read_to_string(common::fixture("tokenizer/llama2/test_vectors.jsonl")).unwrap();
     let vectors: Vec<Vector> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -39,7 +38,7 @@ fn llama2_reproduces_every_test_vector() {
 
 #[test]
 fn llama2_special_ids_and_vocab_size() {
-    let Some(tok) = common::llama() else { return };
+    let tok = common::llama();
     assert_eq!(tok.vocab_size(), 32001);
     assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (1, 2, 32000));
     assert_eq!(
@@ -54,7 +53,7 @@ fn llama2_special_ids_and_vocab_size() {
 
 #[test]
 fn hash_is_stable_across_save_and_reload() {
-    let Some(tok) = common::llama() else { return };
+    let tok = common::llama();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
     tok.save(&path).unwrap();

@@ -54,6 +54,10 @@ pub struct BenchMatmulArgs {
     /// round trip (`bench/torch_matmul.py` times PyTorch the same way).
     #[arg(long, default_value_t = 10)]
     pub calls: usize,
+    /// Let cuBLAS multiply f32 products as TF32 (`hymba::matmul::set_tf32`), as burn's own
+    /// CUDA kernel does; by default ours multiplies f32 exactly.
+    #[arg(long)]
+    pub tf32: bool,
 }
 
 /// One product `[m, k] · [k, n]`.
@@ -107,6 +111,8 @@ pub struct MatmulReport {
     pub rounds: usize,
     /// Products queued per round (the times are per product).
     pub calls: usize,
+    /// Whether our f32 products ran as TF32 (`--tf32`).
+    pub tf32: bool,
     /// One row per (shape, dtype).
     pub rows: Vec<MatmulRow>,
 }
@@ -290,6 +296,7 @@ impl BackendRunner for MatmulBenchJob {
                         device: format!("{device:?}"),
                         rounds: r,
                         calls,
+                        tf32: hymba::matmul::tf32_allowed(),
                         rows: rows.clone(),
                     };
                     // Best effort: the final write reports errors.
@@ -345,12 +352,14 @@ pub fn run(args: BenchMatmulArgs) -> Result<MatmulReport, BenchError> {
          of {} products each",
         args.rounds, args.calls
     );
+    hymba::matmul::set_tf32(args.tf32);
     let (device, rows) = run_on(kind, args.target.device, job)?;
     let report = MatmulReport {
         backend: kind.to_string(),
         device,
         rounds: args.rounds,
         calls: args.calls,
+        tf32: args.tf32,
         rows,
     };
     if let Some(path) = &args.target.out {

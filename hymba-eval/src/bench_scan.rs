@@ -14,13 +14,13 @@
 //! memory budget it is timed on a prefix of the sequence and scaled to the full length (it
 //! is linear in T), and the row says so (`ref_fwd_bwd_seq`).
 //!
-//! On wgpu and CUDA every kernel variant is timed by default (`--kernel all`): `tiled`
-//! (inputs staged through shared memory, one unit per channel), `direct` (untiled),
-//! `parallel` (time split among a cube's units) and `channel` (the units of a channel walk it,
-//! reading the channels-innermost layout with no copies); see `hymba::scan::kernel`. Each in
-//! both input layouts by default (`--layout both`): time innermost, as `mamba_ssm` takes its
-//! inputs, and the model's (channels innermost); a kernel that wants the other layout makes
-//! its copies inside the timed call.
+//! On wgpu and CUDA both scan designs are timed by default (`--kernel all`): `warp` (one
+//! plane of 32 lanes per channel, time split among the lanes: the CUDA design; where the
+//! device has no planes of 32 it falls back to `tiled`) and `tiled` (one unit per channel,
+//! inputs staged through shared memory: the portable design); see `hymba::scan::cube`.
+//! `auto` is what the model runs. Each in both input layouts by default (`--layout both`):
+//! time innermost, as `mamba_ssm` takes its inputs, and the model's (channels innermost); a
+//! kernel that wants the other layout makes its copies inside the timed call.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -88,8 +88,8 @@ pub struct BenchScanArgs {
     /// nvidia-smi on CUDA, else unknown).
     #[arg(long)]
     pub peak_gbps: Option<f64>,
-    /// Kernel variants on wgpu/cuda: tiled, direct, parallel, channel, auto (per shape and
-    /// layout, the default outside this bench), or all four of the first.
+    /// Scan design on wgpu/cuda: warp (CUDA's; tiled where the device has no planes of 32),
+    /// tiled (the portable one), auto (what the model runs), or all (warp and tiled).
     #[arg(long, default_value = "all")]
     pub kernel: String,
     /// Input layout: `time` (`[b, d, T]` contiguous, time innermost, as `mamba_ssm` takes
@@ -170,8 +170,7 @@ pub struct ScanBenchRow {
     pub shape: ScanShape,
     /// Storage dtype of u, delta, z, B, C, y (`f32` or `bf16`); compute is f32.
     pub dtype: String,
-    /// Scan kernel variant on CubeCL backends (`tiled`, `direct`, `parallel`, `channel`,
-    /// `auto`); `-` elsewhere.
+    /// Scan design on CubeCL backends (`warp`, `tiled`, `auto`); `-` elsewhere.
     pub kernel: String,
     /// Input layout: `time` (time innermost) or `model` (channels innermost).
     pub layout: String,
@@ -227,7 +226,7 @@ pub struct ScanBenchJob {
     pub rounds: usize,
     /// Warm-up rounds.
     pub warmup: usize,
-    /// Kernel variants to time (`tiled`, `direct`, ...; `-` = the backend's only path).
+    /// Scan designs to time (`warp`, `tiled`, `auto`; `-` = the backend's only path).
     pub kernels: Vec<String>,
     /// Input layouts to time: `false` = time innermost, `true` = the model's.
     pub layouts: Vec<bool>,
@@ -467,13 +466,11 @@ pub fn run(args: BenchScanArgs) -> Result<ScanBenchReport, BenchError> {
     };
     let kernels: Vec<String> = match (kind, args.kernel.as_str()) {
         (BackendKind::NdArray, _) => vec!["-".into()],
-        (_, "all") => ["tiled", "direct", "parallel", "channel"]
-            .map(String::from)
-            .to_vec(),
-        (_, k @ ("tiled" | "direct" | "parallel" | "channel" | "auto")) => vec![k.into()],
+        (_, "all") => ["warp", "tiled"].map(String::from).to_vec(),
+        (_, k @ ("warp" | "tiled" | "auto")) => vec![k.into()],
         (_, other) => {
             return Err(BenchError::Arg(format!(
-                "--kernel {other}: expected tiled, direct, parallel, channel, auto or all"
+                "--kernel {other}: expected warp, tiled, auto or all"
             )));
         }
     };

@@ -91,6 +91,14 @@ pub struct BenchStepArgs {
     /// parts and modules, e.g. to profile exactly the kernels of the trainer's steps.
     #[arg(long)]
     pub step_only: bool,
+    /// The projections' matmul on CUDA: `cublas` (what the model runs) or `burn` (burn's
+    /// own kernel, to measure what cuBLAS buys; `hymba::matmul::set_cublas`). Other
+    /// backends run burn's kernel either way.
+    #[arg(long, default_value = "cublas", value_parser = ["cublas", "burn"])]
+    pub matmul: String,
+    /// Let cuBLAS multiply f32 products as TF32, as hymba-train's `allow_tf32 = true` does.
+    #[arg(long)]
+    pub tf32: bool,
 }
 
 /// One part of the step.
@@ -125,6 +133,10 @@ pub struct StepReport {
     pub meta_tokens: usize,
     /// Compute dtype (`f32` or `bf16`; weights and optimizer state are f32 in both).
     pub precision: String,
+    /// The projections' matmul asked for (`--matmul`: `cublas` or `burn`).
+    pub matmul: String,
+    /// Whether f32 products may run as TF32 (`--tf32`).
+    pub tf32: bool,
     /// The whole step (data, forward, backward, optimizer), ms.
     pub step_ms: f64,
     /// Forward + backward alone, ms.
@@ -585,6 +597,13 @@ impl BackendRunner for StepBenchJob {
             seq: t,
             meta_tokens: c.num_memory_tokens,
             precision: format!("{:?}", self.compute).to_lowercase(),
+            matmul: if hymba::matmul::cublas_enabled() {
+                "cublas"
+            } else {
+                "burn"
+            }
+            .into(),
+            tf32: hymba::matmul::tf32_allowed(),
             step_ms,
             fwd_bwd_ms,
             forward_ms,
@@ -635,9 +654,18 @@ pub fn run(args: BenchStepArgs) -> Result<StepReport, BenchError> {
         },
         step_only: args.step_only,
     };
+    hymba::matmul::set_cublas(args.matmul == "cublas");
+    hymba::matmul::set_tf32(args.tf32);
     println!(
-        "training step of {} on {kind}: batch {} × seq {}, {} compute, median of {} rounds",
-        job.model_name, args.batch, args.seq, args.precision, args.rounds
+        "training step of {} on {kind}: batch {} × seq {}, {} compute, {} matmul{}, median of \
+         {} rounds",
+        job.model_name,
+        args.batch,
+        args.seq,
+        args.precision,
+        args.matmul,
+        if args.tf32 { " (TF32)" } else { "" },
+        args.rounds
     );
     let report = run_on(kind, args.target.device, job)??;
     let mfu = report

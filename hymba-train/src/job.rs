@@ -52,6 +52,9 @@ pub struct TrainJob {
     /// Data-parallel devices beyond the one `run_on` was given (device indices of the same
     /// backend; empty: one device). See [`crate::strategy`] for what a step does with them.
     pub replicas: Vec<u16>,
+    /// Print the phases of every optimizer step (`--step-times`; the device is synchronised
+    /// after each phase, which costs a little).
+    pub step_times: bool,
 }
 
 impl TrainJob {
@@ -65,6 +68,7 @@ impl TrainJob {
             backend,
             init: None,
             replicas: Vec::new(),
+            step_times: false,
         }
     }
 
@@ -444,6 +448,7 @@ where
     let stage = job.stage;
     let compute = job.compute_dtype()?;
     prepare_out_dir(&run, job.resume)?;
+    hymba::matmul::set_tf32(run.allow_tf32);
     if let Some(dtype) = compute {
         eprintln!("precision: {dtype:?} compute, f32 master weights and optimizer state");
     }
@@ -558,6 +563,7 @@ where
         device: device.clone(),
         log: log.clone(),
         validate: has_valid,
+        step_times: job.step_times,
     };
     let mut training =
         SupervisedTraining::new(&run.out_dir, Arc::new(train_loader), Arc::new(valid_loader))
@@ -600,7 +606,10 @@ where
     }
     let model: Hymba<B::InnerBackend> = result.model.hymba;
     let model_dir = run.out_dir.join("model");
-    save_model(&model, &tok, &model_dir)?;
+    // SFT, and DPO on chat-format pairs, leave a chat model: its chat template is saved too.
+    let chat = stage == Stage::Sft
+        || (stage == Stage::Dpo && run.dpo.prompt_format == crate::run_config::PromptStyle::Chat);
+    save_model(&model, &tok, &model_dir, chat)?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -635,15 +644,17 @@ fn device_with_index<D: DeviceOps>(like: &D, index: u16) -> D {
 }
 
 /// Writes the trained model in the HF layout (`config.json`, `model.safetensors`,
-/// `tokenizer.json`), loadable by `hymba-eval generate --model DIR` and by the reference
+/// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json`, the chat template
+/// included when `chat`), loadable by `hymba-eval generate --model DIR` and by the reference
 /// Python code.
 fn save_model<B: HymbaBackend>(
     model: &Hymba<B>,
     tok: &Tokenizer,
     dir: &Path,
+    chat: bool,
 ) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     hymba::save_pretrained(model, dir, &hymba::SaveOptions::default())?;
     tok.save(dir.join("tokenizer.json"))?;
-    Ok(())
+    crate::hf_files::write_side_files(dir, tok, &model.config, chat)
 }

@@ -9,6 +9,7 @@ pub mod data;
 pub mod dpo;
 pub mod error;
 pub mod flops;
+pub mod hf_files;
 pub mod job;
 pub mod logger;
 pub mod metrics;

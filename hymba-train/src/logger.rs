@@ -8,7 +8,7 @@
 //! whether it is enabled, on every call. [`ExperimentLog`] writes the same file with the same
 //! filter (INFO and above; `wgpu`'s INFO chatter dropped), but says so in the filter's level
 //! hint, so that those call sites are switched off once, when first seen. (On an H200 the
-//! hymba-125m step time did not change measurably, session 12: the checks are cheap, but
+//! hymba-125m step time did not change measurably, 2026-12-04: the checks are cheap, but
 //! they are not free and the hint is what tracing asks for.)
 
 use std::path::{Path, PathBuf};

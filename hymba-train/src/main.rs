@@ -15,6 +15,38 @@ use hymba_train::{RunConfig, Stage, TrainJob};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    profile: ProfileArgs,
+}
+
+/// Host-side profiling of the run (a build with the `cpu-profile` feature).
+#[derive(Args, Debug)]
+struct ProfileArgs {
+    /// Sample every thread of the process ~1,000 times per CPU-second and write the stacks to
+    /// FILE in the folded format of flame-graph tools when the run ends. Needs a build with
+    /// `--features cpu-profile`.
+    #[arg(long, value_name = "FILE", global = true, help_heading = "Profiling")]
+    cpu_profile: Option<PathBuf>,
+    /// With --cpu-profile: from SECS seconds after the start on, sample the main thread and
+    /// the device-service threads every millisecond of wall time instead of CPU time, so
+    /// that a blocked thread is sampled where it waits.
+    #[arg(
+        long,
+        value_name = "SECS",
+        global = true,
+        help_heading = "Profiling",
+        requires = "cpu_profile",
+        value_parser = parse_secs
+    )]
+    cpu_profile_wall: Option<f64>,
+}
+
+/// A number of seconds ≥ 0.
+fn parse_secs(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds ≥ 0"))
 }
 
 /// What every stage takes.
@@ -40,6 +72,11 @@ struct RunArgs {
     /// Continue from the newest checkpoint in the run's out_dir.
     #[arg(long)]
     resume: bool,
+    /// Print the time of each phase of every optimizer step (data, forward, backward,
+    /// accumulate, other devices, clip, optimizer) on stderr. The device is synchronised
+    /// after each phase, which slows the step a little.
+    #[arg(long)]
+    step_times: bool,
     /// `key=value` overrides of the run config, e.g. `steps=100 optimizer.lr=1e-3`.
     overrides: Vec<String>,
 }
@@ -93,6 +130,7 @@ fn train(stage: Stage, args: RunArgs, init: Option<PathBuf>) -> Result<()> {
         resume: args.resume,
         init,
         replicas: replicas.to_vec(),
+        step_times: args.step_times,
         ..TrainJob::new(stage, config, kind)
     };
     let report = run_on(kind, usize::from(main), job)??;
@@ -126,7 +164,17 @@ fn train(stage: Stage, args: RunArgs, init: Option<PathBuf>) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     #[cfg(feature = "cpu-profile")]
-    let profile = hymba_train::profile::CpuProfile::from_env();
+    let profile = cli.profile.cpu_profile.clone().and_then(|path| {
+        hymba_train::profile::CpuProfile::start(path, cli.profile.cpu_profile_wall)
+    });
+    #[cfg(not(feature = "cpu-profile"))]
+    if cli.profile.cpu_profile.is_some() || cli.profile.cpu_profile_wall.is_some() {
+        eprintln!(
+            "error: --cpu-profile needs a hymba-train built with the cpu-profile feature \
+             (cargo build -p hymba-train --features cpu-profile)"
+        );
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         None => train(Stage::Pretrain, RunArgs::default_main(), None),
         Some(Command::Pretrain { run }) => train(Stage::Pretrain, run, None),

@@ -1,4 +1,4 @@
-//! Host-side CPU profile of a run: `HYMBA_CPU_PROFILE=FILE` in a build with the
+//! Host-side CPU profile of a run: `hymba-train --cpu-profile FILE` in a build with the
 //! `cpu-profile` feature samples every thread of the process ~1,000 times per CPU-second
 //! (SIGPROF, `pprof`) and writes the stacks in the folded format of flame-graph tools
 //! (`thread;outermost;…;innermost count` per line) when the run ends.
@@ -11,7 +11,7 @@
 //!
 //! CPU time alone cannot show a thread that waits: burn's fusion server and cubecl's device
 //! server hand work to each other through queues and blocking calls. With
-//! `HYMBA_CPU_PROFILE_WALL=SECS` a helper thread, from SECS seconds after the start (past
+//! `--cpu-profile-wall SECS` a helper thread, from SECS seconds after the start (past
 //! compilation and autotuning), sends SIGPROF to the main thread and to the device-service
 //! threads (`DS…`) every millisecond of wall time, so a blocked thread is
 //! sampled where it waits (the handler is installed with SA_RESTART; parked threads wake,
@@ -34,20 +34,11 @@ pub struct CpuProfile {
 }
 
 impl CpuProfile {
-    /// Starts sampling if `HYMBA_CPU_PROFILE` names a file; `None` (with a warning on stderr
-    /// if the profiler cannot start) otherwise.
-    pub fn from_env() -> Option<Self> {
-        let path = PathBuf::from(std::env::var_os("HYMBA_CPU_PROFILE")?);
-        let wall = std::env::var("HYMBA_CPU_PROFILE_WALL").ok().and_then(|v| {
-            let delay = v.parse::<f64>().ok().filter(|d| d.is_finite() && *d >= 0.0);
-            if delay.is_none() {
-                eprintln!(
-                    "warning: HYMBA_CPU_PROFILE_WALL={v:?} is not a number of seconds ≥ 0; \
-                     profiling CPU time"
-                );
-            }
-            delay
-        });
+    /// Starts sampling, to be written to `path` when dropped: CPU time, or with
+    /// `wall = Some(delay)` wall-clock time from `delay` seconds on (see the module docs).
+    /// `None`, with a warning on stderr, if the profiler cannot start.
+    pub fn start(path: PathBuf, wall: Option<f64>) -> Option<Self> {
+        let wall = wall.filter(|d| d.is_finite() && *d >= 0.0);
         match pprof::ProfilerGuardBuilder::default()
             .frequency(if wall.is_some() { 1 } else { 997 })
             .blocklist(&["libc", "libgcc", "pthread", "vdso"])
@@ -61,7 +52,7 @@ impl CpuProfile {
                 Some(Self { guard, path, stop })
             }
             Err(e) => {
-                eprintln!("warning: HYMBA_CPU_PROFILE: the profiler did not start: {e}");
+                eprintln!("warning: --cpu-profile: the profiler did not start: {e}");
                 None
             }
         }
@@ -119,7 +110,7 @@ fn spawn_wall_sampler(delay: Duration, stop: Arc<AtomicBool>) {
             }
         });
     if let Err(e) = spawned {
-        eprintln!("warning: HYMBA_CPU_PROFILE_WALL: no sampler thread: {e}");
+        eprintln!("warning: --cpu-profile-wall: no sampler thread: {e}");
     }
 }
 
@@ -143,7 +134,7 @@ impl Drop for CpuProfile {
         self.stop.store(true, Ordering::Relaxed);
         match self.write() {
             Ok(n) => eprintln!("cpu profile: {n} stacks written to {}", self.path.display()),
-            Err(e) => eprintln!("warning: HYMBA_CPU_PROFILE: {}: {e}", self.path.display()),
+            Err(e) => eprintln!("warning: --cpu-profile: {}: {e}", self.path.display()),
         }
     }
 }

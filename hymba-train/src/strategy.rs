@@ -47,7 +47,7 @@ use crate::error::TrainError;
 use crate::model::{LanguageModel, LmStats};
 use crate::optim::{LmOptimizer, OptimizerHandle};
 use crate::packed::{Packed, clip_global_norm};
-use crate::run_config::{NanPolicy, RunConfig};
+use crate::run_config::{CudaMemory, NanPolicy, RunConfig};
 use crate::schedule::LrSchedule;
 
 /// The learning components of a Hymba pretraining run on autodiff backend `B`.
@@ -72,14 +72,7 @@ pub struct RunLog {
     pub error: Option<TrainError>,
 }
 
-/// Whether to time the phases of every optimizer step (`HYMBA_STEP_TIMES=1`): the device is
-/// synchronised after each phase, which costs a little, so it is off by default.
-fn phase_timing() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("HYMBA_STEP_TIMES").as_deref() == Ok("1"))
-}
-
-/// Seconds spent in each phase of a step on the main device (with [`phase_timing`]).
+/// Seconds spent in each phase of a step on the main device (printed with `--step-times`).
 #[derive(Debug, Default, Clone, Copy)]
 struct Phases {
     /// Building the micro-batches' tensors.
@@ -92,9 +85,10 @@ struct Phases {
     accumulate: f64,
 }
 
-/// Waits for the device when phases are timed.
-fn phase_sync<B: burn::tensor::backend::Backend>(device: &B::Device) {
-    if phase_timing() {
+/// Waits for the device when phases are timed (`timed`), so that each phase's time is its
+/// own; otherwise the device runs ahead of the host.
+fn phase_sync<B: burn::tensor::backend::Backend>(device: &B::Device, timed: bool) {
+    if timed {
         let _ = B::sync(device);
     }
 }
@@ -140,12 +134,14 @@ impl StepFigures {
 /// Forward and backward of `draws` (item indices of one micro-batch each) on one device:
 /// the summed gradients (packed, on that device) and the figures. Every micro-batch's loss
 /// is scaled by `1 / micro_batches`, the number of micro-batches in the whole optimizer step.
+/// With `timed`, the device is synchronised after each phase ([`phase_sync`]).
 fn run_micro_batches<B>(
     train: &TrainData,
     model: &LanguageModel<B>,
     device: &B::Device,
     draws: &[&Vec<usize>],
     micro_batches: usize,
+    timed: bool,
 ) -> Result<(Option<Packed<B>>, StepFigures), TrainError>
 where
     B: AutodiffBackend + HymbaBackend,
@@ -156,7 +152,7 @@ where
     for indices in draws {
         let t = Instant::now();
         let batch = train.batch::<B>(indices, share as f32, device)?;
-        phase_sync::<B>(device);
+        phase_sync::<B>(device, timed);
         figures.phases.data += t.elapsed().as_secs_f64();
         // `TrainStep::step`, in its two halves (the loss is read back inside `loss`).
         let t = Instant::now();
@@ -164,7 +160,7 @@ where
         figures.phases.forward += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let out = TrainOutput::new(model, loss.backward(), item);
-        phase_sync::<B>(device);
+        phase_sync::<B>(device, timed);
         figures.phases.backward += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let packed = Packed::gradients(model, out.grads);
@@ -172,7 +168,7 @@ where
             Some(sum) => sum + packed,
             None => packed,
         });
-        phase_sync::<B>(device);
+        phase_sync::<B>(device, timed);
         figures.phases.accumulate += t.elapsed().as_secs_f64();
         figures.add(&out.item, share);
     }
@@ -209,10 +205,15 @@ struct ReplicaWorker<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
+    /// Starts the worker of `device`; its gradients go to `main`. `exact_memory`: whether the
+    /// device keeps buffers by exact size ([`hymba::FixedShapeMemory`]); `timed`: whether
+    /// phases are timed ([`phase_sync`]).
     fn spawn(
         train: Arc<TrainData>,
         device: B::Device,
         main: B::Device,
+        exact_memory: bool,
+        timed: bool,
     ) -> Result<Self, TrainError> {
         let (jobs, job_rx) = std::sync::mpsc::channel::<ReplicaJob<B>>();
         let (result_tx, results) = std::sync::mpsc::channel();
@@ -220,9 +221,7 @@ impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
         let handle = std::thread::Builder::new()
             .name(format!("replica {device:?}"))
             .spawn(move || {
-                let _memory = train
-                    .fixed_shapes()
-                    .then(|| hymba::FixedShapeMemory::enter::<B>(&dev));
+                let _memory = exact_memory.then(|| hymba::FixedShapeMemory::enter::<B>(&dev));
                 let mut kept: Option<LanguageModel<B>> = None;
                 while let Ok(job) = job_rx.recv() {
                     let replica = match kept.take() {
@@ -231,7 +230,7 @@ impl<B: AutodiffBackend + HymbaBackend> ReplicaWorker<B> {
                     };
                     let draws: Vec<&Vec<usize>> = job.draws.iter().collect();
                     let result =
-                        run_micro_batches(&train, &replica, &dev, &draws, job.micro_batches)
+                        run_micro_batches(&train, &replica, &dev, &draws, job.micro_batches, timed)
                             .map(|(grads, f)| (grads.map(|g| g.to_device(&main)), f));
                     kept = Some(replica);
                     if result_tx.send(result).is_err() {
@@ -301,12 +300,20 @@ pub struct LmStrategy<B: AutodiffBackend> {
     pub log: Arc<Mutex<RunLog>>,
     /// Whether there is a validation set to evaluate.
     pub validate: bool,
+    /// Print the phases of every optimizer step (`--step-times`).
+    pub step_times: bool,
 }
 
 impl<B: AutodiffBackend + HymbaBackend> LmStrategy<B>
 where
     B::InnerBackend: HymbaBackend,
 {
+    /// Whether the training loop keeps CUDA buffers by exact size: steady shapes, and the
+    /// run config's `cuda_memory` is `exact`.
+    fn exact_memory(&self) -> bool {
+        self.train.fixed_shapes() && self.config.cuda_memory == CudaMemory::Exact
+    }
+
     fn csv(&self) -> PathBuf {
         self.config.out_dir.join("loss.csv")
     }
@@ -449,6 +456,7 @@ where
             &self.device,
             &mine,
             micro_batches,
+            self.step_times,
         );
         // Collect every worker's answer before returning, even after an error, so that no
         // result is left in a channel for the next step.
@@ -520,7 +528,15 @@ where
         let workers: Result<Vec<ReplicaWorker<B>>, TrainError> = self
             .replicas
             .iter()
-            .map(|d| ReplicaWorker::spawn(self.train.clone(), d.clone(), self.device.clone()))
+            .map(|d| {
+                ReplicaWorker::spawn(
+                    self.train.clone(),
+                    d.clone(),
+                    self.device.clone(),
+                    self.exact_memory(),
+                    self.step_times,
+                )
+            })
             .collect();
         let workers = match workers {
             Ok(w) => w,
@@ -532,8 +548,7 @@ where
         // Steady shapes: cubecl's exact-size buffers (why: `hymba::FixedShapeMemory`), until
         // the loop ends and the samples and the final save run on the default allocator.
         let _memory = self
-            .train
-            .fixed_shapes()
+            .exact_memory()
             .then(|| hymba::FixedShapeMemory::enter::<B>(&self.device));
         let mut valid_runs = 0;
         self.reset_csv();
@@ -587,8 +602,8 @@ where
             }
             let t = Instant::now();
             learner.optimizer_step(grads.into_gradients());
-            phase_sync::<B>(&self.device);
-            if phase_timing() {
+            phase_sync::<B>(&self.device, self.step_times);
+            if self.step_times {
                 let ms = |x: f64| x * 1e3;
                 eprintln!(
                     "step {step} phases (ms): data {:.1} | forward {:.1} | backward {:.1} | \

@@ -115,8 +115,9 @@ fn two_replicas_equal_one_device_with_twice_the_accumulation() {
     );
 
     // DPO from the pretrained model: pairs split across the replicas.
-    let pairs =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dpo/hhh_alignment.jsonl");
+    // The first 40 HHH pairs of the shared data, committed in the workspace's `fixtures/`.
+    let pairs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/dpo/hhh_alignment.jsonl");
+    assert!(pairs.is_file(), "fixture {} is missing", pairs.display());
     let data = format!("data.jsonl=[\"{}\"]", pairs.display());
     let dpo = [
         data.as_str(),

@@ -127,7 +127,7 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, num_heads: usize) -> Tensor<B, 4> 
 /// softmaxed in f32 whatever the compute dtype. burn 0.21's own `attention` op, under
 /// `Autodiff`, decomposes into burn's generic matmul, two masking passes and a NaN-guarded
 /// softmax: on an H100 that was 6.8 ms per layer (forward + backward, hymba-125m, 2 × 2176
-/// tokens; `bench/results/step_breakdown_125m_f32_h100.json`). Every row here has at least
+/// tokens; `bench/results/step_hymba-125m_f32_b2_burn-attention_h100_2026-11-27.json`). Every row here has at least
 /// one visible key (each query sees itself), so the plain softmax cannot meet an all-masked
 /// row.
 ///

@@ -115,7 +115,8 @@ pub fn run_on<R: BackendRunner>(kind: BackendKind, device: usize, runner: R) -> 
 /// so that only the first run on a machine pays, and every later run (a resumed job, the next
 /// post-training stage, a benchmark) starts in seconds.
 ///
-/// `HYMBA_KERNEL_CACHE=DIR` moves the cache, `HYMBA_KERNEL_CACHE=off` disables it; a
+/// `HYMBA_KERNEL_CACHE=DIR` moves the cache, `HYMBA_KERNEL_CACHE=off` disables it (read by
+/// [`crate::env::kernel_cache`], the one setting the project takes from the environment); a
 /// `cubecl.toml` (or `CUBECL_*` variables) that sets `compilation.cache` wins over both. The
 /// default place is the user's cache directory (`~/.cache/hymba-rs/cuda-kernels`), one folder
 /// per compute capability, since PTX is compiled for one architecture.
@@ -126,20 +127,14 @@ pub mod kernel_cache {
 
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
 
-    /// The environment variable that moves (`DIR`) or disables (`off`) the cache.
-    pub const ENV: &str = "HYMBA_KERNEL_CACHE";
+    use crate::env::{self, KernelCache};
 
     /// Where the cache for CUDA device `device` lives, or `None` when it is disabled.
     pub fn dir(device: usize) -> Option<PathBuf> {
-        let root = match std::env::var_os(ENV) {
-            Some(v) if matches!(v.to_str(), Some("off" | "0" | "")) => return None,
-            Some(v) => PathBuf::from(v),
-            None => {
-                let base = std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::home_dir().map(|h| h.join(".cache")))?;
-                base.join("hymba-rs").join("cuda-kernels")
-            }
+        let root = match env::kernel_cache() {
+            KernelCache::Off => return None,
+            KernelCache::Dir(dir) => dir,
+            KernelCache::Default => env::user_cache_dir()?.join("hymba-rs").join("cuda-kernels"),
         };
         Some(root.join(compute_capability(device).unwrap_or_else(|| "sm_unknown".into())))
     }
@@ -192,7 +187,7 @@ pub mod kernel_cache {
 /// for most of each step. cubecl's persistent pool instead keeps each freed buffer for the
 /// next request of exactly its size, a lookup, which steady-shape steps hit every time (the
 /// first step allocates). Measured with this guard on an H200 (hymba-125m, bf16, 8 × 2048,
-/// two rounds alternating in one call, `bench/results/pretrain_125m_1gpu_bf16_b8_*_s15_h200.json`):
+/// two rounds alternating in one call, `bench/results/train_hymba-125m_bf16_b8_{fixed,default}-memory_h200_2026-12-04.json`):
 /// 33,578 and 35,536 text tokens/s against 19,514 and 20,769 without, at 57–68 GB of peak
 /// device memory instead of 53 GB (exact sizes are never split or merged, so a freed buffer
 /// serves only its own size).
@@ -200,8 +195,9 @@ pub mod kernel_cache {
 /// Variable shapes (generation's growing caches, DPO's length buckets) would keep every size
 /// they ever used, so the mode is scoped: [`FixedShapeMemory::enter`] switches the calling
 /// thread's stream of a CUDA device to it and dropping the guard switches back and frees the
-/// unused buffers. Other backends ignore it. `HYMBA_CUDA_MEMORY=pooled` keeps cubecl's
-/// default allocator everywhere.
+/// unused buffers. Other backends ignore it. Whether to enter it is the caller's choice:
+/// hymba-train does for runs of steady shapes unless its run config says
+/// `cuda_memory = "pooled"` (cubecl's default allocator everywhere).
 pub struct FixedShapeMemory {
     #[cfg(feature = "cuda")]
     client: Option<cubecl::client::ComputeClient<cubecl::cuda::CudaRuntime>>,
@@ -209,7 +205,7 @@ pub struct FixedShapeMemory {
 
 impl FixedShapeMemory {
     /// Puts `device`'s allocations from this thread into the exact-size pool until the guard
-    /// is dropped (a no-op but on CUDA, or with `HYMBA_CUDA_MEMORY=pooled`).
+    /// is dropped (a no-op but on CUDA).
     #[allow(unused_variables)]
     pub fn enter<B: burn::tensor::backend::Backend>(device: &B::Device) -> Self {
         #[cfg(feature = "cuda")]
@@ -218,20 +214,16 @@ impl FixedShapeMemory {
             use cubecl::client::ComputeClient;
             use cubecl::cuda::{CudaDevice, CudaRuntime};
 
-            let pooled = std::env::var("HYMBA_CUDA_MEMORY").is_ok_and(|v| v == "pooled");
             let cuda = (device as &dyn std::any::Any).downcast_ref::<CudaDevice>();
-            let client = match cuda {
-                Some(device) if !pooled => {
-                    let client = ComputeClient::<CudaRuntime>::load(device);
-                    // SAFETY: the mode only changes which pool serves later reservations of
-                    // this thread's stream; buffers already handed out stay valid. What cubecl
-                    // warns about (memory kept for sizes never requested again) is why the
-                    // guard switches back and cleans up.
-                    unsafe { client.allocation_mode(MemoryAllocationMode::Persistent) };
-                    Some(client)
-                }
-                _ => None,
-            };
+            let client = cuda.map(|device| {
+                let client = ComputeClient::<CudaRuntime>::load(device);
+                // SAFETY: the mode only changes which pool serves later reservations of this
+                // thread's stream; buffers already handed out stay valid. What cubecl warns
+                // about (memory kept for sizes never requested again) is why the guard
+                // switches back and cleans up.
+                unsafe { client.allocation_mode(MemoryAllocationMode::Persistent) };
+                client
+            });
             Self { client }
         }
         #[cfg(not(feature = "cuda"))]

@@ -7,6 +7,20 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::CubeCount;
 
+/// FNV-1a of `bytes`, at compile time: the kernels' source fingerprints. CubeCL's persistent
+/// kernel cache keys a kernel by its type name and comptime values only, so every kernel
+/// takes a fingerprint of its source as a comptime value.
+pub const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 /// The most cubes along one grid dimension that every runtime takes (wgpu's limit); cubes
 /// beyond it go to the grid's second dimension.
 pub const GRID_MAX: usize = 65_535;

@@ -64,6 +64,10 @@ pub enum HymbaError {
         /// One line per bad tensor, naming it.
         problems: Vec<String>,
     },
+    /// A model directory's `tokenizer_config.json` or `generation_config.json` is unreadable
+    /// or names a token the model does not have.
+    #[error(transparent)]
+    HfFile(#[from] crate::hf::HfFileError),
     /// Bad input to generation or the forward pass (empty prompt, token id out of range, …).
     #[error("invalid input: {0}")]
     Input(String),

@@ -18,7 +18,9 @@
 //! | model, tied LM head, loss | [`model`] |
 //! | KV sharing + SWA cache, decode | [`cache`], [`generate`] |
 //! | backend flag | [`backend`] |
+//! | the environment variables read (the kernel cache's place) | [`env`] |
 //! | HF checkpoints: `config.json` + safetensors in and out | [`weights`] |
+//! | HF side files: `tokenizer_config.json`, `generation_config.json` | [`hf`] |
 //!
 //! The model is generic over `B: HymbaBackend` — a burn `Backend` with five extensions, the
 //! selective scan ([`scan::ScanBackend`]: CubeCL kernels on GPU backends), the matmul of
@@ -35,9 +37,11 @@ pub mod config;
 pub mod conv;
 #[cfg(feature = "cube")]
 pub(crate) mod cube_common;
+pub mod env;
 pub mod error;
 pub mod ffn;
 pub mod generate;
+pub mod hf;
 pub mod layer;
 pub mod linear;
 pub mod matmul;

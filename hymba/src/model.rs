@@ -13,7 +13,7 @@ use crate::cache::HymbaCache;
 use crate::config::{HymbaConfig, KvRole};
 use crate::error::{HymbaError, Result};
 use crate::layer::HymbaLayer;
-use crate::matmul::{matmul_wt_padded, vocab_multiple};
+use crate::matmul::matmul_wt_padded;
 use crate::meta_tokens::MetaTokens;
 use crate::mixer::{AttentionContext, KeyValues, KvInput};
 use crate::norm::RmsNorm;
@@ -171,12 +171,11 @@ impl<B: HymbaBackend> Hymba<B> {
     /// The tied LM head: logits = h · Eᵀ. Where the backend's fast matmul wants dimensions
     /// of a multiple of 8 (cuBLAS), E is padded with zero rows to one and the logits are a
     /// view of the first V columns ([`matmul_wt_padded`]); the values are the same.
-    /// `HYMBA_PAD_VOCAB=0` turns the padding off ([`vocab_multiple`]).
     ///
     /// # Shapes
     /// - `hidden`: `[batch, T, D]` → `[batch, T, V]`
     pub fn lm_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        matmul_wt_padded(hidden, self.embed_tokens.val(), vocab_multiple::<B>())
+        matmul_wt_padded(hidden, self.embed_tokens.val(), B::matmul_dim_multiple())
     }
 
     /// Logits of every text position, as in training.

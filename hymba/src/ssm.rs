@@ -8,7 +8,7 @@ use burn::tensor::Distribution;
 
 use crate::HymbaBackend;
 use crate::config::HymbaConfig;
-use crate::conv::{causal_conv_silu, causal_conv_silu_reference};
+use crate::conv::causal_conv_silu;
 use crate::linear::Linear;
 use crate::norm::RmsNorm;
 use crate::scan::{ScanInput, selective_scan};
@@ -95,10 +95,10 @@ impl<B: HymbaBackend> SsmHeads<B> {
     /// Causal depthwise conv over `[history; x]` followed by SiLU: one operation
     /// ([`causal_conv_silu`], a kernel each way on GPU backends), identical to
     /// `conv1d(groups=d_inner, padding=d_conv−1)` truncated to T; the same code serves
-    /// prefill and decode. With `HYMBA_SSM_CONV=tensor` it runs the tensor-op form
-    /// ([`causal_conv_silu_reference`]: a sum of `d_conv` shifted, per-channel-scaled
-    /// copies and a SiLU) under the backend's own autodiff, the form the model ran before the
-    /// operation existed, for A/B timings.
+    /// prefill and decode. Its tensor-op twin,
+    /// [`causal_conv_silu_reference`](crate::conv::causal_conv_silu_reference) (a sum of
+    /// `d_conv` shifted, per-channel-scaled copies and a SiLU), is what the kernels are
+    /// tested against.
     ///
     /// It works in the `[batch, T, d_inner]` layout that `in_proj` produces, channels
     /// innermost: every pass reads and writes contiguous rows, where the
@@ -116,11 +116,7 @@ impl<B: HymbaBackend> SsmHeads<B> {
             Some(bias) => bias.val(),
             None => Tensor::<B, 1>::zeros([di], &w.device()).cast(w.dtype()),
         };
-        let y = if conv_tensor_ops() {
-            causal_conv_silu_reference(full.clone(), w, bias)
-        } else {
-            causal_conv_silu(full.clone(), w, bias)
-        };
+        let y = causal_conv_silu(full.clone(), w, bias);
         let history = full.narrow(1, t, k - 1).swap_dims(1, 2);
         (y, history)
     }
@@ -166,7 +162,7 @@ impl<B: HymbaBackend> SsmHeads<B> {
             initial_state: h0,
         });
         // Back to `[b, T, d]`, made contiguous (a reshape copies a permuted tensor): the
-        // scan's output is time-innermost on the time-parallel kernels, and the RMSNorm
+        // scan's output is time-innermost on the warp kernels (CUDA), and the RMSNorm
         // after it reduces over channels, which would otherwise be a strided reduction.
         let [_, d, t] = y.dims();
         let y = y
@@ -175,11 +171,4 @@ impl<B: HymbaBackend> SsmHeads<B> {
             .reshape([batch, t, d]);
         (y, SsmState { conv, ssm: h })
     }
-}
-
-/// Whether `HYMBA_SSM_CONV=tensor` asks for the tensor-op conv instead of the operation
-/// (read once).
-fn conv_tensor_ops() -> bool {
-    static TENSOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *TENSOR.get_or_init(|| std::env::var("HYMBA_SSM_CONV").is_ok_and(|v| v.trim() == "tensor"))
 }

@@ -619,12 +619,15 @@ pub fn load_safetensors_into<B: HymbaBackend>(
 }
 
 /// Checks a checkpoint directory against its `config.json` without building the model
-/// (headers only): the config and the HF tensor list it implies, or every problem.
+/// (headers only): the config and the HF tensor list it implies, or every problem. The
+/// optional side files (`tokenizer_config.json`, `generation_config.json`, see
+/// [`crate::hf`]) must parse and name only ids below `vocab_size` when present.
 pub fn inspect_pretrained(dir: impl AsRef<Path>) -> Result<(HymbaConfig, Vec<TensorSpec>)> {
     let dir = checkpoint_dir(dir.as_ref())?;
     let config = HymbaConfig::from_file(dir.join(CONFIG_FILE))?;
     let files = WeightFiles::open(dir)?;
     check_views(&config, &files.tensors()?)?;
+    crate::hf::SideFiles::read(dir, config.vocab_size)?;
     let specs = hf_tensor_specs(&config);
     Ok((config, specs))
 }

@@ -3,7 +3,7 @@
 //! operands, in f32 (exact) and bf16 (f32 accumulation), on `Cuda` (fusion: the custom op),
 //! the bare `CubeBackend<CudaRuntime>` and under `Autodiff<Cuda>`. Needs the `cuda` feature
 //! and a GPU: it is run on the GPU machine, with `--test-threads=1` (the ordering tests
-//! switch the process-wide ordering and count its products).
+//! count the process's flagged products).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, Cuda, NdArray};
 use burn::prelude::*;
 use burn::tensor::DType;
 use hymba::MatmulBackend;
-use hymba::matmul::cublas::{self, Ordering};
+use hymba::matmul::cublas;
 use hymba::matmul::matmul;
 
 type Cpu = NdArray<f32>;
@@ -73,10 +73,7 @@ fn values<Bk: Backend>(t: Tensor<Bk, 4>) -> Vec<f32> {
 }
 
 fn check_forward<Bk: MatmulBackend<Device = CudaDevice>>(name: &str) {
-    assert!(
-        Bk::has_fast_matmul(),
-        "{name}: cuBLAS did not load (HYMBA_MATMUL=burn?)"
-    );
+    assert!(Bk::has_fast_matmul(), "{name}: cuBLAS did not load");
     let cpu = Default::default();
     let device = CudaDevice::default();
     Cpu::seed(&cpu, 7);
@@ -179,15 +176,49 @@ fn cublas_matmul_gradients_equal_cpu() {
     }
 }
 
+/// The model's matmul (`ours`) or burn's own `Tensor::matmul` for the products under test.
+fn product<Bk: MatmulBackend, const D: usize>(
+    ours: bool,
+    lhs: Tensor<Bk, D>,
+    rhs: Tensor<Bk, D>,
+) -> Tensor<Bk, D> {
+    if ours {
+        matmul(lhs, rhs)
+    } else {
+        lhs.matmul(rhs)
+    }
+}
+
+/// Runs `work` with the model's matmul and with burn's own throughout, and compares. burn's
+/// kernels all run on cubecl's stream, so its run is ordered by construction; any hole in the
+/// flag ordering of the cuBLAS products (`hymba::matmul::cublas`, "Ordering") reads
+/// unfinished buffers and shows as a difference far above the tolerance, which only covers
+/// burn's kernel multiplying f32 as TF32 where cuBLAS is exact. Checks too that `expected`
+/// products took the flag ordering, so that no fallback (host waits) passes for it.
+fn check_ordered(name: &str, expected: usize, work: impl Fn(bool) -> Vec<f32>) {
+    let want = work(false);
+    let before = cublas::flagged_products();
+    let got = work(true);
+    let flagged = cublas::flagged_products() - before;
+    let err = rel_max_err(&got, &want);
+    println!("{name}: cuBLAS vs burn's matmul: rel. max difference {err:.2e}, {flagged} flagged");
+    assert!(
+        err <= 1e-2,
+        "{name}: cuBLAS differs from burn's matmul by {err}"
+    );
+    assert!(
+        !cublas::flags_refused(),
+        "{name}: the flag ordering fell back to host waits"
+    );
+    assert_eq!(flagged, expected, "{name}: flagged products");
+}
+
 /// `x ← tanh((x · W₁) · W₂) · 0.5 + x`, six times, with the host never waiting in between:
-/// `x · W₁` runs burn's own kernel (on cubecl's stream, ≈ 1 ms each) and `· W₂` the model's
-/// matmul (cuBLAS, on its own stream), so every product reads what a long cubecl kernel has
-/// just written, and the next cubecl kernel reads its output while the host is far ahead.
-/// Run with the flag ordering and with host syncs (the scheme the other tests check against
-/// the CPU), the results must agree; any hole in the flag ordering (`hymba::matmul::cublas`,
-/// "Ordering") reads unfinished buffers and shows as a difference.
-fn chain<Bk: MatmulBackend<Device = CudaDevice>>(order: Ordering) -> Vec<f32> {
-    cublas::set_ordering(order);
+/// `x · W₁` runs burn's own kernel (on cubecl's stream, ≈ 1 ms each) and `· W₂` the product
+/// under test (cuBLAS on its own stream, for `ours`), so every product reads what a long
+/// cubecl kernel has just written, and the next cubecl kernel reads its output while the
+/// host is far ahead.
+fn chain<Bk: MatmulBackend<Device = CudaDevice>>(ours: bool) -> Vec<f32> {
     let device = CudaDevice::default();
     let cpu = Default::default();
     Cpu::seed(&cpu, 11);
@@ -196,75 +227,15 @@ fn chain<Bk: MatmulBackend<Device = CudaDevice>>(order: Ordering) -> Vec<f32> {
     let w1 = upload(common::random::<Cpu, 2>([2048, 2048], &cpu) * 0.02);
     let w2 = upload(common::random::<Cpu, 2>([2048, 2048], &cpu) * 0.02);
     for _ in 0..6 {
-        x = matmul(x.clone().matmul(w1.clone()), w2.clone()).tanh() * 0.5 + x;
+        x = product(ours, x.clone().matmul(w1.clone()), w2.clone()).tanh() * 0.5 + x;
     }
     common::to_vec(x)
 }
 
-/// Runs `work` under the flag ordering and on cubecl's stream, each against host syncs
-/// (the scheme the other tests check against the CPU); a hole in either ordering
-/// (`hymba::matmul::cublas`, "Ordering") reads unfinished buffers and shows as a
-/// difference. Returns the products each route took, for the caller to check.
-fn compare_orderings(
-    name: &str,
-    work: impl Fn(Ordering) -> Vec<f32>,
-) -> [cublas::OrderedProducts; 2] {
-    let env = cublas::ordering();
-    let synced = work(Ordering::Sync);
-    let mut routes = [cublas::OrderedProducts::default(); 2];
-    for (order, route) in [Ordering::Flags, Ordering::Stream]
-        .into_iter()
-        .zip(&mut routes)
-    {
-        let before = cublas::ordered_products();
-        let got = work(order);
-        let after = cublas::ordered_products();
-        *route = cublas::OrderedProducts {
-            on_cubecl_stream: after.on_cubecl_stream - before.on_cubecl_stream,
-            flagged: after.flagged - before.flagged,
-        };
-        let err = rel_max_err(&got, &synced);
-        let shown = if env == Ordering::Unordered {
-            env
-        } else {
-            order
-        };
-        println!(
-            "{name}: ordering {shown:?} vs host syncs: rel. max difference {err:.2e} ({route:?})"
-        );
-        assert!(
-            err <= 1e-5,
-            "{name}: {shown:?} differs from host syncs by {err}"
-        );
-    }
-    // Had the flag kernels failed to load or launch, every product would have fallen back
-    // to host syncs and the comparison above would compare syncs with syncs.
-    assert!(
-        !cublas::flags_refused(),
-        "{name}: the flag ordering fell back to host syncs"
-    );
-    routes
-}
-
-/// Checks [`chain`], and that every product took the route asked for: a product on the
-/// flag ordering's fallback (host syncs) or on `stream`'s (the flags) would compare a
-/// scheme with itself.
-fn check_ordering<Bk: MatmulBackend<Device = CudaDevice>>(name: &str) {
-    let [flags, stream] = compare_orderings(name, chain::<Bk>);
-    if cublas::ordering() != Ordering::Unordered {
-        assert_eq!(flags.flagged, 6, "{name}: flagged products: {flags:?}");
-        assert_eq!(
-            stream.on_cubecl_stream, 6,
-            "{name}: products on cubecl's stream: {stream:?}"
-        );
-    }
-}
-
 /// `y ← tanh(x · W₁)` made on another thread, so on another cubecl stream, and `y · W₂` on
-/// the model's matmul on this one, three times over: the product must wait for the other
-/// stream (cubecl's buffer lookup orders that). The host never waits for the device.
-fn across_streams(order: Ordering) -> Vec<f32> {
-    cublas::set_ordering(order);
+/// the product under test on this one, three times over: the product must wait for the
+/// other stream (cubecl's buffer lookup orders that). The host never waits for the device.
+fn across_streams(ours: bool) -> Vec<f32> {
     let device = CudaDevice::default();
     let cpu = Default::default();
     Cpu::seed(&cpu, 12);
@@ -277,7 +248,7 @@ fn across_streams(order: Ordering) -> Vec<f32> {
         let y = std::thread::spawn(move || (x_in.matmul(w1)).tanh())
             .join()
             .expect("the other thread's kernels were queued");
-        x = matmul(y, w2.clone()).tanh() * 0.5 + x;
+        x = product(ours, y, w2.clone()).tanh() * 0.5 + x;
     }
     common::to_vec(x)
 }
@@ -285,22 +256,15 @@ fn across_streams(order: Ordering) -> Vec<f32> {
 #[test]
 fn cublas_matmul_is_ordered_with_other_cubecl_streams() {
     let name = "3 × [4096, 2048]·[2048, 2048] on another thread's stream, then ·[2048, 2048]";
-    let [flags, stream] = compare_orderings(name, across_streams);
-    if cublas::ordering() != Ordering::Unordered {
-        assert_eq!(flags.flagged, 3, "flagged products: {flags:?}");
-        assert_eq!(
-            stream.on_cubecl_stream, 3,
-            "products on cubecl's stream: {stream:?}"
-        );
-    }
+    check_ordered(name, 3, across_streams);
 }
 
 #[test]
 fn cublas_matmul_is_ordered_with_cubecl_kernels_on_cuda_fusion() {
-    check_ordering::<Cuda<f32, i32>>("Cuda");
+    check_ordered("Cuda", 6, chain::<Cuda<f32, i32>>);
 }
 
 #[test]
 fn cublas_matmul_is_ordered_with_cubecl_kernels_on_bare_cube_backend() {
-    check_ordering::<Bare>("CubeBackend<Cuda>");
+    check_ordered("CubeBackend<Cuda>", 6, chain::<Bare>);
 }

@@ -15,6 +15,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 use hymba::HymbaBackend;
 use hymba::conv::{
@@ -24,12 +25,11 @@ use hymba::conv::{
 use hymba::norm::{
     NormBackend, rms_norm, rms_norm_backward, rms_norm_backward_reference, rms_norm_reference,
 };
-use hymba::scan::kernel::{ScanKernel, set_scan_kernel, set_scan_split};
-use hymba::scan::parallel::{set_parallel_group, set_parallel_threads};
+use hymba::scan::cube::{ScanKernel, backward_with, forward_with};
 use hymba::scan::reference::{
     DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
 };
-use hymba::scan::warp::{WarpMode, set_warp_items, set_warp_mode};
+use hymba::scan::warp::WarpConfig;
 use hymba::scan::{ScanBackend, ScanInput, selective_scan, selective_scan_backward};
 use hymba::softmax::{
     AttentionBackend, MaskRule, masked_softmax, masked_softmax_backward,
@@ -72,101 +72,94 @@ const MODEL_GRAD_TOL: f32 = 5e-3;
 #[cfg(not(feature = "cuda"))]
 const MODEL_GRAD_TOL: f32 = TOL;
 
-/// The kernel variant is process-wide: tests that pick one hold this lock.
-static VARIANT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `check` with each kernel variant: tiled, direct, channel (its plane reduction on
-/// CUDA, shared memory on lavapipe), and the time-parallel kernels
-/// three times, with their automatic cube shape, with 4 units per cube and 3 channels per
-/// backward cube (so that even the short shapes span many chunks, chunks end past the
-/// sequence, and channel groups end past the last channel), and with 32 units (one plane:
-/// on CUDA the plane paths, which need whole planes; the automatic shape runs them with
-/// several planes on the longer sequences).
-///
-/// `HYMBA_TEST_SCAN_KERNELS=channel,tiled` limits the variants to those named, for a quick
-/// check of one kernel while working on it (the other settings are then skipped too).
-fn with_each_kernel(check: impl Fn(&str)) {
-    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Ok(only) = std::env::var("HYMBA_TEST_SCAN_KERNELS") {
-        for name in only.split(',') {
-            let kernel = ScanKernel::from_name(name)
-                .unwrap_or_else(|| panic!("HYMBA_TEST_SCAN_KERNELS: unknown kernel {name}"));
-            set_scan_kernel(kernel);
-            check(name);
-        }
-        set_scan_kernel(ScanKernel::Auto);
-        return;
-    }
-    for (kernel, name) in [
-        (ScanKernel::Tiled, "tiled"),
-        (ScanKernel::Direct, "direct"),
-        (ScanKernel::Parallel, "parallel"),
-        (ScanKernel::Channel, "channel"),
-    ] {
-        set_scan_kernel(kernel);
-        check(name);
-    }
-    with_small_parallel_cubes(&check);
-    // One plane: the plane paths with a single plane per cube, several chunks. CUDA only:
-    // lavapipe has no planes, and its shared-memory path is covered above (every barrier
-    // is slow there: these configurations took the lavapipe run from ~5 to 21 minutes).
+/// The scan designs checked on the bare backend, by name: the tiled kernels everywhere; on
+/// CUDA the warp kernels with plane shuffles, at their default 8 steps per unit and at 4
+/// (so that even the short shapes span several chunks). The warp kernels with emulated
+/// planes, which is how lavapipe runs their code, have a test of their own
+/// ([`warp_kernels_emulated_equal_reference`]): every emulated plane operation is two
+/// barriers, too slow for every shape.
+fn designs() -> Vec<(&'static str, ScanKernel)> {
+    let mut v = vec![("tiled", ScanKernel::Tiled)];
     if cfg!(feature = "cuda") {
-        set_parallel_threads(32);
-        check("parallel, 32 units, 3 channels");
+        v.push(("warp", ScanKernel::Warp(WarpConfig::default())));
+        let items4 = WarpConfig {
+            items: 4,
+            emulate: false,
+        };
+        v.push(("warp, 4 steps per unit", ScanKernel::Warp(items4)));
     }
-    set_parallel_threads(0);
-    set_parallel_group(0);
-    set_scan_kernel(ScanKernel::Auto);
+    v
 }
 
-/// As [`with_each_kernel`], plus the tiled kernels with the time-split forward allowed.
-fn with_each_forward_kernel(check: impl Fn(&str)) {
-    with_each_kernel(&check);
-    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
-    set_scan_kernel(ScanKernel::Tiled);
-    set_scan_split(true);
-    check("split");
-    set_scan_split(false);
+/// How a check runs the scan on backend `Bk`: [`Dispatch`] through the public functions
+/// (the default kernels behind burn's fusion or autodiff), or one [`Design`] called
+/// directly on the bare backend.
+trait Scanner<Bk: Backend> {
+    /// `(y, last state)`.
+    fn forward(&self, x: ScanInput<Bk>) -> (Tensor<Bk, 3>, Tensor<Bk, 3>);
+    /// The gradients of every input.
+    fn backward(
+        &self,
+        x: ScanInput<Bk>,
+        dy: Tensor<Bk, 3>,
+        dh: Option<Tensor<Bk, 3>>,
+    ) -> ScanInput<Bk>;
 }
 
-/// For the tests through burn's fusion backend: on CUDA every variant as
-/// [`with_each_kernel`] (`forward` adds the time-split one); elsewhere one, the time-parallel
-/// kernels at 4 units and 3 channels per cube (the most chunk and group boundaries).
-///
-/// # Why
-/// The fusion wrapper only hands the kernels their buffers: which kernel runs behind it
-/// changes nothing there, and the bare-backend tests check every kernel. On lavapipe every
-/// variant costs minutes of CI (the whole file took 8.5 of them).
-fn with_fusion_kernels(forward: bool, check: impl Fn(&str)) {
-    if cfg!(feature = "cuda") {
-        if forward {
-            with_each_forward_kernel(check);
-        } else {
-            with_each_kernel(check);
-        }
-        return;
+/// The public functions, with the kernels the backend picks.
+struct Dispatch;
+
+impl<Bk: ScanBackend> Scanner<Bk> for Dispatch {
+    fn forward(&self, x: ScanInput<Bk>) -> (Tensor<Bk, 3>, Tensor<Bk, 3>) {
+        selective_scan(x)
     }
-    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
-    set_scan_kernel(ScanKernel::Parallel);
-    with_small_parallel_cubes(&check);
-    set_parallel_threads(0);
-    set_parallel_group(0);
-    set_scan_kernel(ScanKernel::Auto);
+    fn backward(
+        &self,
+        x: ScanInput<Bk>,
+        dy: Tensor<Bk, 3>,
+        dh: Option<Tensor<Bk, 3>>,
+    ) -> ScanInput<Bk> {
+        selective_scan_backward(x, dy, dh)
+    }
 }
 
-/// The time-parallel kernels at 4 units and 3 channels per cube, so that even the short
-/// shapes span many chunks, chunks end past the sequence, and channel groups end past the
-/// last channel. Leaves the cube shape set; the caller resets it.
-fn with_small_parallel_cubes(check: impl Fn(&str)) {
-    set_parallel_threads(4);
-    set_parallel_group(3);
-    check("parallel, 4 units, 3 channels");
+/// One design on the bare backend ([`hymba::scan::cube::forward_with`]).
+struct Design(ScanKernel);
+
+impl Scanner<Bare> for Design {
+    fn forward(&self, x: ScanInput<Bare>) -> (Tensor<Bare, 3>, Tensor<Bare, 3>) {
+        let (y, h) = forward_with(x.into_primitives(), self.0);
+        (
+            Tensor::from_primitive(TensorPrimitive::Float(y)),
+            Tensor::from_primitive(TensorPrimitive::Float(h)),
+        )
+    }
+    fn backward(
+        &self,
+        x: ScanInput<Bare>,
+        dy: Tensor<Bare, 3>,
+        dh: Option<Tensor<Bare, 3>>,
+    ) -> ScanInput<Bare> {
+        backward_with(
+            x.into_primitives(),
+            dy.into_primitive().tensor(),
+            dh.map(|t| t.into_primitive().tensor()),
+            self.0,
+        )
+        .into_tensors()
+    }
 }
 
-/// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (64
-/// forward, 32 backward); T is not a multiple of the backward chunk (16 for S = 16, 32 for
-/// S = 3). The last one is long enough for the time-split forward (4 pieces of 76 steps,
-/// the last one 73), checked by `with_each_forward_kernel`.
+/// Runs `check` with each of [`designs`] on the bare backend.
+fn with_each_design(check: impl Fn(&str, &Design)) {
+    for (name, kernel) in designs() {
+        check(&format!("CubeBackend [{name}]"), &Design(kernel));
+    }
+}
+
+/// Shapes: (batch, d_inner, state, T). d_inner is not a multiple of the cube sizes (32
+/// channels per tiled cube, 4 per warp cube); T is not a multiple of the backward chunk (16
+/// for S = 16, 32 for S = 3) nor of a warp chunk (128 or 256 steps).
 const SHAPES: [(usize, usize, usize, usize); 4] = [
     (2, 70, 16, 53),
     (1, 5, 3, 37),
@@ -174,9 +167,8 @@ const SHAPES: [(usize, usize, usize, usize); 4] = [
     (2, 33, 16, 301),
 ];
 
-/// Shapes for the plane paths (CUDA only, see [`with_each_kernel`]): longer than one chunk
-/// of the time-parallel forward at its automatic cube shape (4 planes × 8 steps × 32). With
-/// time innermost the plane forward reads them in vectors of 4 steps (1100: rows of 4n
+/// Shapes for the warp kernels with plane shuffles (CUDA only): several chunks of 256
+/// steps. With time innermost they read these in vectors of 4 steps (1100: rows of 4n
 /// steps) and of 8 (1536); transposed, one step at a time.
 #[cfg(feature = "cuda")]
 const PLANE_SHAPES: &[(usize, usize, usize, usize)] = &[(1, 6, 16, 1100), (2, 3, 16, 1536)];
@@ -285,16 +277,17 @@ fn gpu_device() -> Dev {
     Dev::default()
 }
 
-fn check_forward<Bk: ScanBackend<Device = Dev>>(name: &str) {
+fn check_forward<Bk: Backend<Device = Dev>>(name: &str, scan: &impl Scanner<Bk>) {
     let shapes: Vec<_> = SHAPES.iter().chain(PLANE_SHAPES).copied().collect();
     let cases = [(false, false), (false, true), (true, false), (true, true)];
-    check_forward_on::<Bk>(name, &shapes, &cases);
+    check_forward_on::<Bk>(name, scan, &shapes, &cases);
 }
 
 /// The forward on `shapes` for each of `cases`: `(initial state, transposed)` (see
 /// [`move_to`]).
-fn check_forward_on<Bk: ScanBackend<Device = Dev>>(
+fn check_forward_on<Bk: Backend<Device = Dev>>(
     name: &str,
+    scan: &impl Scanner<Bk>,
     shapes: &[(usize, usize, usize, usize)],
     cases: &[(bool, bool)],
 ) {
@@ -303,7 +296,7 @@ fn check_forward_on<Bk: ScanBackend<Device = Dev>>(
         for &(with_state, transposed) in cases {
             let x = inputs(shape, with_state, 10 + k as u64);
             let (want_y, want_h) = selective_scan_reference(x.clone(), DEFAULT_CHUNK);
-            let (y, h) = selective_scan(move_to::<Bk>(&x, &device, transposed));
+            let (y, h) = scan.forward(move_to::<Bk>(&x, &device, transposed));
             let what = format!("{name} {shape:?} state={with_state} transposed={transposed}");
             assert_close(host(y), host(want_y), &format!("{what}: y"));
             assert_close(host(h), host(want_h), &format!("{what}: last state"));
@@ -313,29 +306,26 @@ fn check_forward_on<Bk: ScanBackend<Device = Dev>>(
 
 #[test]
 fn kernel_forward_equals_reference_fusion() {
-    with_fusion_kernels(true, |k| {
-        check_forward::<Fused>(&format!("{} [{k}]", gpu::NAME))
-    });
+    check_forward::<Fused>(gpu::NAME, &Dispatch);
 }
 
 #[test]
 fn kernel_forward_equals_reference_cube() {
-    with_each_forward_kernel(|k| check_forward::<Bare>(&format!("CubeBackend [{k}]")));
+    with_each_design(check_forward::<Bare>);
 }
 
-fn check_backward<Bk: ScanBackend<Device = Dev>>(name: &str) {
-    // The long shapes are there for the forward kernels; the backward is not split. Over
-    // 2 × 301 steps the time-summed dA of kernel and (f32) reference drift apart by up to
-    // 4e-4 relative (lavapipe), which is summation order, not a different result. On CUDA
-    // the plane backward (8 steps per unit) gets one plane and one chunk (130 steps), then
-    // several planes and chunks with steps read 4 (1100) and 8 (1536) at a time.
+fn check_backward<Bk: Backend<Device = Dev>>(name: &str, scan: &impl Scanner<Bk>) {
+    // Over 2 × 301 steps the time-summed dA of kernel and (f32) reference drift apart by up
+    // to 4e-4 relative (lavapipe), which is summation order, not a different result, so the
+    // longest of SHAPES is left out. On CUDA the warp backward gets one chunk (130 steps),
+    // then several chunks with steps read 4 (1100) and 8 (1536) at a time.
     let plane_shape: &[(usize, usize, usize, usize)] = if cfg!(feature = "cuda") {
         &[(1, 6, 16, 130), (1, 6, 16, 1100), (2, 3, 16, 1536)]
     } else {
         &[]
     };
     let shapes: Vec<_> = SHAPES.iter().take(3).chain(plane_shape).copied().collect();
-    check_backward_on::<Bk>(name, &shapes, &BACKWARD_CASES);
+    check_backward_on::<Bk>(name, scan, &shapes, &BACKWARD_CASES);
 }
 
 /// `(initial state, gradient of the last state, transposed)` for [`check_backward`]: each
@@ -348,8 +338,9 @@ const BACKWARD_CASES: [(bool, bool, bool); 4] = [
 ];
 
 /// The backward on `shapes` for each of `cases` (see [`BACKWARD_CASES`]).
-fn check_backward_on<Bk: ScanBackend<Device = Dev>>(
+fn check_backward_on<Bk: Backend<Device = Dev>>(
     name: &str,
+    scan: &impl Scanner<Bk>,
     shapes: &[(usize, usize, usize, usize)],
     cases: &[(bool, bool, bool)],
 ) {
@@ -368,7 +359,7 @@ fn check_backward_on<Bk: ScanBackend<Device = Dev>>(
                 dh.clone().map(|t| t.into_primitive().tensor()),
             )
             .into_tensors();
-            let got = selective_scan_backward(
+            let got = scan.backward(
                 move_to::<Bk>(&x, &device, transposed),
                 to(&dy, &device),
                 dh.as_ref().map(|t| to(t, &device)),
@@ -412,53 +403,45 @@ fn check_backward_on<Bk: ScanBackend<Device = Dev>>(
 /// every case took 272 s there.
 const WARP_SHAPE: (usize, usize, usize, usize) = (2, 6, 16, 300);
 
-/// The warp-per-channel kernels (`hymba::scan::warp`), forward and backward, against the
-/// reference: on CUDA with plane shuffles and emulated, on wgpu emulated (lavapipe has no
-/// plane operations, so this is where CI runs their code).
+/// The warp kernels (`hymba::scan::warp`) with every plane operation emulated through
+/// shared memory, forward and backward, against the reference: on lavapipe, which has no
+/// plane operations, this is where CI runs their code (indices, chunk carries, the cube's
+/// dB/dC exchange). At 4 steps per unit, so that the shape spans three chunks; then decode
+/// steps of one token.
 #[test]
-fn warp_kernels_equal_reference() {
+fn warp_kernels_emulated_equal_reference() {
     use cubecl::Runtime;
-    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
     let client = gpu::Rt::client(&gpu_device());
-    let modes: &[WarpMode] = if cfg!(feature = "cuda") {
-        &[WarpMode::Planes, WarpMode::Emulated]
-    } else {
-        &[WarpMode::Emulated]
+    let config = WarpConfig {
+        items: 4,
+        emulate: true,
     };
-    set_scan_kernel(ScanKernel::Parallel);
-    set_warp_items(4);
-    for &mode in modes {
-        set_warp_mode(Some(mode));
-        // Otherwise the cube kernels would run and this test would check nothing new.
-        assert_eq!(
-            hymba::scan::warp::usable(&client, 16),
-            Some(mode == WarpMode::Emulated),
-            "the warp kernels do not run here in mode {mode:?}"
-        );
-        // Time-innermost inputs only: the warp kernels see copies in that layout either way.
-        let name = format!("warp {mode:?}");
-        check_forward_on::<Bare>(&name, &[WARP_SHAPE], &[(true, false)]);
-        check_backward_on::<Bare>(&name, &[WARP_SHAPE], &[(true, true, false)]);
-    }
-    set_warp_mode(None);
-    set_warp_items(0);
-    set_scan_kernel(ScanKernel::Auto);
+    // Otherwise the tiled kernels would run and this test would check nothing new.
+    assert!(
+        hymba::scan::warp::usable(&client, 16, config),
+        "the emulated warp kernels do not run on this device"
+    );
+    let design = Design(ScanKernel::Warp(config));
+    // Time-innermost inputs only: the warp kernels see copies in that layout either way.
+    let name = "warp, emulated planes";
+    check_forward_on::<Bare>(name, &design, &[WARP_SHAPE], &[(true, false)]);
+    check_backward_on::<Bare>(name, &design, &[WARP_SHAPE], &[(true, true, false)]);
+    // Decode: steps of one token, each a chunk that is all but one lane past the sequence.
+    check_steps::<Bare>(name, &design);
 }
 
 #[test]
 fn kernel_backward_equals_reference_fusion() {
-    with_fusion_kernels(false, |k| {
-        check_backward::<Fused>(&format!("{} [{k}]", gpu::NAME))
-    });
+    check_backward::<Fused>(gpu::NAME, &Dispatch);
 }
 
 #[test]
 fn kernel_backward_equals_reference_cube() {
-    with_each_kernel(|k| check_backward::<Bare>(&format!("CubeBackend [{k}]")));
+    with_each_design(check_backward::<Bare>);
 }
 
 /// Decode: T = 1 steps carrying the state equal one scan of the whole sequence.
-fn check_steps<Bk: ScanBackend<Device = Dev>>(name: &str) {
+fn check_steps<Bk: Backend<Device = Dev>>(name: &str, scan: &impl Scanner<Bk>) {
     let device = gpu_device();
     let shape = (2, 70, 16, 9);
     let x = inputs(shape, true, 31);
@@ -476,7 +459,7 @@ fn check_steps<Bk: ScanBackend<Device = Dev>>(name: &str) {
             initial_state: h,
             ..g.clone()
         };
-        let (y, h_next) = selective_scan(step);
+        let (y, h_next) = scan.forward(step);
         ys.push(y);
         h = Some(h_next);
     }
@@ -494,14 +477,12 @@ fn check_steps<Bk: ScanBackend<Device = Dev>>(name: &str) {
 
 #[test]
 fn kernel_step_equals_reference_fusion() {
-    with_fusion_kernels(false, |k| {
-        check_steps::<Fused>(&format!("{} [{k}]", gpu::NAME))
-    });
+    check_steps::<Fused>(gpu::NAME, &Dispatch);
 }
 
 #[test]
 fn kernel_step_equals_reference_cube() {
-    with_each_kernel(|k| check_steps::<Bare>(&format!("CubeBackend [{k}]")));
+    with_each_design(check_steps::<Bare>);
 }
 
 /// Gradients of `Σ y·wy (+ Σ h·wh)` under `Autodiff<Bk>` (the custom op) equal the
@@ -591,16 +572,16 @@ fn grads_of<A: AutodiffBackend>(
     v
 }
 
+/// Through `Autodiff<Fusion<..>>`: the kernels the device picks (warp on CUDA, tiled on
+/// lavapipe).
 #[test]
 fn autodiff_kernel_gradients_equal_reference_fusion() {
-    with_fusion_kernels(false, |k| {
-        check_autodiff::<Fused>(&format!("Autodiff<{}> [{k}]", gpu::NAME))
-    });
+    check_autodiff::<Fused>(&format!("Autodiff<{}>", gpu::NAME));
 }
 
 #[test]
 fn autodiff_kernel_gradients_equal_reference_cube() {
-    with_each_kernel(|k| check_autodiff::<Bare>(&format!("Autodiff<CubeBackend> [{k}]")));
+    check_autodiff::<Bare>("Autodiff<CubeBackend>");
 }
 
 /// (shape, gradient values) of every float parameter, in visiting order.
@@ -821,9 +802,7 @@ fn grad_diff(got: &[f32], want: &[f32]) -> (f32, f32) {
 
 #[test]
 fn model_on_autodiff_gpu_equals_ndarray() {
-    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
-    // The default: the tiny model's few sequences take the time-parallel kernels.
-    set_scan_kernel(ScanKernel::Auto);
+    // The default kernels: warp on CUDA, tiled on lavapipe.
     let cpu_model = seeded(21, |_| common::tiny_model(21));
     let config = HymbaConfig::tiny();
     let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 5);
@@ -856,8 +835,6 @@ fn model_on_autodiff_gpu_equals_ndarray() {
 /// still runs. A no-op, so trivially equal, on backends other than CUDA.
 #[test]
 fn fixed_shape_memory_gives_the_same_gradients() {
-    let _guard = VARIANT.lock().unwrap_or_else(|e| e.into_inner());
-    set_scan_kernel(ScanKernel::Auto);
     let cpu_model = seeded(22, |_| common::tiny_model(22));
     let config = HymbaConfig::tiny();
     let rows = common::ids(2, 2 * config.sliding_window + 7, config.vocab_size, 6);

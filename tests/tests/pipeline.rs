@@ -1,6 +1,7 @@
 //! The whole post-training pipeline on the CPU, each stage starting from the previous
 //! stage's output, as a user runs it: a tiny pretrain on the embedded corpus, SFT on the
-//! shared chat data, DPO on the shared HHH preference pairs.
+//! chat data, DPO on the HHH preference pairs (both from the committed `fixtures/`, the
+//! first lines of the shared data files).
 
 use std::path::{Path, PathBuf};
 
@@ -8,10 +9,13 @@ use burn::backend::NdArray;
 use hymba::{BackendKind, Hymba, run_on};
 use hymba_train::{RunConfig, Stage, TrainJob, TrainReport};
 
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
-        .join(rel)
+/// A file of the workspace's `fixtures/` folder (excerpts of the shared data).
+fn fixture(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel);
+    assert!(path.is_file(), "fixture {} is missing", path.display());
+    path
 }
 
 fn run(stage: Stage, out: &Path, init: Option<&Path>, extra: &[&str]) -> TrainReport {
@@ -63,7 +67,7 @@ fn pretrain_then_sft_then_dpo() {
     let (first, last) = first_and_last(&pre);
     assert!(last < first - 0.5, "pretraining loss {first} → {last}");
 
-    let chat = shared("sft/natural_instructions.jsonl");
+    let chat = fixture("sft/natural_instructions.jsonl");
     let tuned = run(
         Stage::Sft,
         &sft,
@@ -86,7 +90,7 @@ fn pretrain_then_sft_then_dpo() {
         "{summary}"
     );
 
-    let pairs = shared("dpo/hhh_alignment.jsonl");
+    let pairs = fixture("dpo/hhh_alignment.jsonl");
     let aligned = run(
         Stage::Dpo,
         &dpo,
@@ -118,4 +122,21 @@ fn pretrain_then_sft_then_dpo() {
     .expect("model");
     let b = hymba::load_pretrained::<NdArray>(dpo.join("model"), &device).expect("DPO model");
     assert_eq!(a.config, b.config);
+
+    // Each model directory has the HF side files; the chat template only after SFT (and the
+    // chat-format DPO that follows it). SFT and DPO started from directories that had them.
+    for (dir, chat) in [(&pt, false), (&sft, true), (&dpo, true)] {
+        let files =
+            hymba::hf::SideFiles::read(dir.join("model"), a.config.vocab_size).expect("side files");
+        let tok = files.tokenizer.expect("tokenizer_config.json");
+        let generation = files.generation.expect("generation_config.json");
+        assert_eq!(generation.bos_token_id, Some(1), "{}", dir.display());
+        let template = tok.chat_template_str();
+        assert_eq!(
+            template,
+            chat.then_some(hymba_datasets::CHAT_TEMPLATE_JINJA),
+            "{}",
+            dir.display()
+        );
+    }
 }

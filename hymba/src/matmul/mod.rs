@@ -1,7 +1,7 @@
 //! The one matmul every projection of the model goes through, as a backend extension.
 //!
 //! burn 0.21's CUDA matmul reaches ≈ 87 TFLOP/s in bf16 on an H100, ≈ 11 % of the card
-//! (cubek has no Hopper `wgmma` path; `reference/gpu_matmul_notes.md`). In Hymba nearly all
+//! (cubek has no Hopper `wgmma` path; `docs/gpu_matmul_notes.md`). In Hymba nearly all
 //! training FLOPs are these products (the fused input projection, out_proj, the SwiGLU FFN,
 //! the tied LM head), so on CUDA they run on cuBLAS instead; every other backend keeps
 //! burn's own kernel.
@@ -13,7 +13,9 @@
 //! | `Fusion<CubeBackend<CudaRuntime>>` (`burn::backend::Cuda`) | a custom fusion op → the above |
 //! | `Autodiff<B>` | one node whose backward runs `dX = dY·Wᵀ`, `dW = Xᵀ·dY` through `B` |
 //!
-//! [`matmul`] is the only entry point the model uses.
+//! [`matmul`] is the only entry point the model uses. Two process-wide settings change
+//! what it runs on CUDA: [`set_tf32`] (f32 products as TF32, a run-config choice of the
+//! trainer) and [`set_cublas`] (burn's kernel instead of cuBLAS, for benchmark comparisons).
 
 pub mod autodiff;
 #[cfg(feature = "cube")]
@@ -22,12 +24,44 @@ mod cube;
 pub mod cublas;
 #[cfg(feature = "cube")]
 mod fusion;
-#[cfg(feature = "cuda")]
-mod launch_watch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::FloatTensor;
+
+/// Whether cuBLAS may run the CUDA products ([`set_cublas`]).
+static CUBLAS: AtomicBool = AtomicBool::new(true);
+/// Whether cuBLAS may multiply f32 as TF32 ([`set_tf32`]).
+static TF32: AtomicBool = AtomicBool::new(false);
+
+/// Benchmark comparison switch: `false` makes CUDA run burn's own matmul kernel for every
+/// product (as on every other backend), `true` (the default) cuBLAS where it takes the
+/// product. `hymba-eval bench step --matmul burn` uses it to measure what cuBLAS buys; the
+/// model and the trainer never turn it off. Call it before the first product: the fusion
+/// and autodiff wrappers choose their op per product from it.
+pub fn set_cublas(on: bool) {
+    CUBLAS.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`set_cublas`] leaves cuBLAS on.
+pub fn cublas_enabled() -> bool {
+    CUBLAS.load(Ordering::Relaxed)
+}
+
+/// Lets cuBLAS multiply f32 products as TF32 (10-bit mantissa, f32 accumulation;
+/// `CUBLAS_COMPUTE_32F_FAST_TF32`), as burn's own CUDA matmul does, instead of exact f32
+/// (the default). bf16 and f16 products are unaffected; so are backends without cuBLAS.
+/// hymba-train sets it from the run config's `allow_tf32`.
+pub fn set_tf32(allowed: bool) {
+    TF32.store(allowed, Ordering::Relaxed);
+}
+
+/// Whether [`set_tf32`] allows TF32.
+pub fn tf32_allowed() -> bool {
+    TF32.load(Ordering::Relaxed)
+}
 
 /// A burn backend with the model's matmul. The default body is burn's own `float_matmul`.
 pub trait MatmulBackend: Backend {
@@ -103,18 +137,6 @@ pub fn matmul_wt<B: MatmulBackend, const D: usize>(
     matmul(x.reshape([rows, d_in]), w.transpose()).reshape(dims)
 }
 
-/// The multiple the LM head pads the vocabulary to ([`matmul_wt_padded`]): the backend's
-/// [`MatmulBackend::matmul_dim_multiple`], or 1 (no padding) when `HYMBA_PAD_VOCAB=0`, for
-/// comparisons.
-pub fn vocab_multiple<B: MatmulBackend>() -> usize {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *OFF.get_or_init(|| std::env::var("HYMBA_PAD_VOCAB").is_ok_and(|v| v == "0")) {
-        1
-    } else {
-        B::matmul_dim_multiple()
-    }
-}
-
 /// [`matmul_wt`] with W's rows — the output's columns — padded with zero rows to a
 /// multiple of `multiple`, and those columns cut off the result (a view).
 ///
@@ -122,7 +144,7 @@ pub fn vocab_multiple<B: MatmulBackend>() -> usize {
 /// products (logits, dX, dW) have a dimension that is no multiple of 8 and run burn's own
 /// kernel at about 200 TFLOP/s on an H200; padding the leading dimensions alone does not
 /// help, as cuBLAS picks its slow kernels for the size itself (91–148 TFLOP/s,
-/// `bench/results/matmul_125m_pitched_s13_h200.json`). Padded to 32,008, every product is
+/// `bench/results/matmul_hymba-125m_bf16_pitched_h200_2026-12-04.json`). Padded to 32,008, every product is
 /// aligned: the forward multiplies by seven zero rows, the backward's gradient of the cut
 /// is the logits' gradient with seven zero columns, so dX gains nothing from them and dW's
 /// extra rows are dropped with the padding. The cost is a copy of W per call and a

@@ -30,8 +30,8 @@ pub const CHUNK_ROWS: usize = 64;
 
 /// A fingerprint of this file, passed to every kernel here as a comptime value, so that
 /// CubeCL's persistent kernel cache (keyed by kernel name and comptime values only) never
-/// serves a kernel compiled from older source (see `crate::scan::kernel::SOURCE`).
-const SOURCE: u64 = crate::scan::kernel::fnv1a(
+/// serves a kernel compiled from older source (see `crate::scan::launch::SOURCE`).
+const SOURCE: u64 = crate::cube_common::fnv1a(
     concat!(include_str!("kernel.rs"), include_str!("../cube_common.rs")).as_bytes(),
 );
 

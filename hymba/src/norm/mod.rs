@@ -9,7 +9,7 @@
 //! square root, a division, a cast back and the weight product, and autodiff replays about
 //! twice as many ops backwards: some 4,000 ops per training step that the autodiff graph and
 //! burn-fusion's thread each handle, on the host threads that bound a CUDA step
-//! (`bench/results/cpu_wall_train_125m_b8_bf16_fixed_s15_h200.txt`). As an operation it is
+//! (`bench/results/cpuprof-train_hymba-125m_bf16_b8_fixed-memory_h200_2026-12-04.txt`). As an operation it is
 //! one kernel forward and two backward (the input's gradient per row, the weight's as column
 //! sums), and autodiff saves the input and the weight instead of an f32 copy of the input
 //! and the normalised rows.
@@ -57,26 +57,13 @@ impl<B: Backend> RmsNorm<B> {
 }
 
 impl<B: NormBackend> RmsNorm<B> {
-    /// `x · rsqrt(mean(x²) + eps) · weight` ([`rms_norm`]; with `HYMBA_RMS_NORM=tensor`, the
-    /// tensor-op chain [`rms_norm_reference`] under the backend's own autodiff, as before the
-    /// operation existed, for A/B timings).
+    /// `x · rsqrt(mean(x²) + eps) · weight` ([`rms_norm`]).
     ///
     /// # Shapes
     /// - `x`: `[..., d]` → `[..., d]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if tensor_ops() {
-            rms_norm_reference(x, self.weight.val(), self.eps)
-        } else {
-            rms_norm(x, self.weight.val(), self.eps)
-        }
+        rms_norm(x, self.weight.val(), self.eps)
     }
-}
-
-/// Whether `HYMBA_RMS_NORM=tensor` asks for the tensor-op chain instead of the operation
-/// (read once).
-fn tensor_ops() -> bool {
-    static TENSOR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *TENSOR.get_or_init(|| std::env::var("HYMBA_RMS_NORM").is_ok_and(|v| v.trim() == "tensor"))
 }
 
 /// Backend extension for the RMS norm. The default bodies are tensor ops, correct on every

@@ -14,24 +14,31 @@
 //! | backend | forward | backward |
 //! |---|---|---|
 //! | `NdArray` (any other backend) | [`reference`] | [`reference_vjp`] (hand-derived, tensor ops) |
-//! | `CubeBackend<R, ..>` (CUDA, wgpu) | `kernel` (CubeCL) | `kernel` (chunked recompute) |
+//! | `CubeBackend<R, ..>` (CUDA, wgpu) | `cube`: `warp` (CUDA) or `tiled` | the same (chunked recompute) |
 //! | `Fusion<B>` (`burn::backend::{Cuda, Wgpu}`) | custom op → `B`'s | custom op → `B`'s |
 //! | `Autodiff<B, C>` | `B`'s, recorded as one op | [`ScanBackend::selective_scan_backward`] of `B` |
 
+//!
+//! The files, in the direction they import each other: `mod.rs` (this: the trait and the
+//! function) ← `reference.rs`, `reference_vjp.rs` (the oracle), `cpu.rs` (ndarray's host
+//! loops), `autodiff.rs`, `fusion.rs` (wrappers that record one op); and for CubeCL
+//! backends `cube.rs` (the dispatcher) → `warp.rs` (CUDA; its plane operations in
+//! `lanes.rs`), `tiled.rs` (portable) → `launch.rs` (what the two share).
+
 pub mod autodiff;
-#[cfg(feature = "cube")]
-pub mod channel;
 pub mod cpu;
+#[cfg(feature = "cube")]
+pub mod cube;
 #[cfg(feature = "cube")]
 pub mod fusion;
 #[cfg(feature = "cube")]
-pub mod kernel;
+pub mod lanes;
 #[cfg(feature = "cube")]
-pub mod parallel;
-#[cfg(feature = "cube")]
-mod plane_bwd;
+pub mod launch;
 pub mod reference;
 pub mod reference_vjp;
+#[cfg(feature = "cube")]
+pub mod tiled;
 #[cfg(feature = "cube")]
 pub mod warp;
 
@@ -175,17 +182,17 @@ pub fn selective_scan_backward<B: ScanBackend>(
     .into_tensors()
 }
 
-/// Chooses the CubeCL scan kernels by name (`tiled`, `direct`, `parallel`, `auto`; see
-/// `kernel::ScanKernel`) for every later call, process-wide. Returns false for an unknown
-/// name, and in a build without a CubeCL backend (where there is only the reference). It
-/// exists outside the `cube` feature so that tools built against any backend set can call
-/// it.
+/// Chooses the CubeCL scan kernels by name (`auto`, `warp`, `tiled`; see `cube::ScanKernel`)
+/// for every later call, process-wide: `hymba-eval bench scan --kernel` compares the
+/// designs with it. Returns false for an unknown name, and in a build without a CubeCL
+/// backend (where there is only the reference). It exists outside the `cube` feature so
+/// that tools built against any backend set can call it.
 pub fn select_kernel(name: &str) -> bool {
     #[cfg(feature = "cube")]
     {
-        match kernel::ScanKernel::from_name(name) {
+        match cube::ScanKernel::from_name(name) {
             Some(k) => {
-                kernel::set_scan_kernel(k);
+                cube::select_kernel(k);
                 true
             }
             None => false,

@@ -1,46 +1,46 @@
-//! The warp-per-channel selective-scan kernels. Each plane (warp) of 32 units owns one
-//! (batch, channel) sequence and walks it in chunks of `32 · items` steps; a cube is a few
-//! such planes, for neighbouring channels of one batch row.
+//! The selective-scan kernels for CUDA: one plane (warp) of 32 units owns one (batch,
+//! channel) sequence and walks it in chunks of `32 · items` steps; a cube is [`WARPS`] such
+//! planes, for neighbouring channels of one batch row. Devices without planes of 32 run
+//! [`super::tiled`] instead.
 //!
-//! # Status
-//! Opt-in ([`WarpMode`], `HYMBA_SCAN_WARP=1`): written in session 19, when no GPU was lent,
-//! so they have been checked only with emulated plane operations on lavapipe (the
-//! `scan_kernel` tests), not yet run or timed on CUDA. `bash bench/gpu_session.sh s19` runs
-//! the CUDA tests and times them against the cube-per-channel kernels in one call.
+//! # Forward (`scan_forward_warp_kernel`)
+//! The recurrence `h_t = a_t·h_{t−1} + b_t` is linear, hence associative under
+//! `(a₂, b₂) ∘ (a₁, b₁) = (a₂a₁, a₂b₁ + b₂)`. Each unit folds its `items` consecutive steps
+//! into one pair per state, the plane scans the pairs with 5 rounds of shuffles, and each
+//! unit re-walks its steps from its start state accumulating y; the carry into the next
+//! chunk travels by a shuffle too. No barrier and no shared memory.
 //!
-//! # Why not a cube per channel ([`super::parallel`]'s plane kernels)
-//! There the 4 planes of a cube split a chunk of 1,024 steps, so every state of every chunk
-//! ends at a barrier: the planes' totals meet in shared memory, and each unit then composes
-//! the totals of the planes before it. Nsight Compute showed that forward issue-bound at
-//! 50 % occupancy (1.30–1.40 ms at batch 8 × 2048 × 3200, bf16, on an H200, against
-//! `mamba_ssm`'s 0.91 on an H100), and the barrier per state keeps the planes of a cube
-//! waiting on the slowest. Here a chunk is one plane's: the scan across units is 5 rounds
-//! of shuffles, the carry between chunks travels by shuffles too, and the forward has no
-//! barrier and no shared memory.
+//! # Why one plane per channel
+//! The design it replaced gave each channel a whole cube: 4 planes split a chunk of 1,024
+//! steps, so every state of every chunk ended at a barrier where the planes' totals met in
+//! shared memory (Nsight Compute: issue-bound at 50 % occupancy). Measured on an H100
+//! (2026-12-07, bf16, time layout, forward / forward + backward): 1.34 / 5.83 ms against
+//! 1.45 / 5.55 at batch 8 × 2048 × 3200, and 0.64 / 2.13 against 0.75 / 2.43 at × 1024
+//! (`docs/performance.md`). It is the simpler base to make faster: no cross-plane
+//! synchronisation, and its knobs (steps per unit, planes per cube) are independent.
 //!
 //! # Registers for the per-state values
 //! A (per state), the carried state and, in the backward, the chunk's start state and the
 //! adjoint carry live one state per lane (lane `s` holds state `s`; hence at most 32 states)
 //! and reach the whole plane by a shuffle from lane `s`: the state loop stays a runtime loop
-//! (unrolled states took 255 registers in session 7) without a memory round trip.
+//! (unrolled states took 255 registers in an earlier design) without a memory round trip.
 //!
-//! # Backward
-//! A first sweep computes the state at each chunk start (lane `s` writes state `s` to a
-//! `[b, d, chunks, S]` buffer and reads it back itself: no fence needed). Then chunks go last
-//! to first; per state the forward and the reverse (adjoint) pairs are folded and scanned
-//! across the plane, and the walk yields du, dΔ, dz, dA, dD and d(delta bias) per channel.
-//! dB and dC are shared by all channels: the planes of a cube leave theirs in shared
-//! memory, and after one barrier per state the cube adds their sum with one atomic add per
-//! step, so the atomics are `1 / warps` of one per channel (`mamba_ssm` adds each channel's
-//! directly).
+//! # Backward (`scan_backward_warp_kernel`)
+//! With `e_t = ∂L/∂out_t` the adjoint obeys the reverse recurrence
+//! `r_t = a_t·(e_t·C_t + r_{t+1})`, the same kind of scan run backwards. A first sweep
+//! computes the state at each chunk start (lane `s` writes state `s` to a `[b, d, chunks, S]`
+//! buffer and reads it back itself: no fence needed). Then chunks go last to first; per
+//! state the forward and the reverse (adjoint) pairs are folded and scanned across the
+//! plane, and the walk yields du, dΔ, dz, dA, dD and d(delta bias) per channel. dB and dC
+//! are shared by all channels: the planes of a cube leave theirs in shared memory, and after
+//! one barrier per state the cube adds their sum with one atomic add per step, so the
+//! atomics are `1 / WARPS` of one per channel (`mamba_ssm` adds each channel's directly).
 //!
 //! # Emulated planes
-//! With [`WarpMode::Emulated`] every plane operation is a round trip through shared memory
-//! between two barriers (`cube::lane_pair`), so the same kernels run where there are no
-//! plane operations: slowly, but with every index and carry of the real ones. That is how CI
-//! checks them on lavapipe.
-
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+//! With `emulate` every plane operation ([`super::lanes`]) is a round trip through shared
+//! memory between two barriers, so the same kernels run where there are no plane
+//! operations: slowly, but with every index and carry of the real ones. That is how CI
+//! checks them on lavapipe (`hymba/tests/scan_kernel.rs`).
 
 use burn::tensor::{DType, TensorMetadata};
 use burn_cubecl::CubeRuntime;
@@ -48,134 +48,78 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::{CubeCount, CubeDim};
 
 use self::cube::{scan_backward_warp_kernel, scan_forward_warp_kernel};
-use super::kernel::SOURCE;
-use super::parallel::{BackwardOut, Launch, PLANE, vector_width};
+use super::launch::{
+    BackwardOut, Launch, PLANE, SOURCE, adds_f32_atomically, has_planes_of_32, vector_width,
+};
 
 /// Steps per unit per chunk: a chunk is `32 · ITEMS` steps.
 pub const ITEMS: usize = 8;
 /// Planes (channels) per cube.
 pub const WARPS: usize = 4;
 
-static ITEMS_SET: AtomicUsize = AtomicUsize::new(0);
-
-/// Overrides the steps per unit (4, 8 or 16; anything else goes back to automatic) for
-/// every later call, process-wide: the tests use 4, so that short sequences span several
-/// chunks.
-pub fn set_warp_items(items: usize) {
-    ITEMS_SET.store(items, Ordering::Relaxed);
-}
-
-/// Steps per unit in use: [`set_warp_items`]'s, else `HYMBA_SCAN_WARP_ITEMS` (4, 8 or 16;
-/// read once per process; for comparisons in `bench scan`), else [`ITEMS`].
-pub fn items() -> usize {
-    static FROM_ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    match ITEMS_SET.load(Ordering::Relaxed) {
-        n @ (4 | 8 | 16) => n,
-        _ => *FROM_ENV
-            .get_or_init(|| super::parallel::items_from_env("HYMBA_SCAN_WARP_ITEMS", ITEMS)),
-    }
-}
-
-/// Planes per cube in use: [`WARPS`], or `HYMBA_SCAN_WARPS` (1, 2, 4 or 8; read once per
-/// process), never more than the channels need.
-pub fn warps(channels: usize) -> usize {
-    static IN_USE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let w = *IN_USE.get_or_init(|| {
-        std::env::var("HYMBA_SCAN_WARPS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| [1, 2, 4, 8].contains(n))
-            .unwrap_or(WARPS)
-    });
-    w.min(channels.max(1).next_power_of_two())
-}
-
-/// Where the warp kernels run.
+/// How the warp kernels run: steps per unit, and whether plane operations are emulated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WarpMode {
-    /// Nowhere: the cube-per-channel kernels run. The default until the warp kernels have
-    /// been timed against them on a GPU.
-    Off,
-    /// On devices with planes of 32 (CUDA).
-    Planes,
-    /// On every device, each plane operation emulated by a round trip through shared memory
-    /// between two barriers: slow, for checking the kernels' arithmetic on devices without
-    /// plane operations (lavapipe in CI).
-    Emulated,
+pub struct WarpConfig {
+    /// Steps per unit per chunk: 4, 8 or 16 (the tests use 4, so that short sequences span
+    /// several chunks).
+    pub items: usize,
+    /// Every plane operation through shared memory, for devices without planes (slow: for
+    /// checking the kernels' arithmetic on lavapipe).
+    pub emulate: bool,
 }
 
-static MODE: AtomicU8 = AtomicU8::new(0);
-
-/// Sets [`WarpMode`] for every later call, process-wide (tests; `None` goes back to the
-/// environment's).
-pub fn set_warp_mode(mode: Option<WarpMode>) {
-    let code = match mode {
-        None => 0,
-        Some(WarpMode::Off) => 1,
-        Some(WarpMode::Planes) => 2,
-        Some(WarpMode::Emulated) => 3,
-    };
-    MODE.store(code, Ordering::Relaxed);
-}
-
-/// The [`WarpMode`] in force: [`set_warp_mode`]'s, else `HYMBA_SCAN_WARP` (`1` or `planes`:
-/// [`WarpMode::Planes`]; `emulated`: [`WarpMode::Emulated`]; read once per process), else
-/// [`WarpMode::Off`].
-pub fn warp_mode() -> WarpMode {
-    static FROM_ENV: std::sync::OnceLock<WarpMode> = std::sync::OnceLock::new();
-    match MODE.load(Ordering::Relaxed) {
-        1 => WarpMode::Off,
-        2 => WarpMode::Planes,
-        3 => WarpMode::Emulated,
-        _ => *FROM_ENV.get_or_init(|| match std::env::var("HYMBA_SCAN_WARP").as_deref() {
-            Ok("1" | "planes") => WarpMode::Planes,
-            Ok("emulated") => WarpMode::Emulated,
-            _ => WarpMode::Off,
-        }),
+impl Default for WarpConfig {
+    fn default() -> Self {
+        WarpConfig {
+            items: ITEMS,
+            emulate: false,
+        }
     }
 }
 
-/// Whether these kernels run on `client`'s device for `states` states, and if so whether
-/// they emulate the plane operations: per [`warp_mode`], when no cube size is forced
-/// ([`super::parallel::set_parallel_threads`]: the tests force one to reach the cube
-/// kernels), the states fit one per lane, and the device adds f32 atomically (the
-/// backward's dB and dC) and has the backward's shared memory.
+/// Planes per cube for `channels` channels: [`WARPS`], never more than the channels need.
+fn warps(channels: usize) -> usize {
+    WARPS.min(channels.max(1).next_power_of_two())
+}
+
+/// Whether the warp kernels run on `client`'s device for `states` states with `config`:
+/// the device has planes of 32 (or they are emulated), adds f32 atomically (the backward's dB
+/// and dC) and has the backward's shared memory, the states fit one per lane, and `items` is
+/// 4, 8 or 16.
 pub fn usable<R: CubeRuntime>(
     client: &cubecl::client::ComputeClient<R>,
     states: usize,
-) -> Option<bool> {
-    let emulate = match warp_mode() {
-        WarpMode::Off => return None,
-        WarpMode::Planes => false,
-        WarpMode::Emulated => true,
-    };
-    let atomics = super::parallel::adds_f32_atomically(client);
-    let device = emulate || super::parallel::use_planes(client, PLANE);
+    config: WarpConfig,
+) -> bool {
+    let device = config.emulate || has_planes_of_32(client);
     // The backward's dB/dC exchange: two buffers of dB and dC per plane, a pad per unit.
-    let shared = 4 * 4 * warps(PLANE) * PLANE * (items() + 1);
+    let shared = 4 * 4 * WARPS * PLANE * (config.items + 1);
     let fits = shared <= client.properties().hardware.max_shared_memory_size;
-    let shape = !super::parallel::threads_forced() && (1..=PLANE).contains(&states);
-    (device && atomics && fits && shape).then_some(emulate)
+    device
+        && adds_f32_atomically(client)
+        && fits
+        && (1..=PLANE).contains(&states)
+        && [4, 8, 16].contains(&config.items)
 }
 
-/// Runs the forward into `y` (`[b, d, T]`, u's dtype) and `h_last` (`[b, d, S]`, f32).
-/// `emulate`: see [`usable`].
-pub(super) fn forward<R: CubeRuntime>(
+/// Runs the forward into `y` (`[b, d, T]`, u's dtype) and `h_last` (`[b, d, S]`, f32); the
+/// inputs are best stored with time innermost (then loads are vectors of steps).
+pub fn forward<R: CubeRuntime>(
     x: Launch<R>,
     y: &CubeTensor<R>,
     h_last: &CubeTensor<R>,
-    emulate: bool,
+    config: WarpConfig,
 ) {
     let [batch, channels, _] = x.u.shape().dims::<3>();
     let states = x.a.shape().dims::<2>()[1];
     let dtype = x.u.dtype();
     let client = x.u.client.clone();
-    let items = items();
+    let items = config.items;
     let warps = warps(channels);
     let vec = vector_width(&[&x.u, &x.delta, &x.z, &x.bm, &x.cm, y], items);
     // SAFETY: planes past the last channel write nothing, steps past the sequence are masked
     // (with `vec > 1` a vector is wholly inside or past it, and aligned: `vector_width`),
-    // the cube is whole planes of 32 (`usable`), and the outputs have the shapes indexed.
+    // the cube is whole planes of 32, and the outputs have the shapes indexed.
     unsafe {
         scan_forward_warp_kernel::launch_unchecked::<R>(
             &client,
@@ -198,20 +142,20 @@ pub(super) fn forward<R: CubeRuntime>(
             items,
             SOURCE,
             x.has_h0,
-            emulate,
+            config.emulate,
             dtype.into(),
         );
     }
 }
 
-/// Runs the backward; the outputs are those of [`super::parallel::backward`] with one group
-/// per batch row (`d_bc` is `[batch, 2S, T]`, already summed over channels); `emulate`: see
-/// [`usable`].
-pub(super) fn backward<R: CubeRuntime>(
+/// Runs the backward: one group per batch row (`d_bc` is `[batch, 2S, T]`, already summed
+/// over channels). `alloc_like` allocates a `[b, d, T]` gradient in the layout the caller
+/// wants; `alloc` a contiguous buffer of the given shape and dtype.
+pub fn backward<R: CubeRuntime>(
     x: Launch<R>,
     dy: CubeTensor<R>,
     d_last: Option<CubeTensor<R>>,
-    emulate: bool,
+    config: WarpConfig,
     alloc_like: impl Fn(DType) -> CubeTensor<R>,
     alloc: impl Fn(&[usize], DType) -> CubeTensor<R>,
 ) -> BackwardOut<R> {
@@ -219,7 +163,7 @@ pub(super) fn backward<R: CubeRuntime>(
     let states = x.a.shape().dims::<2>()[1];
     let dtype = x.u.dtype();
     let client = x.u.client.clone();
-    let items = items();
+    let items = config.items;
     let warps = warps(channels);
     let cubes = channels.div_ceil(warps);
     let n_chunks = len.div_ceil(PLANE * items);
@@ -286,7 +230,7 @@ pub(super) fn backward<R: CubeRuntime>(
             SOURCE,
             x.has_h0,
             has_d_last,
-            emulate,
+            config.emulate,
             dtype.into(),
         );
     }
@@ -299,141 +243,10 @@ mod cube {
     use cubecl::prelude::*;
 
     use super::PLANE;
-    use crate::scan::kernel::cube::sigmoid;
-    use crate::scan::parallel::cube::{finish_chunk, load_dt, load_steps, seed_chunk, store_steps};
-
-    /// Lane `src`'s `(a, b)`, a unit's own where `src` is out of the plane (as CUDA's
-    /// shuffles). This and the functions below are the kernels' plane operations: with
-    /// `emulate` each goes through `buf` (`2 · units` floats, `units` = the cube's) between
-    /// two barriers, for devices without plane operations, so every unit of the cube must
-    /// call them. Lanes are `UNIT_POS_X mod 32` either way (a plane is 32 consecutive units
-    /// on CUDA).
-    #[cube]
-    pub(super) fn lane_pair(
-        a: f32,
-        b: f32,
-        src: u32,
-        buf: &mut SharedMemory<f32>,
-        #[comptime] units: usize,
-        #[comptime] emulate: bool,
-    ) -> (f32, f32) {
-        if emulate {
-            let unit = UNIT_POS_X as usize;
-            buf[unit] = a;
-            buf[units + unit] = b;
-            sync_cube();
-            let from = unit - unit % comptime!(PLANE) + src as usize;
-            let va = buf[from];
-            let vb = buf[units + from];
-            sync_cube();
-            (va, vb)
-        } else {
-            (plane_shuffle(a, src), plane_shuffle(b, src))
-        }
-    }
-
-    /// Lane `src`'s `x`; see [`lane_pair`].
-    #[cube]
-    pub(super) fn lane_value(
-        x: f32,
-        src: u32,
-        buf: &mut SharedMemory<f32>,
-        #[comptime] units: usize,
-        #[comptime] emulate: bool,
-    ) -> f32 {
-        if emulate {
-            let (v, _w) = lane_pair(x, x, src, buf, units, emulate);
-            v
-        } else {
-            plane_shuffle(x, src)
-        }
-    }
-
-    /// Lane `l − d`'s `(a, b)` (a unit's own below `d`), or with `down` lane `l + d`'s (its
-    /// own past the plane); see [`lane_pair`].
-    #[cube]
-    pub(super) fn lane_shift(
-        a: f32,
-        b: f32,
-        d: u32,
-        buf: &mut SharedMemory<f32>,
-        #[comptime] down: bool,
-        #[comptime] units: usize,
-        #[comptime] emulate: bool,
-    ) -> (f32, f32) {
-        if emulate {
-            let l = UNIT_POS_X % comptime!(PLANE as u32);
-            let mut src = l;
-            if down {
-                if l + d < comptime!(PLANE as u32) {
-                    src = l + d;
-                }
-            } else if l >= d {
-                src = l - d;
-            }
-            lane_pair(a, b, src, buf, units, emulate)
-        } else if down {
-            (plane_shuffle_down(a, d), plane_shuffle_down(b, d))
-        } else {
-            (plane_shuffle_up(a, d), plane_shuffle_up(b, d))
-        }
-    }
-
-    /// The sum of `x` over the plane, on every lane; see [`lane_pair`].
-    #[cube]
-    pub(super) fn lane_sum(
-        x: f32,
-        buf: &mut SharedMemory<f32>,
-        #[comptime] units: usize,
-        #[comptime] emulate: bool,
-    ) -> f32 {
-        if emulate {
-            let l = UNIT_POS_X % comptime!(PLANE as u32);
-            let mut v = x;
-            let mut d = 1u32;
-            for _round in 0..comptime!(PLANE.trailing_zeros()) {
-                v += lane_value(v, l ^ d, buf, units, emulate);
-                d *= 2;
-            }
-            v
-        } else {
-            plane_sum(x)
-        }
-    }
-
-    /// Inclusive scan of one pair per lane under `(a₂, b₂) ∘ (a₁, b₁) = (a₂a₁, a₂b₁ + b₂)`:
-    /// lane l composes lanes 0..=l, or with `reverse` lanes l..; Kogge–Stone, log₂ 32
-    /// rounds; see [`lane_pair`].
-    #[cube]
-    pub(super) fn lane_scan(
-        a: f32,
-        b: f32,
-        buf: &mut SharedMemory<f32>,
-        #[comptime] reverse: bool,
-        #[comptime] units: usize,
-        #[comptime] emulate: bool,
-    ) -> (f32, f32) {
-        let l = UNIT_POS_X % comptime!(PLANE as u32);
-        let mut a = a;
-        let mut b = b;
-        let mut d = 1u32;
-        // Unrolled for the shuffles; a loop when emulated (each round is two barriers:
-        // unrolled, lavapipe's compiler took minutes over the kernels).
-        #[unroll(!emulate)]
-        for _round in 0..comptime!(PLANE.trailing_zeros()) {
-            let (an, bn) = lane_shift(a, b, d, buf, reverse, units, emulate);
-            let mut has = l >= d;
-            if reverse {
-                has = l + d < comptime!(PLANE as u32);
-            }
-            if has {
-                b += a * bn;
-                a *= an;
-            }
-            d *= 2;
-        }
-        (a, b)
-    }
+    use crate::scan::lanes::cube::{lane_pair, lane_scan, lane_shift, lane_sum, lane_value};
+    use crate::scan::launch::cube::{
+        finish_chunk, load_dt, load_steps, seed_chunk, sigmoid, store_steps,
+    };
 
     /// `(c_row, c)`: the channel of this unit's plane, and the one it computes. Planes past
     /// the last channel compute the last channel's values (with `emulate` every unit must

@@ -26,8 +26,8 @@ pub const THREADS: usize = 256;
 
 /// A fingerprint of this file, passed to both kernels as a comptime value, so that CubeCL's
 /// persistent kernel cache (keyed by kernel name and comptime values only) never serves a
-/// kernel compiled from older source (see `crate::scan::kernel::SOURCE`).
-const SOURCE: u64 = crate::scan::kernel::fnv1a(
+/// kernel compiled from older source (see `crate::scan::launch::SOURCE`).
+const SOURCE: u64 = crate::cube_common::fnv1a(
     concat!(include_str!("kernel.rs"), include_str!("../cube_common.rs")).as_bytes(),
 );
 
@@ -168,20 +168,10 @@ pub(crate) mod cube {
     }
 }
 
-/// Whether `HYMBA_ATTENTION_SOFTMAX=tensor` asks for the tensor-op path instead of the
-/// kernels (read once; for A/B timings such as `bench step` against the kernels).
-fn kernels_off() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| {
-        std::env::var("HYMBA_ATTENTION_SOFTMAX").is_ok_and(|v| v.trim() == "tensor")
-    })
-}
-
 /// Whether the kernels take a tensor of this shape and dtype (else the tensor ops run).
 fn supported(t: &impl TensorMetadata) -> bool {
     let dims = t.shape().dims::<4>();
-    !kernels_off()
-        && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+    matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
         && dims.iter().all(|&d| d > 0)
         && dims.iter().product::<usize>() < u32::MAX as usize
 }
