@@ -96,7 +96,7 @@ tests() {  # tests BINARY FILTER: a CUDA test binary, if it was staged
 }
 
 scan() {
-  tests scan_kernel "${TESTS:-kernel}"
+  tests scan_kernel "${TESTS-kernel}"
   LIMIT=${SCAN_LIMIT:-200} step "$v scan" "$B/hymba-eval" bench scan --backend cuda \
     --kernel "${KERNEL:-all}" --layout "${LAYOUT:-time}" --no-reference \
     --out "$OUT/scan${tag}_${KERNEL:-all}_${DEV}_${DATE}.json"
