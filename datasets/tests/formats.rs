@@ -191,21 +191,9 @@ fn malformed_sft_lines_are_reported_with_line_numbers() {
     assert_eq!(lenient.records.len(), 3);
     let skipped: Vec<usize> = lenient.skipped.iter().map(|s| s.line).collect();
     assert_eq!(skipped, vec![2, 4, 6]);
-    assert!(
-        lenient.skipped[0].reason.contains("EOF"),
-        "{}",
-        lenient.skipped[0]
-    );
-    assert!(
-        lenient.skipped[1].reason.contains("robot"),
-        "{}",
-        lenient.skipped[1]
-    );
-    assert!(
-        lenient.skipped[2].reason.contains("assistant"),
-        "{}",
-        lenient.skipped[2]
-    );
+    assert_skipped_because(&lenient.skipped, 0, "EOF");
+    assert_skipped_because(&lenient.skipped, 1, "robot");
+    assert_skipped_because(&lenient.skipped, 2, "assistant");
 
     let err = read_jsonl::<SftExample>(&path, true).unwrap_err();
     assert!(matches!(err, DataError::Jsonl { line: 2, .. }), "{err}");
@@ -320,16 +308,8 @@ fn invalid_eval_records_are_rejected() {
     )
     .unwrap();
     assert_eq!(mc.records.len(), 0);
-    assert!(
-        mc.skipped[0].reason.contains("gold 2 is out of range"),
-        "{}",
-        mc.skipped[0]
-    );
-    assert!(
-        mc.skipped[1].reason.contains("at least 2 choices"),
-        "{}",
-        mc.skipped[1]
-    );
+    assert_skipped_because(&mc.skipped, 0, "gold 2 is out of range");
+    assert_skipped_because(&mc.skipped, 1, "at least 2 choices");
     let rc =
         hymba_datasets::parse_jsonl::<RecallExample>(no_answers.as_bytes(), "rc", false).unwrap();
     assert_eq!(rc.skipped.len(), 1);
@@ -404,4 +384,9 @@ fn dpo_pairs_share_the_prompt_and_mask_the_responses() {
             );
         }
     }
+}
+
+/// Asserts that the `i`-th skipped line's reason mentions `why`.
+fn assert_skipped_because(skipped: &[hymba_datasets::jsonl::SkippedLine], i: usize, why: &str) {
+    assert!(skipped[i].reason.contains(why), "{}", skipped[i]);
 }
