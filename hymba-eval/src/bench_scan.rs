@@ -27,9 +27,8 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution};
-use hymba::scan::reference::{
-    DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
-};
+use hymba::scan::reference::{DEFAULT_CHUNK, selective_scan_reference};
+use hymba::scan::reference_vjp::selective_scan_reference_backward;
 use hymba::scan::{ScanInput, selective_scan, selective_scan_backward};
 use hymba::{BackendKind, BackendRunner, HymbaBackend, HymbaError, run_on};
 use serde::Serialize;

@@ -5,7 +5,7 @@ mod common;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
-use hymba::scan::{reference, selective_scan};
+use hymba::scan::{reference, reference_vjp, selective_scan};
 
 type B32 = NdArray<f32>;
 
@@ -29,7 +29,7 @@ fn cpu_loops_equal_tensor_reference() {
         common::assert_close_f64(&common::host_f64(&h), &common::host_f64(&h_ref), 1e-5, "h");
         let dy = common::random::<B32, 3>([BATCH, CH, T], &device);
         let dh = common::random::<B32, 3>([BATCH, CH, S], &device);
-        let want = reference::selective_scan_reference_backward(
+        let want = reference_vjp::selective_scan_reference_backward(
             input.clone().into_primitives(),
             dy.clone().into_primitive().tensor(),
             Some(dh.clone().into_primitive().tensor()),

@@ -26,9 +26,8 @@ use hymba::norm::{
     NormBackend, rms_norm, rms_norm_backward, rms_norm_backward_reference, rms_norm_reference,
 };
 use hymba::scan::cube::{ScanKernel, backward_with, forward_with};
-use hymba::scan::reference::{
-    DEFAULT_CHUNK, selective_scan_reference, selective_scan_reference_backward,
-};
+use hymba::scan::reference::{DEFAULT_CHUNK, selective_scan_reference};
+use hymba::scan::reference_vjp::selective_scan_reference_backward;
 use hymba::scan::warp::WarpConfig;
 use hymba::scan::{ScanBackend, ScanInput, selective_scan, selective_scan_backward};
 use hymba::softmax::{

@@ -28,7 +28,8 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use super::launch::{BackwardOut, Launch};
-use super::reference::{selective_scan_reference_backward, selective_scan_reference_primitives};
+use super::reference::selective_scan_reference_primitives;
+use super::reference_vjp::selective_scan_reference_backward;
 use super::warp::WarpConfig;
 use super::{ScanBackend, ScanGrads, ScanPrimitives, tiled, warp};
 

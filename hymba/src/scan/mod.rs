@@ -144,13 +144,13 @@ pub trait ScanBackend: Backend {
     /// (`dy [batch, d_inner, T]`, and `d_last_state [batch, d_inner, S]` when the last state
     /// was used), returns the gradients of every input. `Autodiff<Self>` calls it in its
     /// backward pass. The default body is the hand-derived tensor-op VJP
-    /// ([`reference::selective_scan_reference_backward`]).
+    /// ([`reference_vjp::selective_scan_reference_backward`]).
     fn selective_scan_backward(
         input: ScanPrimitives<Self>,
         dy: FloatTensor<Self>,
         d_last_state: Option<FloatTensor<Self>>,
     ) -> ScanGrads<Self> {
-        reference::selective_scan_reference_backward(input, dy, d_last_state)
+        reference_vjp::selective_scan_reference_backward(input, dy, d_last_state)
     }
 }
 

@@ -15,7 +15,7 @@
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 
-use super::{ScanGrads, ScanInput, ScanPrimitives};
+use super::{ScanInput, ScanPrimitives};
 use crate::precision::{silu, upcast};
 
 /// Chunk length of the reference scan.
@@ -139,17 +139,4 @@ pub fn selective_scan_reference_primitives<B: Backend>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let (y, h) = selective_scan_reference(input.into_tensors(), DEFAULT_CHUNK);
     (y.into_primitive().tensor(), h.into_primitive().tensor())
-}
-
-/// The reference backward pass (hand-derived, [`super::reference_vjp`]). The default body of
-/// [`ScanBackend::selective_scan_backward`](super::ScanBackend::selective_scan_backward),
-/// and the oracle of the backward kernels.
-pub fn selective_scan_reference_backward<B: Backend>(
-    input: ScanPrimitives<B>,
-    dy: FloatTensor<B>,
-    d_last_state: Option<FloatTensor<B>>,
-) -> ScanGrads<B> {
-    // Hand-derived, not `backward()` under a nested `Autodiff`: that deadlocks inside an
-    // outer backward step in burn 0.21 (tracel-ai/burn#5193).
-    super::reference_vjp::selective_scan_vjp(input, dy, d_last_state)
 }

@@ -29,10 +29,16 @@ fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.div_scalar(2.0).tanh().add_scalar(1.0).div_scalar(2.0)
 }
 
-/// Gradients of every scan input given `dy` (and `d_last_state`), by the formulas in the
-/// module docs. Runs step by step over time-major slices (small element-wise ops, no
-/// `[batch, d, S, T]` temporaries besides the stored states), which is what a CPU does best.
-pub fn selective_scan_vjp<B: Backend>(
+/// The reference backward pass: gradients of every scan input given `dy` (and
+/// `d_last_state`), by the formulas in the module docs. The default body of
+/// [`ScanBackend::selective_scan_backward`](super::ScanBackend::selective_scan_backward),
+/// and the oracle of the backward kernels.
+///
+/// Hand-derived, not `backward()` under a nested `Autodiff`: that deadlocks inside an outer
+/// backward step in burn 0.21 (tracel-ai/burn#5193). Runs step by step over time-major slices
+/// (small element-wise ops, no `[batch, d, S, T]` temporaries besides the stored states),
+/// which is what a CPU does best.
+pub fn selective_scan_reference_backward<B: Backend>(
     input: ScanPrimitives<B>,
     dy: FloatTensor<B>,
     d_last_state: Option<FloatTensor<B>>,
