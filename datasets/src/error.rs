@@ -81,6 +81,14 @@ pub enum DataError {
         /// Token count the file's size allows.
         found: u64,
     },
+    /// A file differs from the size or checksum recorded when it was written.
+    #[error("{} is damaged: {reason}", path.display())]
+    Damaged {
+        /// The damaged file (or the checksum list that cannot be read).
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// A token id does not fit the shard's dtype.
     #[error("token id {id} does not fit in a {dtype} shard")]
     TokenOutOfRange {

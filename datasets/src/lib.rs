@@ -15,6 +15,7 @@
 
 pub mod assets;
 pub mod dpo;
+pub mod durable;
 pub mod error;
 pub mod input;
 pub mod jsonl;

@@ -195,7 +195,7 @@ pub fn manifest_path(path: &Path) -> PathBuf {
 }
 
 /// Serialises a `u64` as 16 hex digits (JSON numbers lose precision past 2^53 in many readers).
-mod hex_u64 {
+pub(crate) mod hex_u64 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {

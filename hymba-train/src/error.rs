@@ -8,6 +8,9 @@ pub enum TrainError {
     /// The run config (file or override) is invalid.
     #[error("run config: {0}")]
     Config(String),
+    /// No checkpoint can be resumed (none there, or none intact: the message says why).
+    #[error("{0}")]
+    NoCheckpoint(String),
     /// The model library refused (bad model config, bad input…).
     #[error(transparent)]
     Model(#[from] hymba::HymbaError),

@@ -202,6 +202,7 @@ pub fn unigram_entropy(dir: &Path, split: Split) -> Result<f64, TrainError> {
 
 fn prepare_out_dir(run: &RunConfig, resume: bool) -> Result<(), TrainError> {
     let ckpt = run.out_dir.join("checkpoints");
+    checkpoint::recover(&ckpt)?;
     if !resume && !checkpoint::list(&ckpt).is_empty() {
         return Err(TrainError::Config(format!(
             "{} already holds checkpoints: pass --resume to continue, or choose another out_dir",
@@ -209,7 +210,7 @@ fn prepare_out_dir(run: &RunConfig, resume: bool) -> Result<(), TrainError> {
         )));
     }
     if resume && checkpoint::list(&ckpt).is_empty() {
-        return Err(TrainError::Config(format!(
+        return Err(TrainError::NoCheckpoint(format!(
             "--resume: no checkpoint in {}",
             ckpt.display()
         )));
@@ -507,9 +508,8 @@ where
     let mut start_step = 0;
     let log = Arc::new(Mutex::new(RunLog::default()));
     if job.resume {
-        let (step, dir) = checkpoint::list(&run.out_dir.join("checkpoints"))
-            .pop()
-            .ok_or_else(|| TrainError::Config("--resume: no checkpoint".into()))?;
+        let (state, dir) = checkpoint::newest_valid(&run.out_dir.join("checkpoints"))?;
+        let step = state.step;
         let loaded = checkpoint::load::<B, _, LmOptimizerRecord<B>>(&dir, &device)?;
         learner.load_model(loaded.model);
         loaded

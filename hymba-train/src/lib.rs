@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dpo;
 pub mod error;
+pub mod fault;
 pub mod flops;
 pub mod hf_files;
 pub mod job;

@@ -381,6 +381,7 @@ impl InitSource {
         match self {
             Self::Pretrained(dir) => Ok(hymba::load_pretrained::<B>(dir, device)?),
             Self::Checkpoint { dir, run_dir } => {
+                crate::checkpoint::verify(dir)?;
                 let config = HymbaConfig::from_file(run_dir.join("config.json"))?;
                 let model = LanguageModel::new(Hymba::<B>::new(&config, device)?, None);
                 let record = NamedMpkFileRecorder::<FullPrecisionSettings>::new()

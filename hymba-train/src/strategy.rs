@@ -44,6 +44,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::data::TrainData;
 use crate::dpo::DpoStats;
 use crate::error::TrainError;
+use crate::fault::{self, Fault};
 use crate::model::{LanguageModel, LmStats};
 use crate::optim::{LmOptimizer, OptimizerHandle};
 use crate::packed::{Packed, clip_global_norm};
@@ -573,6 +574,10 @@ where
                 phases,
             } = figures;
             learner.lr_step();
+            let loss = match fault::hit(Fault::NanLoss, step) {
+                true => f64::NAN,
+                false => loss,
+            };
             if !loss.is_finite() {
                 match cfg.on_nan {
                     NanPolicy::Skip => continue,
