@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::{self, FileSum};
 use crate::error::{DataError, Result};
 use crate::shard::TokenDtype;
 use crate::tokenizer::Tokenizer;
@@ -82,6 +83,10 @@ pub struct ShardInfo {
     pub file: String,
     /// Tokens in the shard.
     pub tokens: u64,
+    /// The file's size and checksum, checked when the shard is opened (absent in manifests
+    /// written before checksums were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<FileSum>,
 }
 
 /// One split: its shards in stream order.
@@ -143,17 +148,15 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Writes `manifest.json` into `dir` (through a temporary file, then a rename).
+    /// Writes `manifest.json` into `dir` durably ([`durable::write_atomic`]).
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let path = dir.as_ref().join(MANIFEST_FILE);
-        let tmp = dir.as_ref().join(format!("{MANIFEST_FILE}.tmp"));
         let mut text = serde_json::to_string_pretty(self).map_err(|e| DataError::Manifest {
             path: path.clone(),
             message: e.to_string(),
         })?;
         text.push('\n');
-        std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))
+        durable::write_atomic(&path, text.as_bytes())
     }
 
     /// One split's entry.

@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::durable::{self, FileSum};
 use crate::error::{DataError, Result};
 use crate::input::{DocOptions, InputSource, expand_inputs, for_each_document};
 use crate::jsonl::SkippedLines;
 use crate::manifest::{
-    MANIFEST_VERSION, Manifest, ShardInfo, Split, SplitInfo, TOKENIZER_FILE, TokenizerInfo,
+    MANIFEST_FILE, MANIFEST_VERSION, Manifest, ShardInfo, Split, SplitInfo, TOKENIZER_FILE,
+    TokenizerInfo,
 };
 use crate::shard::{ShardWriter, TokenDtype};
 use crate::tokenizer::{Tokenizer, fnv1a64};
@@ -107,6 +109,13 @@ pub fn prepare(
     }
     let out = &config.out_dir;
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    // The manifest is written last and is what makes the folder usable: remove the old one
+    // first, so that a prepare that dies half way leaves a folder that says it is incomplete.
+    let old_manifest = out.join(MANIFEST_FILE);
+    if old_manifest.exists() {
+        std::fs::remove_file(&old_manifest).map_err(|e| DataError::io(&old_manifest, e))?;
+        durable::sync_dir(out)?;
+    }
     remove_old_shards(out)?;
 
     let dtype = TokenDtype::for_vocab(tok.vocab_size());
@@ -213,6 +222,7 @@ fn remove_old_shards(dir: &Path) -> Result<()> {
         let ours = name.is_some_and(|n| {
             ["train-", "val-"].iter().any(|p| {
                 n.strip_prefix(p)
+                    .map(|r| r.strip_suffix(".tmp").unwrap_or(r))
                     .and_then(|r| r.strip_suffix(".bin"))
                     .is_some_and(|d| d.len() == 5 && d.bytes().all(|b| b.is_ascii_digit()))
             })
@@ -293,7 +303,11 @@ impl SplitWriter {
                 None => {
                     let file = format!("{}-{:05}.bin", self.split.name(), self.info.shards.len());
                     let w = ShardWriter::create(self.dir.join(&file), self.dtype, self.hash)?;
-                    self.info.shards.push(ShardInfo { file, tokens: 0 });
+                    self.info.shards.push(ShardInfo {
+                        file,
+                        tokens: 0,
+                        checksum: None,
+                    });
                     self.current.insert(w)
                 }
             };
@@ -314,6 +328,7 @@ impl SplitWriter {
             let n = w.finish()?;
             if let Some(last) = self.info.shards.last_mut() {
                 last.tokens = n;
+                last.checksum = Some(FileSum::of(&self.dir.join(&last.file))?);
             }
         }
         Ok(())

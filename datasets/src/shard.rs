@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::error::{DataError, Result};
 
 /// The first 8 bytes of every shard.
@@ -149,10 +150,12 @@ impl ShardHeader {
     }
 }
 
-/// Writes one shard: tokens are streamed to disk, the header's count is filled in by
-/// [`ShardWriter::finish`]. A shard dropped unfinished fails to open (its count is 0).
+/// Writes one shard: tokens are streamed to `<path>.tmp`, and [`ShardWriter::finish`] fills in
+/// the header's count, flushes the file to the disk and only then renames it to `path`. A
+/// shard dropped unfinished (or a crash) leaves no file under the final name.
 pub struct ShardWriter {
     file: BufWriter<File>,
+    /// The final name; the file is written under [`durable::with_suffix`]`(path, ".tmp")`.
     path: PathBuf,
     dtype: TokenDtype,
     tokenizer_hash: u64,
@@ -160,10 +163,11 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// Creates (or truncates) `path`.
+    /// Starts the shard `path` (written as `<path>.tmp` until [`ShardWriter::finish`]).
     pub fn create(path: impl AsRef<Path>, dtype: TokenDtype, tokenizer_hash: u64) -> Result<Self> {
         let path = path.as_ref().to_owned();
-        let file = File::create(&path).map_err(|e| DataError::io(&path, e))?;
+        let tmp = durable::with_suffix(&path, ".tmp");
+        let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         let mut file = BufWriter::with_capacity(1 << 20, file);
         let header = ShardHeader {
             dtype,
@@ -210,7 +214,8 @@ impl ShardWriter {
         self.count
     }
 
-    /// Writes the final header and closes the file; returns the token count.
+    /// Writes the final header, flushes the file to the disk and renames it to its final
+    /// name; returns the token count.
     pub fn finish(mut self) -> Result<u64> {
         let header = ShardHeader {
             dtype: self.dtype,
@@ -223,6 +228,7 @@ impl ShardWriter {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         file.write_all(&header.to_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
+        durable::commit(&durable::with_suffix(&self.path, ".tmp"), &self.path)?;
         Ok(self.count)
     }
 }

@@ -26,7 +26,9 @@ pub struct TokenStream {
 
 impl TokenStream {
     /// Opens one split of a prepared folder, checking every shard's header (dtype, tokenizer
-    /// hash, token count) against `manifest.json`.
+    /// hash, token count), size and checksum against `manifest.json`. The checksum means one
+    /// read of every shard per open (page-cache speed once warm); it is what finds a flipped
+    /// bit that the header cannot.
     pub fn open(dir: impl AsRef<Path>, split: Split) -> Result<Self> {
         let dir = dir.as_ref();
         let manifest = Manifest::load(dir)?;
@@ -41,6 +43,9 @@ impl TokenStream {
                     expected: s.tokens,
                     found: shard.len(),
                 });
+            }
+            if let Some(sum) = &s.checksum {
+                sum.check(&path)?;
             }
             shards.push(shard);
         }

@@ -350,3 +350,44 @@ fn data_made_with_another_tokenizer_is_refused() {
     let e = TokenStream::open(out.path(), Split::Train).unwrap_err();
     assert!(matches!(e, DataError::TokenizerMismatch { .. }), "{e}");
 }
+
+#[test]
+fn a_damaged_shard_is_named_and_prepare_leaves_no_partial_file() {
+    let input = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    write_corpus(input.path());
+    let tok = default_tokenizer().unwrap();
+    let report = prepare(
+        &tok,
+        &config(input.path(), out.path(), 0.2, 500),
+        &mut |_| {},
+    )
+    .unwrap();
+    let first = &report.manifest.train.shards[0];
+    let sum = first
+        .checksum
+        .expect("prepare records each shard's checksum");
+    let path = out.path().join(&first.file);
+    assert_eq!(sum.bytes, std::fs::metadata(&path).unwrap().len());
+    let names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    TokenStream::open(out.path(), Split::Train).unwrap();
+
+    // One flipped bit in the tokens: the header still agrees, the checksum does not.
+    let intact = std::fs::read(&path).unwrap();
+    let mut flipped = intact.clone();
+    flipped[HEADER_LEN + 3] ^= 0x01;
+    std::fs::write(&path, &flipped).unwrap();
+    let e = TokenStream::open(out.path(), Split::Train).unwrap_err();
+    assert!(matches!(e, DataError::Damaged { .. }), "{e}");
+    assert!(e.to_string().contains(&first.file), "{e}");
+    assert!(e.to_string().contains("checksum"), "{e}");
+
+    // Cut short: named too (by the header's token count, which is checked first).
+    std::fs::write(&path, &intact[..intact.len() - 2]).unwrap();
+    let e = TokenStream::open(out.path(), Split::Train).unwrap_err();
+    assert!(e.to_string().contains(&first.file), "{e}");
+}
