@@ -132,7 +132,12 @@ impl Manifest {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = manifest_path(path.as_ref());
         let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses and checks manifest text (`path` labels errors).
+    pub fn from_json_str(text: &str, path: PathBuf) -> Result<Self> {
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| DataError::Manifest {
             path: path.clone(),
             message: e.to_string(),
         })?;

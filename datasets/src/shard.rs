@@ -150,6 +150,24 @@ impl ShardHeader {
     }
 }
 
+impl ShardHeader {
+    /// Parses the header of a whole shard file's `bytes` and checks that the file's length
+    /// matches the header's token count.
+    pub fn check_file(bytes: &[u8], path: &Path) -> Result<Self> {
+        let header = Self::parse(bytes, path)?;
+        let data = (bytes.len() - HEADER_LEN) as u64;
+        let width = header.dtype.bytes() as u64;
+        if !data.is_multiple_of(width) || data / width != header.count {
+            return Err(DataError::Truncated {
+                path: path.to_owned(),
+                expected: header.count,
+                found: data / width,
+            });
+        }
+        Ok(header)
+    }
+}
+
 /// Writes one shard: tokens are streamed to `<path>.tmp`, and [`ShardWriter::finish`] fills in
 /// the header's count, flushes the file to the disk and only then renames it to `path`. A
 /// shard dropped unfinished (or a crash) leaves no file under the final name.
@@ -259,16 +277,7 @@ impl Shard {
         // modified in place. Truncating a shard while it is mapped is a user error that
         // can fault the process (as with any mmap-based loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&path, e))?;
-        let header = ShardHeader::parse(&mmap, &path)?;
-        let data = (mmap.len() - HEADER_LEN) as u64;
-        let width = header.dtype.bytes() as u64;
-        if !data.is_multiple_of(width) || data / width != header.count {
-            return Err(DataError::Truncated {
-                path,
-                expected: header.count,
-                found: data / width,
-            });
-        }
+        let header = ShardHeader::check_file(&mmap, &path)?;
         Ok(Self { path, header, mmap })
     }
 

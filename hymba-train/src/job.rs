@@ -35,6 +35,7 @@ use crate::renderer::LineRenderer;
 use crate::run_config::{Precision, RunConfig, Stage};
 use crate::schedule::LrSchedule;
 use crate::strategy::{LmStrategy, RunLog};
+use hymba_datasets::durable;
 
 /// A training run to launch on some backend.
 #[derive(Debug, Clone)]
@@ -653,8 +654,30 @@ fn save_model<B: HymbaBackend>(
     dir: &Path,
     chat: bool,
 ) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    hymba::save_pretrained(model, dir, &hymba::SaveOptions::default())?;
-    tok.save(dir.join("tokenizer.json"))?;
-    crate::hf_files::write_side_files(dir, tok, &model.config, chat)
+    // Written beside the final name, flushed, then swapped in: a crash leaves either the old
+    // model directory or the new one, never a half-written one under `dir`.
+    let tmp = durable::with_suffix(dir, ".tmp");
+    let old = durable::with_suffix(dir, ".old");
+    for stale in [&tmp, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(|e| TrainError::io(stale, e))?;
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    hymba::save_pretrained(model, &tmp, &hymba::SaveOptions::default())?;
+    tok.save(tmp.join("tokenizer.json"))?;
+    crate::hf_files::write_side_files(&tmp, tok, &model.config, chat)?;
+    for entry in std::fs::read_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))? {
+        let path = entry.map_err(|e| TrainError::io(&tmp, e))?.path();
+        durable::sync_file(&path)?;
+    }
+    durable::sync_dir(&tmp)?;
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
+    }
+    durable::commit(&tmp, dir)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
+    Ok(())
 }

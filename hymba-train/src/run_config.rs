@@ -356,12 +356,27 @@ impl RunConfig {
         path: Option<&Path>,
         overrides: &[String],
     ) -> Result<Self, TrainError> {
+        let text = match path {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let file = text.as_deref().zip(path);
+        Self::from_toml_str(stage, file, overrides)
+    }
+
+    /// Like [`RunConfig::load`], with the file's text given (and its path, for messages).
+    pub fn from_toml_str(
+        stage: Stage,
+        file: Option<(&str, &Path)>,
+        overrides: &[String],
+    ) -> Result<Self, TrainError> {
         let mut value = toml::Value::try_from(Self::defaults(stage))
             .map_err(|e| TrainError::Config(e.to_string()))?;
-        if let Some(p) = path {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
-            let file = toml::from_str::<toml::Value>(&text)
+        if let Some((text, p)) = file {
+            let file = toml::from_str::<toml::Value>(text)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", p.display())))?;
             merge(&mut value, file);
         }

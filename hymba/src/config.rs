@@ -623,6 +623,59 @@ impl HymbaConfig {
                 return err(key, "must be positive".into());
             }
         }
+        // Far above any Hymba (1.5B: hidden 1600, 32 layers, vocab 32001), low enough that every
+        // size product derived below (d_inner, projection rows, parameter counts) fits in 64
+        // bits: a config.json with absurd numbers is refused here, not overflowed later.
+        let dt_rank = match self.mamba_dt_rank {
+            DtRank::Fixed(r) => r as u64,
+            DtRank::Auto => 0,
+        };
+        let bounded: [(&'static str, u64, u64); 16] = [
+            ("vocab_size", self.vocab_size as u64, 1 << 24),
+            ("hidden_size", self.hidden_size as u64, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers as u64, 1 << 12),
+            (
+                "num_attention_heads",
+                self.num_attention_heads as u64,
+                1 << 12,
+            ),
+            (
+                "num_key_value_heads",
+                self.num_key_value_heads as u64,
+                1 << 12,
+            ),
+            ("intermediate_size", self.intermediate_size as u64, 1 << 22),
+            ("mamba_d_state", self.mamba_d_state as u64, 1 << 12),
+            ("mamba_d_conv", self.mamba_d_conv as u64, 1 << 8),
+            ("mamba_expand", self.mamba_expand as u64, 1 << 6),
+            ("mamba_dt_rank", dt_rank, 1 << 20),
+            (
+                "attn_hidden_size",
+                self.attn_hidden_size.max(0) as u64,
+                1 << 20,
+            ),
+            ("kq_head_dim", self.kq_head_dim.max(0) as u64, 1 << 16),
+            ("num_memory_tokens", self.num_memory_tokens as u64, 1 << 16),
+            ("sliding_window", self.sliding_window as u64, 1 << 32),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings as u64,
+                1 << 32,
+            ),
+            (
+                "orig_max_position_embeddings",
+                self.orig_max_position_embeddings as u64,
+                1 << 32,
+            ),
+        ];
+        for (key, value, limit) in bounded {
+            if value > limit {
+                return err(
+                    key,
+                    format!("{value} is above this build's limit of {limit}"),
+                );
+            }
+        }
         if self.mamba_d_conv < 2 {
             return err("mamba_d_conv", "must be at least 2".into());
         }
