@@ -8,7 +8,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use burn::backend::NdArray;
 use hymba_train::checkpoint::{self, SAVE_STAGES};
+use hymba_train::posttrain::InitSource;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hymba-train");
 
@@ -171,6 +173,14 @@ fn a_damaged_checkpoint_is_named_and_resume_takes_the_newest_intact_one() {
         "{said}"
     );
     assert!(last.contains("model.mpk is damaged") && last.contains("state.json is damaged"));
+
+    // `--init` from a damaged step checkpoint is refused the same way.
+    let init = InitSource::find(&checkpoint::step_dir(&ckpt_root(&out), 4)).expect("a checkpoint");
+    let err = init
+        .load::<NdArray<f32>>(&Default::default())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("model.mpk is damaged"), "{err}");
 }
 
 #[test]
