@@ -178,8 +178,7 @@ fn a_damaged_checkpoint_is_named_and_resume_takes_the_newest_intact_one() {
     let init = InitSource::find(&checkpoint::step_dir(&ckpt_root(&out), 4)).expect("a checkpoint");
     let err = init
         .load::<NdArray<f32>>(&Default::default())
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.to_string().contains("model.mpk is damaged"), "{err}");
 }
 
