@@ -1,26 +1,13 @@
-//! dpo JSONL (`DpoExample`): every line parsed and validated, strict and lenient, then
-//! each record turned into what training or evaluation consumes.
+//! DPO JSONL (`DpoExample`): parsed strictly and leniently, each pair tokenized in both
+//! prompt formats.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use hymba_datasets::{DpoExample, Tokenizer, default_tokenizer, parse_jsonl};
+use hymba_datasets::{DpoExample, PromptFormat};
 use libfuzzer_sys::fuzz_target;
 
-fn tokenizer() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| default_tokenizer().expect("embedded tokenizer"))
-}
-
 fuzz_target!(|data: &[u8]| {
-    let _ = parse_jsonl::<DpoExample>(data, "fuzz", true);
-    let Ok(records) = parse_jsonl::<DpoExample>(data, "fuzz", false) else {
-        return;
-    };
-    let tok = tokenizer();
-    for record in &records.records {
-        let _ = record
-            .tokenize(tok, hymba_datasets::PromptFormat::Chat)
-            .and(record.tokenize(tok, hymba_datasets::PromptFormat::Plain));
-    }
+    hymba_fuzz::jsonl::<DpoExample>(data, |record, tok| {
+        let _ = record.tokenize(tok, PromptFormat::Chat);
+        let _ = record.tokenize(tok, PromptFormat::Plain);
+    });
 });

@@ -1,24 +1,12 @@
-//! sft JSONL (`SftExample`): every line parsed and validated, strict and lenient, then
-//! each record turned into what training or evaluation consumes.
+//! SFT JSONL (`SftExample`): parsed strictly and leniently, each record through the chat
+//! template and the assistant-only loss mask.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use hymba_datasets::{SftExample, Tokenizer, default_tokenizer, parse_jsonl};
+use hymba_datasets::SftExample;
 use libfuzzer_sys::fuzz_target;
 
-fn tokenizer() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| default_tokenizer().expect("embedded tokenizer"))
-}
-
 fuzz_target!(|data: &[u8]| {
-    let _ = parse_jsonl::<SftExample>(data, "fuzz", true);
-    let Ok(records) = parse_jsonl::<SftExample>(data, "fuzz", false) else {
-        return;
-    };
-    let tok = tokenizer();
-    for record in &records.records {
+    hymba_fuzz::jsonl::<SftExample>(data, |record, tok| {
         let _ = record.tokenize(tok);
-    }
+    });
 });

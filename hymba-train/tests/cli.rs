@@ -1,9 +1,13 @@
 //! The `hymba-train` binary: exact resume after `kill -9`, and bad inputs that must end in
 //! one clear error line, a non-zero exit, and nothing overwritten.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use common::train_losses;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hymba-train");
 
@@ -27,19 +31,6 @@ fn tiny_args(out: &Path, steps: usize) -> Vec<String> {
 
 fn run(args: &[String]) -> Output {
     Command::new(BIN).args(args).output().expect("binary runs")
-}
-
-/// `(step, loss)` of the training rows of `loss.csv`, exactly as written.
-fn train_losses(out: &Path) -> Vec<(usize, String)> {
-    std::fs::read_to_string(out.join("loss.csv"))
-        .expect("loss.csv exists")
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.get(1) == Some(&"train")).then(|| (f[0].parse().expect("step"), f[2].to_string()))
-        })
-        .collect()
 }
 
 fn checkpoint(out: &Path, step: usize) -> PathBuf {

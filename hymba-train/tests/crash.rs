@@ -4,6 +4,8 @@
 //! where it dies.
 #![cfg(unix)]
 
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,6 +13,8 @@ use std::process::{Command, Output};
 use burn::backend::NdArray;
 use hymba_train::checkpoint::{self, SAVE_STAGES};
 use hymba_train::posttrain::InitSource;
+
+use common::train_losses;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hymba-train");
 
@@ -60,19 +64,6 @@ fn assert_ok(out: &Output) {
     assert!(out.status.success(), "{}", stderr(out));
 }
 
-/// `(step, loss)` of the training rows of `loss.csv`, exactly as written.
-fn losses(out: &Path) -> Vec<(usize, String)> {
-    std::fs::read_to_string(out.join("loss.csv"))
-        .expect("loss.csv exists")
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f.get(1) == Some(&"train")).then(|| (f[0].parse().expect("step"), f[2].to_string()))
-        })
-        .collect()
-}
-
 fn ckpt_root(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }
@@ -98,7 +89,7 @@ fn kill_9_at_every_checkpoint_stage_loses_nothing_and_resumes_exactly() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let straight = tmp.path().join("straight");
     assert_ok(&train(&args(&straight, 6, false), None));
-    let want = losses(&straight);
+    let want = train_losses(&straight);
     assert_eq!(want.len(), 6);
 
     let mut resumed = 0;
@@ -130,7 +121,7 @@ fn kill_9_at_every_checkpoint_stage_loses_nothing_and_resumes_exactly() {
         let again = train(&keep_one(args(&out, 6, true)), None);
         assert_ok(&again);
         assert_eq!(
-            losses(&out),
+            train_losses(&out),
             want,
             "{stage}: the resumed loss curve differs"
         );
@@ -159,7 +150,7 @@ fn a_damaged_checkpoint_is_named_and_resume_takes_the_newest_intact_one() {
     let said = stderr(&resumed);
     assert!(said.contains("optim.mpk is damaged"), "{said}");
     assert!(said.contains("step-00000002 (step 2)"), "{said}");
-    assert_eq!(losses(&out), losses(&straight));
+    assert_eq!(train_losses(&out), train_losses(&straight));
 
     // Both damaged: one error line naming each file, and nothing resumed.
     flip_bit(&checkpoint::step_dir(&ckpt_root(&out), 4).join("model.mpk"));
@@ -206,7 +197,7 @@ fn a_nan_loss_stops_naming_the_step_and_the_last_checkpoint_and_overwrites_nothi
     let mut a = args(&out, 6, false);
     a.push("on_nan=skip".into());
     assert_ok(&train(&a, Some("nan-loss@3")));
-    let steps: Vec<usize> = losses(&out).iter().map(|r| r.0).collect();
+    let steps: Vec<usize> = train_losses(&out).iter().map(|r| r.0).collect();
     assert_eq!(steps, vec![1, 2, 4, 5, 6]);
 }
 
