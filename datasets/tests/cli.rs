@@ -127,3 +127,53 @@ fn failures_print_one_line_and_exit_non_zero() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn prepare_on_a_full_disk_fails_clearly_and_leaves_no_usable_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, hymba_datasets::default_corpus_text().unwrap()).unwrap();
+    let tok = dir.path().join("tok.json");
+    hymba_datasets::default_tokenizer()
+        .unwrap()
+        .save(&tok)
+        .unwrap();
+    let shards = dir.path().join("shards");
+    let args = |out: &std::path::Path| {
+        format!(
+            "prepare --tokenizer '{}' --input '{}' --out '{}'",
+            tok.display(),
+            corpus.display(),
+            out.display()
+        )
+    };
+    let bin = env!("CARGO_BIN_EXE_hymba-datasets");
+    let ok = Command::new("bash")
+        .args(["-c", &format!("exec {bin} {}", args(&shards))])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(shards.join("manifest.json").is_file());
+
+    // Again into the same folder, with files limited to 16 KiB (SIGXFSZ ignored, so writes
+    // fail with EFBIG as on a full disk): one error line naming the shard being written, and
+    // no manifest, so nothing can read the half-written folder as a data set.
+    let full = Command::new("bash")
+        .args([
+            "-c",
+            &format!("trap '' XFSZ; ulimit -f 16; exec {bin} {}", args(&shards)),
+        ])
+        .output()
+        .unwrap();
+    assert!(!full.status.success());
+    let err = text(&full.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error:") && last.contains("train-00000.bin"),
+        "{err}"
+    );
+    assert!(!shards.join("manifest.json").exists());
+    assert!(!shards.join("train-00000.bin").exists());
+    let e = hymba_datasets::Manifest::load(&shards).unwrap_err();
+    assert!(e.to_string().contains("manifest.json"), "{e}");
+}
