@@ -84,6 +84,25 @@ impl<B: Backend> HymbaCache<B> {
         }
     }
 
+    /// This cache (of batch 1) for `batch` sequences: every tensor repeated along the batch.
+    /// How [`crate::Hymba::meta_cache`] hands one meta-token state to a whole batch.
+    pub fn repeat_batch(mut self, batch: usize) -> Self {
+        if batch == 1 {
+            return self;
+        }
+        for layer in &mut self.layers {
+            if let Some(kv) = layer.kv.as_mut() {
+                kv.k = kv.k.clone().repeat_dim(0, batch);
+                kv.v = kv.v.clone().repeat_dim(0, batch);
+            }
+            if let Some(state) = layer.ssm.as_mut() {
+                state.ssm = state.ssm.clone().repeat_dim(0, batch);
+                state.conv = state.conv.clone().repeat_dim(0, batch);
+            }
+        }
+        self
+    }
+
     /// Bytes held by the cache's tensors, by kind: (KV, SSM state, conv history).
     pub fn bytes(&self) -> (usize, usize, usize) {
         let size = |dims: &[usize], elem: usize| dims.iter().product::<usize>() * elem;

@@ -13,7 +13,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::HymbaBackend;
-use crate::cache::HymbaCache;
 use crate::error::{HymbaError, Result};
 use crate::model::Hymba;
 
@@ -143,12 +142,13 @@ pub fn generate<B: HymbaBackend>(
     let rows = prompts.len();
     let common = prompts.iter().map(Vec::len).min().unwrap_or(1);
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut cache = HymbaCache::new(&model.config);
     let to_ids = |ids: Vec<i64>, len: usize| {
         Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, len]), &device)
     };
 
     let start = Instant::now();
+    // The meta tokens' state once for the whole batch; the prefill runs only the prompts.
+    let mut cache = model.meta_cache(rows);
     let prefill: Vec<i64> = prompts
         .iter()
         .flat_map(|p| p[..common].iter().map(|&t| t as i64))

@@ -44,14 +44,19 @@ impl<B: Backend> MetaTokens<B> {
     /// # Shapes
     /// - `x`: `[batch, T, D]` → `[batch, M + T, D]`
     pub fn prepend(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let Some(tokens) = &self.tokens else {
-            return x;
-        };
-        let [batch, _, d] = x.dims();
-        let meta = tokens
-            .val()
-            .unsqueeze_dim::<3>(0)
-            .expand([batch, self.len(), d]);
-        Tensor::cat(vec![meta, x], 1)
+        match self.batch(x.dims()[0]) {
+            Some(meta) => Tensor::cat(vec![meta, x], 1),
+            None => x,
+        }
+    }
+
+    /// The meta tokens as a batch of `batch` identical sequences (`None` without any).
+    ///
+    /// # Shapes
+    /// → `[batch, M, D]`
+    pub fn batch(&self, batch: usize) -> Option<Tensor<B, 3>> {
+        let tokens = self.tokens.as_ref()?.val();
+        let [m, d] = tokens.dims();
+        Some(tokens.unsqueeze_dim::<3>(0).expand([batch, m, d]))
     }
 }

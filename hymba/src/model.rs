@@ -72,11 +72,9 @@ impl<B: HymbaBackend> Hymba<B> {
     pub fn hidden(
         &self,
         ids: Tensor<B, 2, Int>,
-        mut cache: Option<&mut HymbaCache<B>>,
+        cache: Option<&mut HymbaCache<B>>,
     ) -> Tensor<B, 3> {
         let [_, t] = ids.dims();
-        let device = ids.device();
-        let config = &self.config;
         let x = embedding(self.embed_tokens.val(), ids);
         let start = cache.as_ref().map_or(0, |c| c.seen);
         let (x, meta, new_span) = if start == 0 {
@@ -96,7 +94,44 @@ impl<B: HymbaBackend> Hymba<B> {
                 },
             )
         };
-        let n = meta + t;
+        let x = self.run_layers(x, start, meta + t, new_span, cache);
+        let x = self.final_norm.forward(x);
+        if meta > 0 { x.narrow(1, meta, t) } else { x }
+    }
+
+    /// The cache after the meta tokens alone, for `batch` sequences: the paper's learned
+    /// cache initialization. The meta tokens come first in every sequence and attend only to
+    /// each other, so their K/V, conv history and SSM state do not depend on the prompt:
+    /// computed once here (batch 1, then repeated), a prefill through this cache runs only
+    /// the prompt and gives the logits of a prefill through an empty cache. Recompute it
+    /// after the weights change. Without meta tokens it is an empty cache.
+    pub fn meta_cache(&self, batch: usize) -> HymbaCache<B> {
+        let mut cache = HymbaCache::new(&self.config);
+        let m = self.meta_tokens.len();
+        let Some(x) = self.meta_tokens.batch(1) else {
+            return cache;
+        };
+        let span = KeySpan {
+            meta: m,
+            text: m..m,
+        };
+        let _ = self.run_layers(x, 0, m, span, Some(&mut cache));
+        cache.repeat_batch(batch)
+    }
+
+    /// The hybrid layers over `n` new positions starting at `start` (`new_span`: their keys),
+    /// continuing from and updating `cache`; returns the last layer's output (before the final
+    /// norm).
+    fn run_layers(
+        &self,
+        x: Tensor<B, 3>,
+        start: usize,
+        n: usize,
+        new_span: KeySpan,
+        mut cache: Option<&mut HymbaCache<B>>,
+    ) -> Tensor<B, 3> {
+        let device = x.device();
+        let config = &self.config;
         let queries = start..start + n;
         if let Some(cache) = cache.as_deref_mut() {
             cache.trim_before(start);
@@ -164,8 +199,7 @@ impl<B: HymbaBackend> Hymba<B> {
         if let Some(cache) = cache {
             cache.seen = start + n;
         }
-        let x = self.final_norm.forward(x);
-        if meta > 0 { x.narrow(1, meta, t) } else { x }
+        x
     }
 
     /// The tied LM head: logits = h · Eᵀ. Where the backend's fast matmul wants dimensions

@@ -10,14 +10,19 @@ use hymba::{GenerationConfig, HymbaCache, HymbaConfig, generate};
 /// Sequence ≥ 3× the SWA window (16), so SWA caches are trimmed many times.
 const LEN: usize = 56;
 
-fn full_vs_incremental(batch: usize, prefill: usize) {
+/// `from_meta`: start from [`hymba::Hymba::meta_cache`] (the meta tokens' state computed
+/// once) instead of an empty cache.
+fn full_vs_incremental(batch: usize, prefill: usize, from_meta: bool) {
     let model = tiny_model(7);
     let config = HymbaConfig::tiny();
     assert!(LEN >= 3 * config.sliding_window);
     let rows = ids(batch, LEN, config.vocab_size, 11 + batch as u64);
     let full = to_vec(model.forward(to_tensor::<B>(&rows, &device())));
 
-    let mut cache = HymbaCache::new(&config);
+    let mut cache = match from_meta {
+        true => model.meta_cache(batch),
+        false => HymbaCache::new(&config),
+    };
     let mut pieces = Vec::new();
     let slice =
         |a: usize, b: usize| -> Vec<Vec<u32>> { rows.iter().map(|r| r[a..b].to_vec()).collect() };
@@ -32,24 +37,56 @@ fn full_vs_incremental(batch: usize, prefill: usize) {
     let diff = max_abs_diff(&full, &incremental);
     assert!(
         diff <= 1e-4,
-        "batch {batch}, prefill {prefill}: max |diff| = {diff}"
+        "batch {batch}, prefill {prefill}, from_meta {from_meta}: max |diff| = {diff}"
     );
     assert_eq!(cache.seen, config.num_memory_tokens + LEN);
 }
 
 #[test]
 fn decode_matches_full_forward() {
-    full_vs_incremental(1, 0);
+    full_vs_incremental(1, 0, false);
 }
 
 #[test]
 fn decode_matches_full_forward_batch_of_3() {
-    full_vs_incremental(3, 0);
+    full_vs_incremental(3, 0, false);
 }
 
 #[test]
 fn prefill_half_then_decode_matches_full_forward() {
-    full_vs_incremental(3, LEN / 2);
+    full_vs_incremental(3, LEN / 2, false);
+}
+
+#[test]
+fn prefill_and_decode_from_the_meta_cache_match_full_forward() {
+    full_vs_incremental(1, 0, true);
+    full_vs_incremental(3, LEN / 2, true);
+}
+
+#[test]
+fn the_meta_cache_is_the_state_after_the_meta_tokens() {
+    let model = tiny_model(9);
+    let config = HymbaConfig::tiny();
+    let m = config.num_memory_tokens;
+    let cache = model.meta_cache(2);
+    assert_eq!(cache.seen, m);
+    // What an empty cache holds after a prefill, restricted to the meta positions.
+    let rows = ids(2, 5, config.vocab_size, 3);
+    let mut cold = HymbaCache::new(&config);
+    model.forward_cached(to_tensor::<B>(&rows, &device()), &mut cold);
+    for (i, (warm, cold)) in cache.layers.iter().zip(&cold.layers).enumerate() {
+        match (&warm.kv, &cold.kv) {
+            (Some(w), Some(c)) => {
+                assert_eq!(w.k.dims()[0], 2);
+                let meta_k = |k: &Tensor<B, 4>| to_vec(k.clone().narrow(2, 0, m));
+                let diff = max_abs_diff(&meta_k(&w.k), &meta_k(&c.k));
+                assert!(diff <= 1e-5, "layer {i}: meta keys differ by {diff}");
+            }
+            (None, None) => {}
+            _ => panic!("layer {i}: KV cached in one cache only"),
+        }
+        assert_eq!(warm.ssm.is_some(), cold.ssm.is_some(), "layer {i}");
+    }
 }
 
 #[test]
