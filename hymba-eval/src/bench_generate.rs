@@ -42,8 +42,9 @@ pub struct BenchGenerateArgs {
     /// Timed rounds (the median is reported), after one untimed warm-up.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
-    /// Float dtype of weights and activations: f32, or bf16 / f16 (GPU backends).
-    #[arg(long, default_value = "f32")]
+    /// Float dtype of weights and activations: f32, or bf16 / f16 (GPU backends); `auto`
+    /// is bf16 on CUDA (how the model is served) and f32 elsewhere.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
 
@@ -198,17 +199,21 @@ pub fn run(args: BenchGenerateArgs) -> Result<GenerateBenchReport, BenchError> {
             "--batch, --context and --decode must be positive".into(),
         ));
     }
+    let kind: BackendKind = args.target.backend.parse()?;
     let dtype = match args.dtype.as_str() {
+        "auto" => match kind {
+            BackendKind::Cuda | BackendKind::CudaRaw => DType::BF16,
+            _ => DType::F32,
+        },
         "f32" => DType::F32,
         "bf16" => DType::BF16,
         "f16" => DType::F16,
         other => {
             return Err(BenchError::Arg(format!(
-                "--dtype {other}: expected f32, bf16 or f16"
+                "--dtype {other}: expected auto, f32, bf16 or f16"
             )));
         }
     };
-    let kind: BackendKind = args.target.backend.parse()?;
     let hymba = match &args.config {
         Some(path) => HymbaConfig::from_file(path)?,
         None => HymbaConfig::preset(&args.preset)?,
@@ -241,7 +246,12 @@ pub fn run(args: BenchGenerateArgs) -> Result<GenerateBenchReport, BenchError> {
     let report = GenerateBenchReport {
         backend: args.target.backend.clone(),
         device,
-        dtype: args.dtype.clone(),
+        dtype: match dtype {
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            _ => "f32",
+        }
+        .to_string(),
         preset: args
             .config
             .as_ref()
