@@ -75,6 +75,37 @@ pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
     sync_dir(parent_of(path))
 }
 
+/// Flushes every file directly in `dir`, then `dir` itself: a folder written by several
+/// writers (a recorder, a serializer…) made durable before it is renamed into place.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let path = entry.map_err(|e| DataError::io(dir, e))?.path();
+        if path.is_file() {
+            sync_file(&path)?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Swaps the finished, flushed folder `tmp` in as `dir`. An existing `dir` is first renamed
+/// to `<dir>.old` and removed only once `tmp` is in place, so a crash leaves the old folder
+/// (perhaps as `.old`, which the caller's recovery puts back) or the new one, never neither.
+/// `stage` is called after each rename with `"old-set-aside"` and `"renamed"`: the points
+/// where the crash tests kill the writer.
+pub fn replace_dir(tmp: &Path, dir: &Path, mut stage: impl FnMut(&'static str)) -> Result<()> {
+    let old = with_suffix(dir, ".old");
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| DataError::io(dir, e))?;
+        stage("old-set-aside");
+    }
+    commit(tmp, dir)?;
+    stage("renamed");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, e))?;
+    }
+    Ok(())
+}
+
 /// Size and checksum of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSum {

@@ -124,8 +124,8 @@ pub fn save<B: Backend, M: Module<B>, O: Record<B>>(
         optim_written,
         state_written,
         sums_written,
-        set_aside,
-        renamed,
+        _set_aside,
+        _renamed,
         pruned,
     ] = SAVE_STAGES;
     std::fs::create_dir_all(root).map_err(|e| TrainError::io(root, e))?;
@@ -145,21 +145,11 @@ pub fn save<B: Backend, M: Module<B>, O: Record<B>>(
     std::fs::write(tmp.join("state.json"), json)
         .map_err(|e| TrainError::io(tmp.join("state.json"), e))?;
     kill_point(state_written, step);
-    for name in FILES {
-        durable::sync_file(&tmp.join(name))?;
-    }
+    durable::sync_tree(&tmp)?;
     Checksums::of(&tmp, &FILES)?.write(&tmp)?;
     kill_point(sums_written, step);
-    let old = durable::with_suffix(&fin, ".old");
-    if fin.exists() {
-        std::fs::rename(&fin, &old).map_err(|e| TrainError::io(&fin, e))?;
-        kill_point(set_aside, step);
-    }
-    durable::commit(&tmp, &fin)?;
-    kill_point(renamed, step);
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
-    }
+    // The stages `old-set-aside` and `renamed` are reported by `replace_dir` itself.
+    durable::replace_dir(&tmp, &fin, |stage| kill_point(stage, step))?;
     let all = list(root);
     for (_, dir) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
         if *dir != fin {
@@ -224,12 +214,13 @@ pub struct Loaded<MR, OR> {
     pub optim: OR,
 }
 
-/// Reads the checkpoint in `dir`, after [`verify`].
+/// Reads the checkpoint in `dir`, whose files [`verify`] (or [`newest_valid`]) has checked
+/// and whose `state` it returned: the files are hashed once per resume, not twice.
 pub fn load<B: Backend, MR: Record<B>, OR: Record<B>>(
     dir: &Path,
+    state: TrainState,
     device: &B::Device,
 ) -> Result<Loaded<MR, OR>, TrainError> {
-    let state = verify(dir)?;
     let rec = recorder();
     let model = rec
         .load(dir.join("model"), device)

@@ -5,8 +5,8 @@
 //!
 //! Points ([`Fault`]): the checkpoint writer's stages (the process kills itself with
 //! `SIGKILL`, as `kill -9` would) and `nan-loss` (the step's loss is replaced by NaN, to test
-//! `on_nan`). Unset — the normal case — nothing happens. A test hook only, documented in
-//! `docs/reliability.md`; it is not a way to configure a run.
+//! `on_nan`). Unset — the normal case — nothing happens, and release builds ignore it. A test
+//! hook only, documented in `docs/reliability.md`; it is not a way to configure a run.
 
 use std::sync::OnceLock;
 
@@ -27,6 +27,11 @@ fn armed() -> Option<&'static (String, usize)> {
     static ARMED: OnceLock<Option<(String, usize)>> = OnceLock::new();
     ARMED
         .get_or_init(|| {
+            // Only in builds with debug assertions (the test builds): a release binary, what
+            // users run, ignores the variable.
+            if !cfg!(debug_assertions) {
+                return None;
+            }
             let spec = std::env::var(FAULT_ENV).ok()?;
             let (point, step) = spec.split_once('@')?;
             Some((point.to_string(), step.parse().ok()?))

@@ -511,7 +511,7 @@ where
     if job.resume {
         let (state, dir) = checkpoint::newest_valid(&run.out_dir.join("checkpoints"))?;
         let step = state.step;
-        let loaded = checkpoint::load::<B, _, LmOptimizerRecord<B>>(&dir, &device)?;
+        let loaded = checkpoint::load::<B, _, LmOptimizerRecord<B>>(&dir, state, &device)?;
         learner.load_model(loaded.model);
         loaded
             .optim
@@ -657,8 +657,7 @@ fn save_model<B: HymbaBackend>(
     // Written beside the final name, flushed, then swapped in: a crash leaves either the old
     // model directory or the new one, never a half-written one under `dir`.
     let tmp = durable::with_suffix(dir, ".tmp");
-    let old = durable::with_suffix(dir, ".old");
-    for stale in [&tmp, &old] {
+    for stale in [&tmp, &durable::with_suffix(dir, ".old")] {
         if stale.exists() {
             std::fs::remove_dir_all(stale).map_err(|e| TrainError::io(stale, e))?;
         }
@@ -667,17 +666,6 @@ fn save_model<B: HymbaBackend>(
     hymba::save_pretrained(model, &tmp, &hymba::SaveOptions::default())?;
     tok.save(tmp.join("tokenizer.json"))?;
     crate::hf_files::write_side_files(&tmp, tok, &model.config, chat)?;
-    for entry in std::fs::read_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))? {
-        let path = entry.map_err(|e| TrainError::io(&tmp, e))?.path();
-        durable::sync_file(&path)?;
-    }
-    durable::sync_dir(&tmp)?;
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
-    }
-    durable::commit(&tmp, dir)?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
-    }
-    Ok(())
+    durable::sync_tree(&tmp)?;
+    Ok(durable::replace_dir(&tmp, dir, |_| {})?)
 }

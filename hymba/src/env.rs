@@ -8,7 +8,7 @@
 //! | variable | read by | effect |
 //! |---|---|---|
 //! | `HYMBA_KERNEL_CACHE` | [`kernel_cache`] | `DIR` moves the persistent cache of compiled CUDA kernels, `off` (or `0`, or empty) disables it; unset: the user's cache directory |
-//! | `HYMBA_FAULT` | `hymba_train::fault` | test hook of the crash tests: `POINT@STEP` kills the trainer at a checkpoint stage, or makes a step's loss NaN (docs/reliability.md); never set it for a real run |
+//! | `HYMBA_FAULT` | `hymba_train::fault` | test hook of the crash tests: `POINT@STEP` kills the trainer at a checkpoint stage, or makes a step's loss NaN (docs/reliability.md); builds with debug assertions only, release binaries ignore it |
 //! | `XDG_CACHE_HOME`, `HOME` | [`user_cache_dir`] | where the user's cache directory is (`$XDG_CACHE_HOME`, else `~/.cache`) |
 //!
 //! The libraries underneath read their own (`CUBECL_*` for cubecl's configuration, the CUDA
